@@ -1,0 +1,38 @@
+"""vljepa-jax: VL-JEPA (arXiv 2512.10942) in JAX/Flax Linen."""
+import pathlib
+
+import setuptools
+
+HERE = pathlib.Path(__file__).parent
+
+
+def _requirements():
+  lines = (HERE / "requirements.txt").read_text().splitlines()
+  return [l.strip() for l in lines if l.strip() and not l.startswith("#")]
+
+
+setuptools.setup(
+    name="vljepa-jax",
+    version="0.1.0",
+    description="VL-JEPA: joint embedding predictive architecture for vision-language, in JAX/Flax.",
+    long_description=(HERE / "README.md").read_text(),
+    long_description_content_type="text/markdown",
+    python_requires=">=3.11",
+    packages=setuptools.find_packages(include=["vljepa_jax", "vljepa_jax.*"]),
+    install_requires=_requirements(),
+    extras_require={
+        # torch is only used to read .bin/.pt checkpoints and as the parity reference.
+        # The exact pin matters: torch==2.13.0 on PyPI is the CPU build, a looser spec
+        # pulls the multi-GB CUDA build.
+        "test": [
+            "pytest>=8,<10",
+            "chex>=0.1.90,<0.2",
+            "torch==2.13.0",
+            "transformers>=5.0,<6",
+            "safetensors>=0.4,<1",
+        ],
+        "torch": ["torch==2.13.0"],
+        "video": ["av>=14,<20"],
+        "tfds": ["tensorflow-datasets>=4.9,<5"],
+    },
+)

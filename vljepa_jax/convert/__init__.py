@@ -1,0 +1,103 @@
+"""PyTorch -> Flax -> Orbax conversion of the towers VL-JEPA is built from.
+
+    python -m vljepa_jax.convert --model bert --input HF_FOLDER --output DIR
+    from vljepa_jax.convert import load;  model, params = load(DIR)
+
+Each family lives in `vljepa_jax/convert/<family>.py` and is imported by name. A family
+module provides:
+
+    CONFIG                                 the `ArchConfig` subclass it builds
+    config_from_source(hf_config, state, options, path) -> CONFIG instance
+    prepare(state, options) -> state       select / rename / split torch tensors
+    rules(config) -> [mapping.Rule]        torch name -> Flax path + transform
+    IGNORE                                 regexes of tensors deliberately dropped
+    make_model(config) -> nn.Module        whose apply returns `last_hidden_state`
+    example_inputs(config) -> tuple        inputs for shape-only init
+    TOKENIZER_FILES                        names copied from the source folder if present
+"""
+from __future__ import annotations
+
+import dataclasses
+import importlib
+import os
+from types import ModuleType
+from typing import Any
+
+import flax.linen as nn
+
+from vljepa_jax.convert import checkpoint
+from vljepa_jax.convert import mapping
+from vljepa_jax.convert import source as source_lib
+from vljepa_jax.convert.mapping import ConversionError
+from vljepa_jax.models import params as params_lib
+
+FAMILIES = ("vjepa2", "llama", "embeddinggemma", "bert")
+
+__all__ = ["ConversionError", "ConvertOptions", "FAMILIES", "convert", "load", "family_module"]
+
+
+@dataclasses.dataclass(frozen=True)
+class ConvertOptions:
+  """Family-specific choices; each family reads the ones it understands."""
+
+  layers: tuple[int, int] | None = None  # llama: keep source layers [start, stop)
+  checkpoint_key: str = "encoder"  # vjepa2 native .pt: "encoder" or "target_encoder"
+  variant: str | None = None  # preset name when the source carries no config.json
+  dtype: str = "float32"  # compute dtype recorded in the converted config
+  param_dtype: str = "float32"
+
+
+def family_module(family: str) -> ModuleType:
+  if family not in FAMILIES:
+    raise ConversionError(f"unknown model family {family!r}; expected one of {FAMILIES}")
+  return importlib.import_module(f"vljepa_jax.convert.{family}")
+
+
+def convert_state(family: str, input_path: str, options: ConvertOptions = ConvertOptions()):
+  """Reads and maps a checkpoint; returns `(config, params)` without writing anything."""
+  fam = family_module(family)
+  hf_config = source_lib.read_hf_config(input_path)
+  state = fam.prepare(source_lib.read_checkpoint(input_path), options, input_path)
+  config = fam.config_from_source(hf_config, state, options, input_path)
+  config = config.with_dtypes(options.dtype, options.param_dtype)
+  expected = params_lib.abstract_params(fam.make_model(config), *fam.example_inputs(config))
+  params = mapping.apply_rules(state, fam.rules(config), expected, ignore=fam.IGNORE,
+                               dtype=config.weight_dtype, source=f"{family} checkpoint {input_path}")
+  return config, params
+
+
+def convert(family: str, input_path: str, output: str, options: ConvertOptions = ConvertOptions(),
+            *, overwrite: bool = False) -> str:
+  """Converts `input_path` (HF folder, safetensors or .pt) into a vljepa-jax model directory."""
+  fam = family_module(family)
+  config, params = convert_state(family, input_path, options)
+  folder = input_path if os.path.isdir(input_path) else os.path.dirname(input_path)
+  tokenizer_files = [os.path.join(folder, n) for n in fam.TOKENIZER_FILES
+                     if os.path.isfile(os.path.join(folder, n))]
+  with checkpoint.atomic_directory(output, overwrite=overwrite) as tmp:
+    checkpoint.save(tmp, family=family, config=config.to_dict(), params=params,
+                    source=os.path.abspath(input_path), tokenizer_files=tokenizer_files)
+  return os.path.abspath(output)
+
+
+def load_config(directory: str) -> tuple[str, Any]:
+  meta = checkpoint.read_metadata(directory)
+  fam = family_module(meta["family"])
+  return meta["family"], fam.CONFIG.from_dict(meta["config"])
+
+
+def load(directory: str, **config_overrides: Any) -> tuple[nn.Module, Any]:
+  """`(model, params)` of a converted model; `model.apply({'params': params}, ...)` runs it.
+
+  `config_overrides` adjust non-structural fields at load time (e.g. `dtype="bfloat16"`).
+  """
+  family, config = load_config(directory)
+  fam = family_module(family)
+  if config_overrides:
+    dtypes = {k: config_overrides.pop(k) for k in ("dtype", "param_dtype") if k in config_overrides}
+    if dtypes:
+      config = config.with_dtypes(dtypes.get("dtype", config.dtype), dtypes.get("param_dtype", config.param_dtype))
+    config = config.replace(**config_overrides)
+  model = fam.make_model(config)
+  abstract = params_lib.abstract_params(model, *fam.example_inputs(config))
+  return model, checkpoint.restore_params(directory, abstract)

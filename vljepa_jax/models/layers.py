@@ -1,0 +1,198 @@
+"""Building blocks shared by every tower: projections, norms, MLPs, self-attention, pooling.
+
+Every parameter is created with logical axis names (`nn.with_logical_partitioning`), so a
+mesh layout is chosen by logical-axis rules in config, never in model code. The names:
+
+  embed     model width            mlp       feed-forward hidden width
+  heads     query heads            kv_heads  key/value heads
+  head_dim  per-head width         vocab     token-embedding rows
+  norm      norm scales / biases   conv_*    patch-embedding kernel dims
+
+Activations carry `activation_batch / activation_length / activation_embed` constraints at
+block boundaries (no-ops until rules and a mesh are active).
+"""
+from __future__ import annotations
+
+from typing import Any, Callable, Sequence
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from vljepa_jax.models import attention as attention_lib
+
+Dtype = Any
+Initializer = Callable[..., jax.Array]
+# (q, k) -> (q, k): how a tower injects positions into self-attention (RoPE variants).
+PositionFn = Callable[[jax.Array, jax.Array], tuple[jax.Array, jax.Array]]
+
+default_kernel_init = nn.initializers.normal(stddev=0.02)
+ACTIVATION_AXES = ("activation_batch", "activation_length", "activation_embed")
+
+
+def constrain_activations(x: jax.Array) -> jax.Array:
+  return nn.with_logical_constraint(x, ACTIVATION_AXES)
+
+
+def dense(
+    features: int | Sequence[int],
+    kernel_axes: Sequence[str],
+    *,
+    axis: int | Sequence[int] = -1,
+    use_bias: bool = True,
+    dtype: Dtype = jnp.float32,
+    param_dtype: Dtype = jnp.float32,
+    kernel_init: Initializer = default_kernel_init,
+    name: str | None = None,
+) -> nn.DenseGeneral:
+  """An `nn.DenseGeneral` whose kernel and bias carry logical axis names.
+
+  `kernel_axes` names every kernel dim: the contracted input dims first, then the output
+  dims. The bias gets the output dims' names. Kernels are stored `(in..., out...)`, the
+  transpose of `torch.nn.Linear.weight`.
+  """
+  out_dims = 1 if isinstance(features, int) else len(features)
+  return nn.DenseGeneral(
+      features=features,
+      axis=axis,
+      use_bias=use_bias,
+      dtype=dtype,
+      param_dtype=param_dtype,
+      kernel_init=nn.with_logical_partitioning(kernel_init, tuple(kernel_axes)),
+      bias_init=nn.with_logical_partitioning(nn.initializers.zeros, tuple(kernel_axes[-out_dims:])),
+      name=name,
+  )
+
+
+def layer_norm(epsilon: float = 1e-6, *, dtype: Dtype = jnp.float32, param_dtype: Dtype = jnp.float32,
+               name: str | None = None) -> nn.LayerNorm:
+  """LayerNorm with named params; Flax computes its statistics in float32 whatever `dtype` is."""
+  return nn.LayerNorm(
+      epsilon=epsilon,
+      dtype=dtype,
+      param_dtype=param_dtype,
+      scale_init=nn.with_logical_partitioning(nn.initializers.ones, ("norm",)),
+      bias_init=nn.with_logical_partitioning(nn.initializers.zeros, ("norm",)),
+      name=name,
+  )
+
+
+class RMSNorm(nn.Module):
+  """RMSNorm with the two conventions the pretrained checkpoints depend on.
+
+  `offset_scale=False` (Llama): normalise in float32, cast to the input dtype, then
+  multiply by `scale` (HF `LlamaRMSNorm`).
+  `offset_scale=True` (Gemma): the stored weight is an offset from one; everything,
+  including the `(1 + w)` multiply, happens in float32 before the cast (HF `Gemma3RMSNorm`).
+  """
+
+  epsilon: float = 1e-6
+  offset_scale: bool = False
+  dtype: Dtype = jnp.float32
+  param_dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: jax.Array) -> jax.Array:
+    init = nn.initializers.zeros if self.offset_scale else nn.initializers.ones
+    scale = self.param("scale", nn.with_logical_partitioning(init, ("norm",)), (x.shape[-1],),
+                       self.param_dtype)
+    xf = x.astype(jnp.float32)
+    normed = xf * jax.lax.rsqrt(jnp.mean(jnp.square(xf), axis=-1, keepdims=True) + self.epsilon)
+    if self.offset_scale:
+      return (normed * (1.0 + scale.astype(jnp.float32))).astype(self.dtype)
+    return (scale.astype(self.dtype) * normed.astype(x.dtype)).astype(self.dtype)
+
+
+_ACTIVATIONS: dict[str, Callable[[jax.Array], jax.Array]] = {
+    "gelu": lambda x: jax.nn.gelu(x, approximate=False),  # exact (erf) GELU
+    "gelu_tanh": lambda x: jax.nn.gelu(x, approximate=True),
+    "silu": jax.nn.silu,
+}
+
+
+def activation(name: str) -> Callable[[jax.Array], jax.Array]:
+  if name not in _ACTIVATIONS:
+    raise ValueError(f"unknown activation {name!r}; expected one of {sorted(_ACTIVATIONS)}")
+  return _ACTIVATIONS[name]
+
+
+class Mlp(nn.Module):
+  """Feed-forward block: `wo(act(wi(x)))`, or gated `wo(act(wi_gate(x)) * wi_up(x))`."""
+
+  hidden_dim: int
+  activation: str = "gelu"
+  gated: bool = False
+  use_bias: bool = True
+  dtype: Dtype = jnp.float32
+  param_dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: jax.Array) -> jax.Array:
+    act = activation(self.activation)
+    kw = dict(use_bias=self.use_bias, dtype=self.dtype, param_dtype=self.param_dtype)
+    if self.gated:
+      h = act(dense(self.hidden_dim, ("embed", "mlp"), name="wi_gate", **kw)(x))
+      h = h * dense(self.hidden_dim, ("embed", "mlp"), name="wi_up", **kw)(x)
+    else:
+      h = act(dense(self.hidden_dim, ("embed", "mlp"), name="wi", **kw)(x))
+    return dense(x.shape[-1], ("mlp", "embed"), name="wo", **kw)(h)
+
+
+class SelfAttention(nn.Module):
+  """Multi-head self-attention with optional GQA, q/k norms and a position function.
+
+  Projections are stored head-shaped: q `(embed, heads, head_dim)`, k/v
+  `(embed, kv_heads, head_dim)`, out `(heads, head_dim, embed)`, so tensor parallelism is a
+  rule on `heads` / `kv_heads`.
+  """
+
+  num_heads: int
+  head_dim: int
+  num_kv_heads: int | None = None
+  use_bias: bool = True  # q/k/v bias
+  out_bias: bool = True
+  qk_norm_eps: float | None = None  # Gemma 3: RMSNorm over head_dim on q and k, before RoPE
+  scale: float | None = None  # default head_dim ** -0.5
+  attention_impl: str = "xla"
+  dtype: Dtype = jnp.float32
+  param_dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(
+      self,
+      x: jax.Array,
+      *,
+      kv_mask: jax.Array | None = None,
+      causal: bool = False,
+      window: int | None = None,
+      positions: PositionFn | None = None,
+  ) -> jax.Array:
+    kv_heads = self.num_kv_heads or self.num_heads
+    kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
+    q = dense((self.num_heads, self.head_dim), ("embed", "heads", "head_dim"),
+              use_bias=self.use_bias, name="query", **kw)(x)
+    k = dense((kv_heads, self.head_dim), ("embed", "kv_heads", "head_dim"),
+              use_bias=self.use_bias, name="key", **kw)(x)
+    v = dense((kv_heads, self.head_dim), ("embed", "kv_heads", "head_dim"),
+              use_bias=self.use_bias, name="value", **kw)(x)
+    if self.qk_norm_eps is not None:
+      q = RMSNorm(self.qk_norm_eps, offset_scale=True, name="query_norm", **kw)(q)
+      k = RMSNorm(self.qk_norm_eps, offset_scale=True, name="key_norm", **kw)(k)
+    if positions is not None:
+      q, k = positions(q, k)
+    out = attention_lib.attention(q, k, v, kv_mask=kv_mask, causal=causal, window=window,
+                                  scale=self.scale, impl=self.attention_impl)
+    return dense(x.shape[-1], ("heads", "head_dim", "embed"), axis=(-2, -1),
+                 use_bias=self.out_bias, name="out", **kw)(out)
+
+
+def masked_mean(x: jax.Array, mask: jax.Array | None) -> jax.Array:
+  """Mean over the length axis of `(B, L, D)`, counting only positions where mask is 1.
+
+  Accumulates in float32. An all-padding row returns zeros rather than NaN.
+  """
+  xf = x.astype(jnp.float32)
+  if mask is None:
+    return jnp.mean(xf, axis=1)
+  m = mask.astype(jnp.float32)[..., None]
+  return jnp.sum(xf * m, axis=1) / jnp.maximum(jnp.sum(m, axis=1), 1.0)

@@ -1,0 +1,28 @@
+"""Parameter-tree helpers: shapes without memory, logical partition specs, counting."""
+from __future__ import annotations
+
+from typing import Any
+
+import flax.linen as nn
+import jax
+import numpy as np
+
+
+def abstract_variables(model: nn.Module, *inputs: Any, method: Any = None) -> Any:
+  """`model.init` traced with `jax.eval_shape`: boxed (logically partitioned) shapes, no memory."""
+  rngs = {"params": jax.random.key(0)}
+  return jax.eval_shape(lambda: model.init(rngs, *inputs, method=method))
+
+
+def abstract_params(model: nn.Module, *inputs: Any, method: Any = None) -> Any:
+  """The `params` collection as a plain tree of `jax.ShapeDtypeStruct`."""
+  return nn.meta.unbox(abstract_variables(model, *inputs, method=method)["params"])
+
+
+def logical_partition_specs(model: nn.Module, *inputs: Any, method: Any = None) -> Any:
+  """`PartitionSpec`s of logical axis names, one per parameter (mapped to a mesh by rules)."""
+  return nn.get_partition_spec(abstract_variables(model, *inputs, method=method))["params"]
+
+
+def count_params(tree: Any) -> int:
+  return int(sum(np.prod(leaf.shape) for leaf in jax.tree.leaves(tree)))
