@@ -8,7 +8,7 @@ module provides:
 
     CONFIG                                 the `ArchConfig` subclass it builds
     config_from_source(hf_config, state, options, path) -> CONFIG instance
-    prepare(state, options) -> state       select / rename / split torch tensors
+    prepare(state, options, path) -> state select / rename / split torch tensors
     rules(config) -> [mapping.Rule]        torch name -> Flax path + transform
     IGNORE                                 regexes of tensors deliberately dropped
     make_model(config) -> nn.Module        whose apply returns `last_hidden_state`

@@ -6,8 +6,8 @@ import re
 import jax.numpy as jnp
 
 from vljepa_jax.convert import sentence_transformers as st
-from vljepa_jax.convert.mapping import ConversionError, Rule, identity, linear, reshape
-from vljepa_jax.convert.source import select_state_dict
+from vljepa_jax.convert.mapping import ConversionError, Rule, layer_norm_rules, linear_rules
+from vljepa_jax.convert.source import resolve_config, select_state_dict
 from vljepa_jax.models import bert
 from vljepa_jax.models import text_encoder
 
@@ -38,46 +38,28 @@ def prepare(state, options, path):
 
 def config_from_source(hf_config, state, options, path):
   del state
-  if options.variant:
-    if options.variant not in bert.PRESETS:
-      raise ConversionError(f"unknown BERT variant {options.variant!r}; expected one of {sorted(bert.PRESETS)}")
-    backbone = bert.PRESETS[options.variant]
-  elif hf_config is None:
-    raise ConversionError("BERT conversion needs the model's config.json (or --variant)")
-  elif hf_config.get("model_type", "bert") != "bert":
-    raise ConversionError(f"config.json has model_type {hf_config.get('model_type')!r}, expected 'bert'")
-  else:
-    try:
-      backbone = bert.config_from_hf(hf_config)
-    except (KeyError, ValueError) as e:
-      raise ConversionError(f"unsupported BERT config.json: {e}") from None
-  pipeline = st.read_pipeline(path) or st.Pipeline()
-  return text_encoder.TextEncoderConfig(backbone="bert", backbone_config=backbone,
-                                        dense_dims=pipeline.dense_dims, normalize=pipeline.normalize)
+  backbone = resolve_config(hf_config, options.variant, family="BERT", presets=bert.PRESETS,
+                            model_types=("bert",), from_hf=bert.config_from_hf)
+  return st.text_encoder_config("bert", backbone, path)
 
 
 def rules(config):
   del config
   layer = r"encoder\.layer\.(?P<i>\d+)\."
   dst = "backbone/layers_{i}/"
-  ln = lambda src, dst_: [Rule(src + r"\.weight", dst_ + "/scale"), Rule(src + r"\.bias", dst_ + "/bias")]
   rs = [
       Rule(r"embeddings\.word_embeddings\.weight", "backbone/word_embeddings/embedding"),
       Rule(r"embeddings\.position_embeddings\.weight", "backbone/position_embeddings/embedding"),
       Rule(r"embeddings\.token_type_embeddings\.weight", "backbone/token_type_embeddings/embedding"),
-      *ln(r"embeddings\.LayerNorm", "backbone/embeddings_norm"),
-      Rule(layer + r"attention\.output\.dense\.weight", dst + "attention/out/kernel", linear(2)),
-      Rule(layer + r"attention\.output\.dense\.bias", dst + "attention/out/bias", identity),
-      *ln(layer + r"attention\.output\.LayerNorm", dst + "attention_norm"),
-      Rule(layer + r"intermediate\.dense\.weight", dst + "mlp/wi/kernel", linear()),
-      Rule(layer + r"intermediate\.dense\.bias", dst + "mlp/wi/bias"),
-      Rule(layer + r"output\.dense\.weight", dst + "mlp/wo/kernel", linear()),
-      Rule(layer + r"output\.dense\.bias", dst + "mlp/wo/bias"),
-      *ln(layer + r"output\.LayerNorm", dst + "mlp_norm"),
+      *layer_norm_rules(r"embeddings\.LayerNorm\.", "backbone/embeddings_norm"),
+      *linear_rules(layer + r"attention\.output\.dense\.", dst + "attention/out", in_dims=2),
+      *layer_norm_rules(layer + r"attention\.output\.LayerNorm\.", dst + "attention_norm"),
+      *linear_rules(layer + r"intermediate\.dense\.", dst + "mlp/wi"),
+      *linear_rules(layer + r"output\.dense\.", dst + "mlp/wo"),
+      *layer_norm_rules(layer + r"output\.LayerNorm\.", dst + "mlp_norm"),
   ]
   for proj in ("query", "key", "value"):
-    rs.append(Rule(layer + rf"attention\.self\.{proj}\.weight", dst + f"attention/{proj}/kernel", linear()))
-    rs.append(Rule(layer + rf"attention\.self\.{proj}\.bias", dst + f"attention/{proj}/bias", reshape))
+    rs += linear_rules(layer + rf"attention\.self\.{proj}\.", dst + f"attention/{proj}", head_shaped_bias=True)
   return rs + list(st.RULES)
 
 

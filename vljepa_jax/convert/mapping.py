@@ -145,3 +145,34 @@ def apply_rules(
   if problems:
     raise ConversionError(f"{source} does not match the model:\n  " + "\n  ".join(problems))
   return unflatten(out)
+
+
+def layer_norm_rules(src: str, dst: str) -> list[Rule]:
+  """`torch.nn.LayerNorm` `{src}weight` / `{src}bias` -> Flax `{dst}/scale` / `{dst}/bias`."""
+  return [Rule(src + "weight", dst + "/scale"), Rule(src + "bias", dst + "/bias")]
+
+
+def linear_rules(src: str, dst: str, *, in_dims: int = 1, head_shaped_bias: bool = False) -> list[Rule]:
+  """`torch.nn.Linear` `{src}weight` / `{src}bias` -> `{dst}/kernel` / `{dst}/bias`.
+
+  `in_dims`: see `linear`; `head_shaped_bias`: the bias is `(heads, head_dim)` here.
+  """
+  return [Rule(src + "weight", dst + "/kernel", linear(in_dims)),
+          Rule(src + "bias", dst + "/bias", reshape if head_shaped_bias else identity)]
+
+
+def hf_decoder_layer_rules(layer: str, dst: str) -> list[Rule]:
+  """Attention and gated-MLP projections of a Hugging Face Llama-family decoder layer.
+
+  Llama and Gemma 3 share these names (`self_attn.{q,k,v,o}_proj`, `mlp.{gate,up,down}_proj`,
+  no biases). HF's flat `[heads * head_dim, hidden]` rows are head-major, so one reshape
+  gives our head-shaped kernels with no permutation: our RoPE pairs dims like HF's
+  `rotate_half`. `layer` is the regex prefix of a layer (with a `(?P<i>...)` group), `dst`
+  the Flax path prefix.
+  """
+  rules = [Rule(layer + rf"self_attn\.{src}_proj\.weight", dst + f"attention/{name}/kernel", linear(1))
+           for src, name in (("q", "query"), ("k", "key"), ("v", "value"))]
+  rules.append(Rule(layer + r"self_attn\.o_proj\.weight", dst + "attention/out/kernel", linear(2)))
+  rules += [Rule(layer + rf"mlp\.{src}_proj\.weight", dst + f"mlp/{name}/kernel", linear())
+            for src, name in (("gate", "wi_gate"), ("up", "wi_up"), ("down", "wo"))]
+  return rules

@@ -66,4 +66,15 @@ def read_pipeline(path: str) -> Pipeline | None:
   return Pipeline(tuple(dims), normalize, state)
 
 
+def text_encoder_config(backbone: str, backbone_config, path: str):
+  """A `TextEncoderConfig` around `backbone_config` with the folder's ST pooling/dense/normalise.
+
+  A plain HF folder (no `modules.json`) gets neither a dense stack nor normalisation.
+  """
+  from vljepa_jax.models import text_encoder  # pylint: disable=g-import-not-at-top
+  pipeline = read_pipeline(path) or Pipeline()
+  return text_encoder.TextEncoderConfig(backbone=backbone, backbone_config=backbone_config,
+                                        dense_dims=pipeline.dense_dims, normalize=pipeline.normalize)
+
+
 RULES = (Rule(r"st_dense\.(?P<i>\d+)\.linear\.weight", "dense_{i}/kernel", linear()),)

@@ -41,6 +41,28 @@ def read_hf_config(path: str) -> dict[str, Any] | None:
   return read_json(config_path) if os.path.exists(config_path) else None
 
 
+def resolve_config(hf_config: dict[str, Any] | None, variant: str | None, *, family: str,
+                   presets: dict[str, Any], model_types: tuple[str, ...], from_hf: Any) -> Any:
+  """The architecture of a source: a named preset (`--variant`) or its `config.json`.
+
+  `from_hf(hf_config)` builds the config; its KeyError/ValueError become a ConversionError
+  that says which family's config.json was refused and why.
+  """
+  if variant:
+    if variant not in presets:
+      raise ConversionError(f"unknown {family} variant {variant!r}; expected one of {sorted(presets)}")
+    return presets[variant]
+  if hf_config is None:
+    raise ConversionError(f"{family} conversion needs the model's config.json (or --variant)")
+  model_type = hf_config.get("model_type", model_types[0])
+  if model_type not in model_types:
+    raise ConversionError(f"config.json has model_type {model_type!r}, expected one of {list(model_types)}")
+  try:
+    return from_hf(hf_config)
+  except (KeyError, ValueError) as e:
+    raise ConversionError(f"unsupported {family} config.json: {e}") from None
+
+
 def _load_safetensors(path: str) -> StateDict:
   from safetensors.numpy import load_file  # pylint: disable=g-import-not-at-top
   try:

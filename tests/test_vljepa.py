@@ -1,0 +1,136 @@
+"""VL-JEPA composition: predictor wiring vs a PyTorch reference, padding, freezing, full-size shapes."""
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+import torch
+import transformers
+
+from conftest import run_cli
+from vljepa_jax import convert
+from vljepa_jax.models import params as params_lib
+from vljepa_jax.models import predictor as predictor_lib
+from vljepa_jax.models import vljepa
+
+
+def _batch(cfg, batch=2, frames=2, q_len=6, t_len=5, seed=0):
+  rng = np.random.default_rng(seed)
+  size = 2 * cfg.x_encoder.patch_size
+  video = rng.normal(size=(batch, frames, size, size, 3)).astype(np.float32)
+  q_ids = rng.integers(1, cfg.predictor.llama.vocab_size, size=(batch, q_len)).astype(np.int32)
+  q_mask = np.ones_like(q_ids)
+  q_mask[1, 3:] = 0
+  t_ids = rng.integers(1, cfg.y_encoder.backbone_config.vocab_size, size=(batch, t_len)).astype(np.int32)
+  t_mask = np.ones_like(t_ids)
+  t_mask[0, 2:] = 0
+  return video, q_ids * q_mask, q_mask, t_ids * t_mask, t_mask
+
+
+@pytest.fixture(scope="module")
+def tiny():
+  cfg = vljepa.tiny_config()
+  model = vljepa.VLJEPA(cfg)
+  batch = _batch(cfg)
+  params = params_lib.unbox(jax.jit(model.init)(jax.random.key(0), *batch)["params"])
+  return cfg, model, params, batch
+
+
+def test_predictor_matches_pytorch_reference(tmp_path):
+  """Ŝ_Y from our predictor == the paper's recipe computed in torch around HF `LlamaModel`:
+  Linear(visual) ++ embed(query) -> LlamaModel with a bidirectional padding mask -> masked mean -> Linear."""
+  torch.manual_seed(0)
+  hf_cfg = transformers.LlamaConfig(vocab_size=64, hidden_size=32, intermediate_size=48, num_hidden_layers=2,
+                                    num_attention_heads=4, num_key_value_heads=2, rope_theta=10000.0,
+                                    attn_implementation="eager")
+  hf = transformers.LlamaModel(hf_cfg).eval()
+  hf.save_pretrained(tmp_path / "src")
+  run_cli("vljepa_jax.convert", "--model", "llama", "--input", str(tmp_path / "src"), "--output", str(tmp_path / "out"))
+  _, llama_params = convert.load(str(tmp_path / "out"))
+  _, llama_cfg = convert.load_config(str(tmp_path / "out"))
+
+  for pool in ("all", "query"):
+    cfg = predictor_lib.PredictorConfig(llama=llama_cfg.replace(causal=False), vision_dim=12, embed_dim=8, pool=pool)
+    model = predictor_lib.Predictor(cfg)
+    rng = np.random.default_rng(1)
+    visual = rng.normal(size=(2, 5, 12)).astype(np.float32)
+    q_ids = rng.integers(0, 64, size=(2, 4))
+    q_mask = np.array([[1, 1, 1, 1], [1, 1, 0, 0]])
+    init = params_lib.unbox(model.init(jax.random.key(1), visual, q_ids, q_mask)["params"])
+    params = dict(init, llama=llama_params)
+    ours = np.asarray(model.apply({"params": params}, visual, q_ids, q_mask))
+
+    proj_w, proj_b = (torch.tensor(np.asarray(params["vision_proj"][k])) for k in ("kernel", "bias"))
+    head_w, head_b = (torch.tensor(np.asarray(params["head"][k])) for k in ("kernel", "bias"))
+    with torch.no_grad():
+      x = torch.cat([torch.tensor(visual) @ proj_w + proj_b, hf.embed_tokens(torch.tensor(q_ids))], dim=1)
+      keep = torch.cat([torch.ones(2, 5), torch.tensor(q_mask, dtype=torch.float32)], dim=1)
+      additive = (1.0 - keep[:, None, None, :]) * torch.finfo(torch.float32).min  # keys only, no causality
+      additive = additive.expand(2, 1, 9, 9)
+      hidden = hf(inputs_embeds=x, attention_mask=additive).last_hidden_state
+      pool_mask = keep.clone()
+      if pool == "query":
+        pool_mask[:, :5] = 0
+      pooled = (hidden * pool_mask[..., None]).sum(1) / pool_mask.sum(1, keepdim=True)
+      ref = (pooled @ head_w + head_b).numpy()
+    assert np.abs(ours - ref).max() <= 1e-4, pool
+
+
+def test_padding_never_changes_the_prediction(tiny):
+  cfg, model, params, (video, q_ids, q_mask, t_ids, t_mask) = tiny
+  apply = jax.jit(model.apply)
+  pred, target = apply({"params": params}, video, q_ids, q_mask, t_ids, t_mask)
+  junk_q = np.where(q_mask == 0, 7, q_ids)  # different token ids behind the mask
+  junk_t = np.where(t_mask == 0, 9, t_ids)
+  pred2, target2 = apply({"params": params}, video, junk_q, q_mask, junk_t, t_mask)
+  np.testing.assert_allclose(pred, pred2, atol=1e-6)
+  np.testing.assert_allclose(target, target2, atol=1e-6)
+  assert pred.shape == target.shape == (2, cfg.embed_dim) and pred.dtype == jnp.float32
+
+
+def test_query_conditions_the_prediction(tiny):
+  _, model, params, (video, q_ids, q_mask, _, _) = tiny
+  encode = jax.jit(lambda *a: model.apply({"params": params}, *a, method="encode_visual_query"))
+  a = encode(video, q_ids, q_mask)
+  b = encode(video, (q_ids + 1) * q_mask, q_mask)
+  assert np.abs(np.asarray(a - b)).max() > 1e-3
+
+
+@pytest.mark.parametrize("frozen", [True, False])
+def test_frozen_x_encoder_gets_no_gradient(tiny, frozen):
+  cfg, _, params, batch = tiny
+  model = vljepa.VLJEPA(cfg.replace(freeze_x_encoder=frozen))
+  grads = jax.jit(jax.grad(lambda p: jnp.sum(model.apply({"params": p}, *batch)[0] ** 2)))(params)
+  x_norm = sum(float(jnp.abs(g).sum()) for g in jax.tree.leaves(grads["x_encoder"]))
+  pred_norm = sum(float(jnp.abs(g).sum()) for g in jax.tree.leaves(grads["predictor"]))
+  assert pred_norm > 0
+  assert (x_norm == 0) if frozen else (x_norm > 0)
+
+
+def test_paper_model_shapes_and_counts():
+  """The full model, shape-only: totals against the published per-tower figures (models.md §7)."""
+  cfg = vljepa.paper_config()
+  model = vljepa.VLJEPA(cfg)
+  video = jax.ShapeDtypeStruct((1, 2, 256, 256, 3), jnp.float32)
+  ids = jax.ShapeDtypeStruct((1, 16), jnp.int32)
+  abstract = params_lib.abstract_params(model, video, ids, ids, ids, ids)
+  count = {k: params_lib.count_params(v) for k, v in abstract.items()}
+  embed_table = params_lib.count_params(abstract["predictor"]["llama"]["embed_tokens"])
+  assert abs(count["x_encoder"] / 303.9e6 - 1) < 0.01
+  assert abs((count["predictor"] - embed_table) / (486.6e6 + 2.10e6 + 3.15e6) - 1) < 0.01
+  assert abs(embed_table / 262.7e6 - 1) < 0.01
+  assert abs((count["y_encoder"] + count["y_head"]) / (302.9e6 + 1.18e6) - 1) < 0.01
+  trainable = sum(count.values()) - count["x_encoder"] - embed_table
+  assert abs(trainable / 796e6 - 1) < 0.01  # "≈ 796M trainable" with the embedding table frozen
+  out = jax.eval_shape(lambda p, v, i: model.apply({"params": p}, v, i, i, i, i), abstract, video, ids)
+  assert out[0].shape == out[1].shape == (1, 1536)
+
+
+def test_every_parameter_has_distinct_logical_axes(tiny):
+  cfg, model, _, batch = tiny
+  specs = params_lib.logical_partition_specs(model, *batch)
+  leaves = jax.tree.leaves(specs, is_leaf=lambda x: isinstance(x, jax.sharding.PartitionSpec))
+  shapes = jax.tree.leaves(params_lib.abstract_params(model, *batch))
+  assert len(leaves) == len(shapes)
+  for spec, shape in zip(leaves, shapes):
+    assert isinstance(spec, jax.sharding.PartitionSpec) and len(spec) == len(shape.shape), (spec, shape)
+    assert None not in spec and len(set(spec)) == len(spec), spec

@@ -1,0 +1,113 @@
+"""VL-JEPA: X-encoder -> predictor -> Ŝ_Y, and Y-encoder -> S_Y, in one shared space.
+
+    model = VLJEPA(preset("tiny"))
+    variables = model.init(rng, video, query_ids, query_mask, target_ids, target_mask)
+    pred, target = model.apply(variables, video, query_ids, query_mask, target_ids, target_mask)
+    s_hat = model.apply(variables, video, query_ids, query_mask, method="encode_visual_query")
+    s_y   = model.apply(variables, target_ids, target_mask, method="encode_text")
+
+Training, zero-shot classification, retrieval, VQA and inverse dynamics all go through
+`encode_visual_query` and `encode_text`: the model has no task heads. Outputs are float32
+and *not* normalised; the loss and the evaluators normalise.
+
+Parameter tree: `x_encoder/...` (V-JEPA 2 ViT), `predictor/{vision_proj, llama, head}`,
+`y_encoder/{backbone, dense_*}` (a `TextEncoder`) and `y_head`. Converted checkpoints drop
+into those subtrees unchanged (see `vljepa_jax.convert`).
+"""
+from __future__ import annotations
+
+import dataclasses
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from vljepa_jax.models import bert as bert_lib
+from vljepa_jax.models import gemma as gemma_lib
+from vljepa_jax.models import layers
+from vljepa_jax.models import llama as llama_lib
+from vljepa_jax.models import predictor as predictor_lib
+from vljepa_jax.models import text_encoder as text_encoder_lib
+from vljepa_jax.models import vit as vit_lib
+from vljepa_jax.models.config import ArchConfig
+
+
+@dataclasses.dataclass(frozen=True)
+class VLJEPAConfig(ArchConfig):
+  x_encoder: vit_lib.ViTConfig | None = None
+  predictor: predictor_lib.PredictorConfig | None = None
+  y_encoder: text_encoder_lib.TextEncoderConfig | None = None
+  # The paper freezes the X-encoder: its output is a constant to the rest of the model.
+  freeze_x_encoder: bool = True
+
+  def __post_init__(self):
+    if None in (self.x_encoder, self.predictor, self.y_encoder):
+      raise ValueError("VLJEPAConfig needs x_encoder, predictor and y_encoder configs")
+    if self.predictor.vision_dim != self.x_encoder.hidden_size:
+      raise ValueError(f"predictor.vision_dim ({self.predictor.vision_dim}) must equal the X-encoder width "
+                       f"({self.x_encoder.hidden_size})")
+
+  @property
+  def embed_dim(self) -> int:
+    return self.predictor.embed_dim
+
+
+class VLJEPA(nn.Module):
+  config: VLJEPAConfig
+
+  def setup(self):
+    cfg = self.config
+    self.x_encoder = vit_lib.VisionTransformer(cfg.x_encoder)
+    self.predictor = predictor_lib.Predictor(cfg.predictor)
+    self.y_encoder = text_encoder_lib.TextEncoder(cfg.y_encoder)
+    self.y_head = layers.dense(cfg.embed_dim, ("embed", "shared_embed"), dtype=cfg.compute_dtype,
+                               param_dtype=cfg.weight_dtype, name="y_head")
+
+  def encode_visual(self, video: jax.Array) -> jax.Array:
+    """`(B, T, H, W, C)` -> visual tokens `(B, N, Dv)`; a constant when the X-encoder is frozen."""
+    tokens = self.x_encoder(video)
+    return jax.lax.stop_gradient(tokens) if self.config.freeze_x_encoder else tokens
+
+  def encode_visual_query(self, video: jax.Array, query_ids: jax.Array, query_mask: jax.Array) -> jax.Array:
+    """Ŝ_Y `(B, embed_dim)`: the predicted embedding of the answer."""
+    return self.predictor(self.encode_visual(video), query_ids, query_mask)
+
+  def encode_text(self, ids: jax.Array, mask: jax.Array) -> jax.Array:
+    """S_Y `(B, embed_dim)`: the target embedding of a text (answer, caption, class name)."""
+    pooled = self.y_encoder.embed(ids, mask)
+    return self.y_head(pooled.astype(self.config.compute_dtype)).astype(jnp.float32)
+
+  def __call__(self, video, query_ids, query_mask, target_ids, target_mask) -> tuple[jax.Array, jax.Array]:
+    return self.encode_visual_query(video, query_ids, query_mask), self.encode_text(target_ids, target_mask)
+
+
+def paper_config(*, y_dense: bool = False) -> VLJEPAConfig:
+  """The paper's model: V-JEPA 2 ViT-L, Llama-3.2-1B layers 8-15 (bidirectional), EmbeddingGemma-300M.
+
+  The paper does not say whether EmbeddingGemma's Sentence-Transformers dense stack is kept;
+  like the public reimplementations we drop it by default and feed the masked mean of the
+  last hidden state to the linear Y head (`y_dense=True` keeps 768->3072->768).
+  """
+  llama = llama_lib.PRESETS["llama3_2_1b_last8"].replace(causal=False)
+  return VLJEPAConfig(
+      x_encoder=vit_lib.PRESETS["vit_large"],
+      predictor=predictor_lib.PredictorConfig(llama=llama, vision_dim=1024, embed_dim=1536),
+      y_encoder=text_encoder_lib.TextEncoderConfig(
+          backbone="gemma3", backbone_config=gemma_lib.PRESETS["embeddinggemma_300m"],
+          dense_dims=(3072, 768) if y_dense else (), normalize=y_dense),
+  )
+
+
+def tiny_config(y_backbone: str = "bert") -> VLJEPAConfig:
+  """A few-MB model with the same wiring, for tests and CPU smoke runs."""
+  vit = vit_lib.PRESETS["tiny"]
+  llama = llama_lib.PRESETS["tiny"].replace(causal=False)
+  backbone = {"bert": bert_lib.PRESETS["tiny"], "gemma3": gemma_lib.PRESETS["tiny"]}[y_backbone]
+  return VLJEPAConfig(
+      x_encoder=vit,
+      predictor=predictor_lib.PredictorConfig(llama=llama, vision_dim=vit.hidden_size, embed_dim=32),
+      y_encoder=text_encoder_lib.TextEncoderConfig(backbone=y_backbone, backbone_config=backbone, normalize=False),
+  )
+
+
+PRESETS = {"paper": paper_config, "tiny": tiny_config}
