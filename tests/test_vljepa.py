@@ -134,3 +134,15 @@ def test_every_parameter_has_distinct_logical_axes(tiny):
   for spec, shape in zip(leaves, shapes):
     assert isinstance(spec, jax.sharding.PartitionSpec) and len(spec) == len(shape.shape), (spec, shape)
     assert None not in spec and len(set(spec)) == len(spec), spec
+
+
+def test_bf16_compute_over_fp32_params_tracks_fp32(tiny):
+  """The training precision setting: bf16 activations, fp32 master weights."""
+  cfg, model, params, batch = tiny
+  bf16 = vljepa.VLJEPA(cfg.with_dtypes("bfloat16", "float32"))
+  ref = jax.jit(model.apply)({"params": params}, *batch)
+  out = jax.jit(bf16.apply)({"params": params}, *batch)
+  for r, o in zip(ref, out):
+    assert o.dtype == jnp.float32 and np.isfinite(np.asarray(o)).all()
+    cos = np.sum(np.asarray(r) * np.asarray(o), -1) / np.linalg.norm(r, axis=-1) / np.linalg.norm(o, axis=-1)
+    assert cos.min() > 0.99, cos

@@ -168,14 +168,13 @@ class Gemma3Layer(nn.Module):
     kw = dict(dtype=cfg.compute_dtype, param_dtype=cfg.weight_dtype)
     norm = lambda name: layers.RMSNorm(cfg.rms_norm_eps, offset_scale=True, name=name, **kw)
     inv_freq = rope.inverse_frequencies(cfg.head_dim, cfg.rope_theta(self.index))
-    positions = jnp.arange(x.shape[1])
     attn = layers.SelfAttention(
         num_heads=cfg.num_heads, head_dim=cfg.head_dim, num_kv_heads=cfg.num_kv_heads, use_bias=False,
         out_bias=False, qk_norm_eps=cfg.rms_norm_eps, scale=cfg.query_pre_attn_scalar ** -0.5,
         attention_impl=cfg.attention_impl, name="attention", **kw)
     h = attn(norm("input_layernorm")(x), kv_mask=kv_mask, causal=not cfg.bidirectional,
              window=cfg.window(self.index),
-             positions=lambda q, k: (rope.apply_rope(q, positions, inv_freq), rope.apply_rope(k, positions, inv_freq)))
+             positions=rope.rotary_positions(jnp.arange(x.shape[1]), inv_freq))
     x = x + norm("post_attention_layernorm")(h)
     mlp = layers.Mlp(cfg.intermediate_size, activation=cfg.hidden_activation, gated=True, use_bias=False,
                      name="mlp", **kw)

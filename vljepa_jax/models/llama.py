@@ -140,8 +140,7 @@ class LlamaLayer(nn.Module):
     cfg = self.config
     kw = dict(dtype=cfg.compute_dtype, param_dtype=cfg.weight_dtype)
     inv_freq = rope.inverse_frequencies(cfg.head_dim, cfg.rope_theta, cfg.llama3_scaling)
-    positions = jnp.arange(x.shape[1])
-    rotate = lambda q, k: (rope.apply_rope(q, positions, inv_freq), rope.apply_rope(k, positions, inv_freq))
+    rotate = rope.rotary_positions(jnp.arange(x.shape[1]), inv_freq)
     attn = layers.SelfAttention(num_heads=cfg.num_heads, head_dim=cfg.head_dim, num_kv_heads=cfg.num_kv_heads,
                                 use_bias=False, out_bias=False, attention_impl=cfg.attention_impl,
                                 name="attention", **kw)

@@ -57,6 +57,11 @@ def apply_rope(x: jax.Array, positions: jax.Array, inv_freq: np.ndarray | jax.Ar
   return (xf * jnp.cos(angles) + rotated * jnp.sin(angles)).astype(x.dtype)
 
 
+def rotary_positions(positions: jax.Array, inv_freq: np.ndarray | jax.Array):
+  """`(q, k) -> (q, k)` applying half-split RoPE to both: a `SelfAttention` position function."""
+  return lambda q, k: (apply_rope(q, positions, inv_freq), apply_rope(k, positions, inv_freq))
+
+
 # V-JEPA 2 3D RoPE ------------------------------------------------------------------------
 #
 # The head dim is split into three equal even chunks (time, row, column) of
