@@ -26,8 +26,11 @@ class Pipeline:
   state: dict = dataclasses.field(default_factory=dict)  # st_dense.{i}.linear.weight -> array
 
 
-def read_pipeline(path: str) -> Pipeline | None:
-  """Parses `modules.json` next to the weights; None when the folder is a plain HF model."""
+def read_pipeline(path: str, *, weights: bool = True) -> Pipeline | None:
+  """Parses `modules.json` next to the weights; None when the folder is a plain HF model.
+
+  `weights=False` reads only the module configs (enough for the architecture).
+  """
   folder = path if os.path.isdir(path) else os.path.dirname(path)
   modules_json = os.path.join(folder, "modules.json")
   if not os.path.exists(modules_json):
@@ -50,14 +53,15 @@ def read_pipeline(path: str) -> Pipeline | None:
         raise ConversionError(f"{mpath}: only Dense layers without bias and with identity activation are "
                               f"supported, got bias={cfg.get('bias', True)}, "
                               f"activation={cfg.get('activation_function')}")
-      weights = source_lib.select_state_dict(source_lib.read_checkpoint(mpath), None, mpath)
-      if set(weights) != {"linear.weight"}:
-        raise ConversionError(f"{mpath}: expected exactly one tensor 'linear.weight', found {sorted(weights)}")
-      w = weights["linear.weight"]
-      if w.shape != (cfg["out_features"], cfg["in_features"]):
-        raise ConversionError(f"{mpath}: linear.weight has shape {w.shape}, config says "
-                              f"[{cfg['out_features']}, {cfg['in_features']}]")
-      state[f"st_dense.{len(dims)}.linear.weight"] = np.asarray(w)
+      if weights:
+        tensors = source_lib.select_state_dict(source_lib.read_checkpoint(mpath), None, mpath)
+        if set(tensors) != {"linear.weight"}:
+          raise ConversionError(f"{mpath}: expected exactly one tensor 'linear.weight', found {sorted(tensors)}")
+        w = tensors["linear.weight"]
+        if w.shape != (cfg["out_features"], cfg["in_features"]):
+          raise ConversionError(f"{mpath}: linear.weight has shape {w.shape}, config says "
+                                f"[{cfg['out_features']}, {cfg['in_features']}]")
+        state[f"st_dense.{len(dims)}.linear.weight"] = np.asarray(w)
       dims.append(int(cfg["out_features"]))
     elif kind == "Normalize":
       normalize = True
@@ -72,7 +76,7 @@ def text_encoder_config(backbone: str, backbone_config, path: str):
   A plain HF folder (no `modules.json`) gets neither a dense stack nor normalisation.
   """
   from vljepa_jax.models import text_encoder  # pylint: disable=g-import-not-at-top
-  pipeline = read_pipeline(path) or Pipeline()
+  pipeline = read_pipeline(path, weights=False) or Pipeline()
   return text_encoder.TextEncoderConfig(backbone=backbone, backbone_config=backbone_config,
                                         dense_dims=pipeline.dense_dims, normalize=pipeline.normalize)
 
