@@ -32,8 +32,7 @@ def prepare(state, options, path):
   if not any(k.startswith("encoder.layer.") for k in out):
     raise ConversionError(f"{path} is not a BERT checkpoint: no 'encoder.layer.*' tensors "
                           f"(first keys: {sorted(out)[:5]})")
-  pipeline = st.read_pipeline(path)
-  return {**out, **(pipeline.state if pipeline else {})}
+  return st.add_dense_weights(out, path)
 
 
 def config_from_source(hf_config, state, options, path):

@@ -48,8 +48,7 @@ def prepare(state, options, path):
   if "embed_tokens.weight" not in state or not any(_SIGNATURE.fullmatch(k) for k in state):
     raise ConversionError(f"{path} is not a Gemma 3 text checkpoint: expected 'embed_tokens.weight' and "
                           f"'layers.*.self_attn.q_norm.weight' tensors (first keys: {sorted(state)[:5]})")
-  pipeline = st.read_pipeline(path)
-  return {**state, **(pipeline.state if pipeline else {})}
+  return st.add_dense_weights(state, path)
 
 
 def config_from_source(hf_config, state, options, path):

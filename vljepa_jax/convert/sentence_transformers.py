@@ -70,6 +70,12 @@ def read_pipeline(path: str, *, weights: bool = True) -> Pipeline | None:
   return Pipeline(tuple(dims), normalize, state)
 
 
+def add_dense_weights(state: dict, path: str) -> dict:
+  """`state` plus the folder's `st_dense.{i}.linear.weight` tensors (none for a plain HF folder)."""
+  pipeline = read_pipeline(path)
+  return {**state, **(pipeline.state if pipeline else {})}
+
+
 def text_encoder_config(backbone: str, backbone_config, path: str):
   """A `TextEncoderConfig` around `backbone_config` with the folder's ST pooling/dense/normalise.
 
