@@ -7,7 +7,7 @@ import jax.numpy as jnp
 
 from vljepa_jax.convert import sentence_transformers as st
 from vljepa_jax.convert.mapping import ConversionError, Rule, layer_norm_rules, linear_rules
-from vljepa_jax.convert.source import resolve_config, select_state_dict
+from vljepa_jax.convert.source import resolve_config, select_state_dict, strip_prefixes
 from vljepa_jax.models import bert
 from vljepa_jax.models import text_encoder
 
@@ -20,15 +20,10 @@ _PREFIXES = ("bert.", "model.", "0.auto_model.")
 
 def prepare(state, options, path):
   del options
-  state = select_state_dict(state, None, path)
-  out = {}
-  for name, value in state.items():
-    for p in _PREFIXES:
-      if name.startswith(p):
-        name = name[len(p):]
-        break
-    # Older checkpoints name LayerNorm parameters gamma/beta.
-    out[re.sub(r"LayerNorm\.gamma$", "LayerNorm.weight", re.sub(r"LayerNorm\.beta$", "LayerNorm.bias", name))] = value
+  state = strip_prefixes(select_state_dict(state, None, path), _PREFIXES)
+  # Older checkpoints name LayerNorm parameters gamma/beta.
+  out = {re.sub(r"LayerNorm\.gamma$", "LayerNorm.weight", re.sub(r"LayerNorm\.beta$", "LayerNorm.bias", name)): value
+         for name, value in state.items()}
   if not any(k.startswith("encoder.layer.") for k in out):
     raise ConversionError(f"{path} is not a BERT checkpoint: no 'encoder.layer.*' tensors "
                           f"(first keys: {sorted(out)[:5]})")

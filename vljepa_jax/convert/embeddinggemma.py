@@ -23,7 +23,7 @@ import jax.numpy as jnp
 
 from vljepa_jax.convert import sentence_transformers as st
 from vljepa_jax.convert.mapping import ConversionError, Rule, hf_decoder_layer_rules
-from vljepa_jax.convert.source import resolve_config, select_state_dict
+from vljepa_jax.convert.source import resolve_config, select_state_dict, strip_prefixes
 from vljepa_jax.models import gemma
 from vljepa_jax.models import text_encoder
 
@@ -35,16 +35,9 @@ _PREFIXES = ("model.language_model.", "language_model.model.", "model.")
 _SIGNATURE = re.compile(r"layers\.\d+\.self_attn\.q_norm\.weight")
 
 
-def _strip_prefix(name: str) -> str:
-  for p in _PREFIXES:
-    if name.startswith(p):
-      return name[len(p):]
-  return name
-
-
 def prepare(state, options, path):
   del options
-  state = {_strip_prefix(k): v for k, v in select_state_dict(state, None, path).items()}
+  state = strip_prefixes(select_state_dict(state, None, path), _PREFIXES)
   if "embed_tokens.weight" not in state or not any(_SIGNATURE.fullmatch(k) for k in state):
     raise ConversionError(f"{path} is not a Gemma 3 text checkpoint: expected 'embed_tokens.weight' and "
                           f"'layers.*.self_attn.q_norm.weight' tensors (first keys: {sorted(state)[:5]})")

@@ -16,7 +16,7 @@ import re
 import jax.numpy as jnp
 
 from vljepa_jax.convert.mapping import ConversionError, Rule, hf_decoder_layer_rules
-from vljepa_jax.convert.source import resolve_config, select_state_dict
+from vljepa_jax.convert.source import resolve_config, select_state_dict, strip_prefixes
 from vljepa_jax.models import llama
 
 CONFIG = llama.LlamaConfig
@@ -24,12 +24,8 @@ TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_ma
 # The LM head is tied to the embedding (and unused by a hidden-state model); old
 # checkpoints also carry RoPE buffers, which are recomputed.
 IGNORE = (r"lm_head\.weight", r"(layers\.\d+\.self_attn\.)?rotary_emb\.inv_freq")
-_PREFIX = "model."  # LlamaForCausalLM; a bare LlamaModel has none
+_PREFIXES = ("model.",)  # LlamaForCausalLM; a bare LlamaModel has none
 _LAYER = re.compile(r"layers\.(\d+)\.(.*)")
-
-
-def _strip_prefix(state):
-  return {name[len(_PREFIX):] if name.startswith(_PREFIX) else name: value for name, value in state.items()}
 
 
 def _depth(state) -> int:
@@ -53,7 +49,7 @@ def _slice(state, start: int, stop: int, path: str):
 
 
 def prepare(state, options, path):
-  state = _strip_prefix(select_state_dict(state, None, path))
+  state = strip_prefixes(select_state_dict(state, None, path), _PREFIXES)
   if not any(re.fullmatch(r"layers\.\d+\.self_attn\.q_proj\.weight", k) for k in state):
     raise ConversionError(f"{path} is not a Llama checkpoint: no '[model.]layers.N.self_attn.q_proj.weight' "
                           f"tensors (first keys: {sorted(state)[:5]})")

@@ -41,6 +41,20 @@ def read_hf_config(path: str) -> dict[str, Any] | None:
   return read_json(config_path) if os.path.exists(config_path) else None
 
 
+def strip_prefixes(state: StateDict, prefixes: tuple[str, ...]) -> StateDict:
+  """Removes wrapper prefixes from tensor names (`module.`, `model.`, ...), repeatedly, so
+  stacked wrappers such as `module.backbone.` come off too. Prefixes are tried in order."""
+  def strip(name: str) -> str:
+    while True:
+      for p in prefixes:
+        if name.startswith(p):
+          name = name[len(p):]
+          break
+      else:
+        return name
+  return {strip(name): value for name, value in state.items()}
+
+
 def resolve_config(hf_config: dict[str, Any] | None, variant: str | None, *, family: str,
                    presets: dict[str, Any], model_types: tuple[str, ...], from_hf: Any) -> Any:
   """The architecture of a source: a named preset (`--variant`) or its `config.json`.

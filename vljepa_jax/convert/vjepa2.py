@@ -20,7 +20,7 @@ import re
 import jax.numpy as jnp
 
 from vljepa_jax.convert.mapping import ConversionError, Rule, conv3d, layer_norm_rules, linear_rules
-from vljepa_jax.convert.source import select_state_dict
+from vljepa_jax.convert.source import select_state_dict, strip_prefixes
 from vljepa_jax.models import vit
 
 CONFIG = vit.ViTConfig
@@ -38,16 +38,6 @@ _LAYER = r"(?:encoder\.layer|blocks)\.(?P<i>\d+)\."
 _ATTN = r"(?:attention|attn)\."
 _FINAL_NORM = r"(?:encoder\.layernorm|norm)\."
 _FUSED_QKV = re.compile(r"(blocks\.\d+\.attn\.)qkv\.(weight|bias)")
-
-
-def _strip_prefixes(name: str) -> str:
-  stripped = True
-  while stripped:
-    stripped = False
-    for p in _PREFIXES:
-      if name.startswith(p):
-        name, stripped = name[len(p):], True
-  return name
 
 
 def _split_fused_qkv(state: dict) -> dict:
@@ -75,7 +65,7 @@ def prepare(state, options, path):
     raise ConversionError(f"{path} holds a single state dict; --checkpoint_key {options.checkpoint_key} "
                           "only applies to a native V-JEPA 2 .pt with several")
   state = select_state_dict(state, options.checkpoint_key if nested else None, path)
-  state = _split_fused_qkv({_strip_prefixes(k): v for k, v in state.items()})
+  state = _split_fused_qkv(strip_prefixes(state, _PREFIXES))
   if not any(re.fullmatch(_PATCH + "weight", k) for k in state):
     known = [re.compile(r.pattern) for r in rules(None)] + [re.compile(p) for p in IGNORE]
     foreign = sorted(k for k in state if not any(p.fullmatch(k) for p in known))

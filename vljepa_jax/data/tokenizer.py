@@ -79,9 +79,22 @@ class Tokenizer(abc.ABC):
   def _encode(self, texts: list[str]) -> list[list[int]]:
     """Ids with special tokens, each at most `max_length` long."""
 
+  @property
   @abc.abstractmethod
+  def source(self) -> str:
+    """The file this tokenizer was read from, for error messages."""
+
+  @abc.abstractmethod
+  def _decode(self, ids: list[int]) -> str:
+    """Text of in-vocabulary ids, skipping pad and special tokens."""
+
   def decode(self, ids: Sequence[int] | np.ndarray) -> str:
     """Text of one row of ids, skipping pad and special tokens."""
+    ids = _ids_list(ids)
+    for i in ids:
+      if not 0 <= i < self.vocab_size:
+        raise ValueError(f"id {i} is outside the vocabulary [0, {self.vocab_size}) of {self.source}")
+    return self._decode(ids)
 
   def decode_batch(self, ids: np.ndarray | Sequence[Sequence[int]]) -> list[str]:
     return [self.decode(row) for row in ids]
@@ -210,12 +223,11 @@ class SentencePieceTokenizer(Tokenizer):
     keep = self._max_length - self.num_special_tokens
     return [self._prefix + ids[:keep] + self._suffix for ids in self._sp.Encode(texts)]
 
-  def decode(self, ids: Sequence[int] | np.ndarray) -> str:
-    ids = _ids_list(ids)
-    size = self.vocab_size
-    for i in ids:
-      if not 0 <= i < size:
-        raise ValueError(f"id {i} is outside the vocabulary [0, {size}) of {self.model_file}")
+  @property
+  def source(self) -> str:
+    return self.model_file
+
+  def _decode(self, ids: list[int]) -> str:
     # Control pieces (pad / BOS / EOS) decode to nothing in SentencePiece; filtering them and
     # the pad id explicitly also covers a pad id that is an ordinary piece.
     keep = [i for i in ids if i != self._pad_id and not self._sp.IsControl(i)]
@@ -235,10 +247,10 @@ class HuggingFaceTokenizer(Tokenizer):
     import tokenizers
 
     if isinstance(tokenizer_json, tokenizers.Tokenizer):
-      self.source = "<tokenizers.Tokenizer>"
+      self._source = "<tokenizers.Tokenizer>"
       tok = tokenizers.Tokenizer.from_str(tokenizer_json.to_str())  # Our own copy: we mutate it.
     else:
-      self.source = _check_file(tokenizer_json, "tokenizer.json")
+      self._source = _check_file(tokenizer_json, "tokenizer.json")
       try:
         tok = tokenizers.Tokenizer.from_file(self.source)
       except Exception as e:  # The Rust error type is not exported; any parse failure lands here.
@@ -306,12 +318,11 @@ class HuggingFaceTokenizer(Tokenizer):
   def _encode(self, texts: list[str]) -> list[list[int]]:
     return [e.ids for e in self._tok.encode_batch(texts, add_special_tokens=True)]
 
-  def decode(self, ids: Sequence[int] | np.ndarray) -> str:
-    ids = _ids_list(ids)
-    size = self.vocab_size
-    for i in ids:
-      if not 0 <= i < size:
-        raise ValueError(f"id {i} is outside the vocabulary [0, {size}) of {self.source}")
+  @property
+  def source(self) -> str:
+    return self._source
+
+  def _decode(self, ids: list[int]) -> str:
     # The pad id need not be marked special in the file, so drop it explicitly.
     return self._tok.decode([i for i in ids if i != self._pad_id], skip_special_tokens=True)
 
