@@ -30,9 +30,10 @@ setuptools.setup(
             "torch==2.13.0",
             "transformers>=5.0,<6",
             "safetensors>=0.4,<1",
+            # TFDS sources are tested offline with tfds.testing.mock_data; TensorFlow is not needed.
+            "tensorflow-datasets>=4.9.10,<5",
         ],
         "torch": ["torch==2.13.0"],
-        "video": ["av>=14,<20"],
-        "tfds": ["tensorflow-datasets>=4.9,<5"],
+        "tfds": ["tensorflow-datasets>=4.9.10,<5"],
     },
 )

@@ -1,0 +1,170 @@
+"""Random-access data sources, chosen by name from config: `{"type": "manifest", ...}`.
+
+Every source is a Grain-compatible random-access container (`__len__`, `__getitem__`) whose items
+are plain dicts with one visual field and the manifest's text fields (see `manifest.py`):
+
+  media     bytes (an encoded image or video), a file path, or a uint8 array (T,H,W,C) / (H,W,C)
+  id        a name for the record in logs and error reports
+  caption / captions / query / answer / label    as in the manifest schema
+
+Decoding is deliberately *not* done here: the pipeline decodes inside its map stage, where a bad
+record becomes a counted skip instead of an exception in Grain's reader.
+
+  shapes        the embedded procedural dataset (`shapes.py`), no files needed
+  manifest      a JSONL manifest plus a media folder
+  array_record  shards written by `python -m vljepa_jax.data.write_arrayrecord`
+  tfds          a TFDS dataset through `tfds.data_source` (ArrayRecord format; TensorFlow not needed)
+"""
+from __future__ import annotations
+
+import glob
+import os
+from typing import Any, Callable, Mapping
+
+import numpy as np
+
+from vljepa_jax.data import manifest as manifest_lib
+from vljepa_jax.data import media as media_lib
+from vljepa_jax.data import records as records_lib
+
+ARRAY_RECORD_SUFFIX = ".array_record"
+
+
+class ManifestSource:
+  """Entries of a JSONL manifest, with `media` resolved to an absolute path under `media_root`."""
+
+  def __init__(self, manifest: str | os.PathLike, media_root: str | os.PathLike | None = None):
+    self._manifest = os.fspath(manifest)
+    # Relative media paths default to the manifest's own folder, the usual layout.
+    self._media_root = os.fspath(media_root) if media_root is not None else os.path.dirname(
+        os.path.abspath(self._manifest))
+    self._entries = manifest_lib.read_manifest(self._manifest)
+
+  def __len__(self) -> int:
+    return len(self._entries)
+
+  def __getitem__(self, index: int) -> dict[str, Any]:
+    entry = dict(self._entries[index])
+    entry.setdefault("id", entry["media"])
+    entry["media"] = manifest_lib.resolve_media(entry["media"], self._media_root)
+    return entry
+
+  def __repr__(self) -> str:
+    return f"ManifestSource({self._manifest!r}, media_root={self._media_root!r}, len={len(self)})"
+
+
+def array_record_paths(path: str | os.PathLike) -> list[str]:
+  """Shard files of a dataset: a directory of `*.array_record`, a glob, or one file."""
+  path = os.fspath(path)
+  if os.path.isdir(path):
+    paths = sorted(glob.glob(os.path.join(path, "*" + ARRAY_RECORD_SUFFIX)))
+  else:
+    paths = sorted(glob.glob(path))
+  if not paths:
+    raise FileNotFoundError(
+        f"no ArrayRecord shards at {path!r} (expected a directory of *{ARRAY_RECORD_SUFFIX} files "
+        "written by `python -m vljepa_jax.data.write_arrayrecord`, a glob, or a file)")
+  return paths
+
+
+class ArrayRecordSource:
+  """Records written by `write_arrayrecord`: encoded media bytes plus texts (`records.py`)."""
+
+  def __init__(self, path: str | os.PathLike):
+    import grain  # pylint: disable=g-import-not-at-top  # keeps `import sources` light for tools
+    self._path = os.fspath(path)
+    self._paths = array_record_paths(path)
+    self._source = grain.sources.ArrayRecordDataSource(self._paths)
+
+  def __len__(self) -> int:
+    return len(self._source)
+
+  def __getitem__(self, index: int) -> dict[str, Any]:
+    data = self._source[index]
+    try:
+      record = records_lib.decode_record(data)
+    except records_lib.RecordError as e:
+      raise media_lib.BadSample(media_lib.UNREADABLE_MEDIA, f"record {index} of {self._path}: {e}") from None
+    record.setdefault("id", record.get("media_name", f"{self._path}#{index}"))
+    return record
+
+  def __repr__(self) -> str:
+    return f"ArrayRecordSource({self._path!r}, shards={len(self._paths)}, len={len(self)})"
+
+
+class TfdsSource:
+  """A TFDS dataset read through `tfds.data_source` (prepared in ArrayRecord format).
+
+  `media_key` names the image (or `Tensor(T,H,W,3)` video) feature. A `ClassLabel` feature under
+  `label_key` gives `label` (int) and `label_name`; `caption_key` names a text feature to use as
+  the caption, and `caption_template` (e.g. "a photo of a {}.") makes a caption from the label
+  name where the dataset has no text.
+  """
+
+  def __init__(self, name: str, split: str, data_dir: str | None = None, *, media_key: str = "image",
+               label_key: str | None = "label", caption_key: str | None = None,
+               caption_template: str | None = None):
+    try:
+      import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
+    except ImportError:
+      raise ImportError("source type 'tfds' needs tensorflow-datasets: pip install 'vljepa-jax[tfds]'") from None
+    self._name, self._split = name, split
+    self._source = tfds.data_source(name, split=split, data_dir=data_dir)
+    features = tfds.builder(name, data_dir=data_dir).info.features
+    for key in (media_key, label_key, caption_key):
+      if key is not None and key not in features:
+        raise KeyError(f"TFDS dataset {name!r} has no feature {key!r}; it has {sorted(features.keys())}")
+    self._media_key, self._label_key, self._caption_key = media_key, label_key, caption_key
+    self.label_names: list[str] | None = None
+    if label_key is not None and hasattr(features[label_key], "names"):
+      self.label_names = list(features[label_key].names)
+    if caption_template is not None and self.label_names is None:
+      raise ValueError(f"caption_template needs a ClassLabel feature; {name!r} has none under {label_key!r}")
+    self._caption_template = caption_template
+
+  def __len__(self) -> int:
+    return len(self._source)
+
+  def __getitem__(self, index: int) -> dict[str, Any]:
+    example = self._source[index]
+    record: dict[str, Any] = {"id": f"{self._name}/{self._split}/{index}",
+                              "media": np.asarray(example[self._media_key])}
+    if self._label_key is not None:
+      record["label"] = int(example[self._label_key])
+      if self.label_names is not None:
+        record["label_name"] = self.label_names[record["label"]]
+        if self._caption_template is not None:
+          record["caption"] = self._caption_template.format(record["label_name"])
+    if self._caption_key is not None:
+      text = example[self._caption_key]
+      record["caption"] = text.decode("utf-8") if isinstance(text, bytes) else str(text)
+    return record
+
+  def __repr__(self) -> str:
+    return f"TfdsSource({self._name!r}, split={self._split!r}, len={len(self)})"
+
+
+def _shapes_source(**kwargs: Any):
+  from vljepa_jax.data import shapes  # pylint: disable=g-import-not-at-top
+  config_fields = {f: kwargs.pop(f) for f in list(kwargs) if f in shapes.ShapesConfig.__dataclass_fields__}
+  return shapes.ShapesSource(shapes.ShapesConfig(**config_fields), **kwargs)
+
+
+SOURCE_TYPES: dict[str, Callable[..., Any]] = {
+    "shapes": _shapes_source,
+    "manifest": ManifestSource,
+    "array_record": ArrayRecordSource,
+    "tfds": TfdsSource,
+}
+
+
+def make_source(spec: Mapping[str, Any]):
+  """A source from its config: `{"type": <one of SOURCE_TYPES>, **constructor arguments}`."""
+  spec = dict(spec)
+  kind = spec.pop("type", None)
+  if kind not in SOURCE_TYPES:
+    raise ValueError(f"unknown data source type {kind!r}; expected one of {sorted(SOURCE_TYPES)}")
+  try:
+    return SOURCE_TYPES[kind](**spec)
+  except TypeError as e:
+    raise TypeError(f"data source {kind!r}: {e}") from None
