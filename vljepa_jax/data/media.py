@@ -36,10 +36,7 @@ from typing import Any, Callable, Iterator
 import numpy as np
 from PIL import Image
 
-try:
-  import av
-except ImportError:  # video support is the optional "video" extra; images work without it
-  av = None
+import av
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -300,11 +297,6 @@ def normalize(frames: np.ndarray) -> np.ndarray:
 
 class _SeekingFailed(Exception):
   """The stream's timestamps cannot be trusted for seeking; decode sequentially instead."""
-
-
-def _require_av() -> None:
-  if av is None:
-    raise ImportError("decoding video needs PyAV: pip install 'vljepa-jax[video]' (or `pip install av`)")
 
 
 def _describe(source: bytes | str | os.PathLike) -> str:
@@ -614,7 +606,6 @@ def decode_video(source: bytes | str | os.PathLike, num_frames: int, *,
     raise ValueError(f"num_frames must be >= 1, got {num_frames}")
   if short_side is not None and short_side < 1:
     raise ValueError(f"short_side must be >= 1, got {short_side}")
-  _require_av()
   convert = _frame_converter(short_side)
   name = _describe(source)
   reader = decoded = None

@@ -36,6 +36,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Any, Mapping
 
+from absl import flags
 from absl import logging
 import grain
 import numpy as np
@@ -389,6 +390,10 @@ def make_dataset(config: DataConfig | Mapping[str, Any], *, global_batch_size: i
   ds = SkipBadRecords(ds, error_budget=config.error_budget, min_seen=config.error_budget_min_seen)
   ds = ds.batch(batch_size, drop_remainder=drop_remainder)
   if config.num_workers > 0:
+    # Grain's worker pool reads its absl flags; outside an absl app (notebooks, pytest) they are
+    # unparsed, which would raise. Their defaults are what we want there.
+    if not flags.FLAGS.is_parsed():
+      flags.FLAGS.mark_as_parsed()
     ds = ds.mp_prefetch(grain.MultiprocessingOptions(num_workers=config.num_workers,
                                                      per_worker_buffer_size=config.worker_buffer_size))
   if config.prefetch_batches > 0:
