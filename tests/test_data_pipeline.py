@@ -400,6 +400,27 @@ def test_tfds_source_through_mock_data(tok):
         f"a photo of the digit {example['label']}."
 
 
+def test_tfds_imagenet_mock_is_resized_and_cropped():
+  tfds = pytest.importorskip("tensorflow_datasets")
+  source = {"type": "tfds", "name": "imagenet2012", "split": "validation"}
+  cfg = config(sources=[dict(source, caption_template="a photo of a {}.")], shuffle=False, num_epochs=1,
+               crop_size=16, short_side=20)
+  with tfds.testing.mock_data(num_examples=5, policy=tfds.testing.MockPolicy.USE_CODE):
+    raw = tfds.data_source("imagenet2012", split="validation")
+    want = [raw[i] for i in range(5)]
+    examples, _ = _all_examples(cfg)
+    names = tfds.builder("imagenet2012").info.features["label"].names
+  for row, example in enumerate(want):
+    image = example["image"]  # mock images have random sizes
+    h, w = image.shape[:2]
+    size = (max(20, int(w * 20 / min(h, w) + 0.5)), max(20, int(h * 20 / min(h, w) + 0.5)))
+    resized = np.asarray(Image.fromarray(image).resize(size, Image.BILINEAR))
+    top, left = (resized.shape[0] - 16) // 2, (resized.shape[1] - 16) // 2
+    np.testing.assert_allclose(examples["video"][row, 0], reference_normalize(resized[top:top + 16, left:left + 16]),
+                               atol=1e-5)
+    assert examples["label"][row] == example["label"] and 0 <= example["label"] < len(names)
+
+
 # ---------------------------------------------------------------- global arrays across processes
 
 
@@ -446,3 +467,10 @@ def test_worker_processes_are_deterministic_resumable_and_cover_the_data(tok):
   resumed = pipeline.make_iterator(cfg, global_batch_size=8, process_index=0, process_count=1, target_tokenizer=tok)
   resumed.set_state(state)
   assert_batches_equal(list(resumed), rest)
+
+
+def test_embedded_dataset_renders_at_the_pipeline_size():
+  cfg = config(sources=[{"type": "shapes", "size": 8}], crop_size=48, num_frames=3, shuffle=False)
+  (batch,), _ = batches(cfg, 1, batch=4)
+  record = shapes.ShapesSource(shapes.ShapesConfig(image_size=48, num_frames=3), size=8)[int(batch["source_index"][0])]
+  np.testing.assert_allclose(batch["video"][0], reference_normalize(record["frames"]), atol=1e-6)

@@ -157,13 +157,13 @@ class Preprocess:
     self._label_ids = {name: i for i, name in enumerate(config.label_names or ())}
 
   def __call__(self, index: int, rng: np.random.Generator) -> dict[str, Any]:
-    record_id = f"{self._source!r}[{int(index)}]"
+    record = None
     try:
       record = self._source[int(index)]
-      record_id = record.get("id", record_id)
       return self._example(int(index), record, rng)
     except media_lib.BadSample as e:
-      return _bad_record(record_id, e)
+      record_id = record.get("id") if record is not None else None
+      return _bad_record(record_id or f"{self._source!r}[{int(index)}]", e)
 
   def _texts(self, record: Mapping[str, Any], rng: np.random.Generator) -> tuple[str, str]:
     mode = self._text_mode
@@ -352,6 +352,10 @@ def _source_dataset(index: int, spec: Mapping[str, Any], config: DataConfig, pro
   spec = dict(spec)
   spec.pop("weight", None)
   text_mode = spec.pop("text_mode", config.text_mode)
+  if spec["type"] == "shapes":
+    # The embedded dataset renders at the pipeline's size unless told otherwise: no resampling.
+    spec.setdefault("image_size", config.crop_size)
+    spec.setdefault("num_frames", config.num_frames)
   source = sources_lib.make_source(spec)
   if len(source) == 0:
     raise ValueError(f"data source {index} ({source!r}) is empty")
