@@ -1,4 +1,9 @@
-"""Test-wide settings: parity needs true fp32 matmuls (no TF32/bf16 passes on any backend)."""
+"""Test-wide settings.
+
+Parity needs true fp32 matmuls (no TF32/bf16 passes on any backend). Sharding tests need several
+devices: the CPU backend is split into 8 virtual devices before anything initialises it (tests
+that do not shard just use device 0, at no measured cost).
+"""
 import os
 import subprocess
 import sys
@@ -7,6 +12,8 @@ import jax
 import pytest
 
 jax.config.update("jax_default_matmul_precision", "highest")
+jax.config.update("jax_num_cpu_devices", 8)
+NUM_CPU_DEVICES = 8
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

@@ -50,3 +50,34 @@ def test_bf16_inputs_are_computed_in_fp32_and_shapes_checked():
   np.testing.assert_allclose(float(got), numpy_infonce(pred, target, 0.07), rtol=2e-2)
   with pytest.raises(ValueError, match="must both be"):
     losses.bidirectional_infonce(jnp.zeros((4, 3)), jnp.zeros((5, 3)), 0.1)
+
+
+def _mesh(shape, names):
+  return jax.make_mesh(shape, names, axis_types=(jax.sharding.AxisType.Auto,) * len(names))
+
+
+@pytest.mark.parametrize("mesh_shape,names,n,chunk", [
+    ((8,), ("data",), 32, 8),           # 4 rows per device, 4 column chunks
+    ((4, 2), ("data", "fsdp"), 48, 20),  # chunk 20 does not divide 48: the largest divisor (16) is used
+    ((2, 2, 2), ("data", "fsdp", "tensor"), 16, 2048),  # tensor axis replicated; one chunk
+])
+def test_sharded_equals_numpy_and_unsharded_value_and_gradients(mesh_shape, names, n, chunk):
+  assert jax.device_count() >= 8
+  mesh = _mesh(mesh_shape, names)
+  rng = np.random.default_rng(n)
+  pred, target = rng.normal(size=(n, 12)), rng.normal(size=(n, 12))
+  p32, t32 = jnp.asarray(pred, jnp.float32), jnp.asarray(target, jnp.float32)
+  sharded = jax.jit(lambda p, t, tau: losses.bidirectional_infonce(p, t, tau, mesh=mesh, chunk_size=chunk))
+  np.testing.assert_allclose(float(sharded(p32, t32, 0.07)), numpy_infonce(pred, target, 0.07), rtol=2e-5)
+  grads = jax.grad(sharded, argnums=(0, 1, 2))(p32, t32, jnp.float32(0.07))
+  reference = jax.grad(losses.bidirectional_infonce, argnums=(0, 1, 2))(p32, t32, jnp.float32(0.07))
+  for got, want in zip(grads, reference):
+    np.testing.assert_allclose(np.asarray(got), np.asarray(want), rtol=1e-4, atol=1e-6)
+
+
+def test_sharded_loss_rejects_a_batch_that_does_not_split():
+  mesh = _mesh((8,), ("data",))
+  with pytest.raises(ValueError, match="does not split over the 8 devices"):
+    losses.bidirectional_infonce(jnp.zeros((12, 4)), jnp.zeros((12, 4)), 0.1, mesh=mesh)
+  with pytest.raises(ValueError, match="none of the batch axes"):
+    losses.bidirectional_infonce(jnp.zeros((8, 4)), jnp.zeros((8, 4)), 0.1, mesh=_mesh((8,), ("tensor",)))
