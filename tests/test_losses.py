@@ -81,3 +81,17 @@ def test_sharded_loss_rejects_a_batch_that_does_not_split():
     losses.bidirectional_infonce(jnp.zeros((12, 4)), jnp.zeros((12, 4)), 0.1, mesh=mesh)
   with pytest.raises(ValueError, match="none of the batch axes"):
     losses.bidirectional_infonce(jnp.zeros((8, 4)), jnp.zeros((8, 4)), 0.1, mesh=_mesh((8,), ("tensor",)))
+
+
+def test_regression_losses_match_numpy():
+  rng = np.random.default_rng(3)
+  pred, target = rng.normal(size=(10, 7)), rng.normal(size=(10, 7))
+  p = pred / np.linalg.norm(pred, axis=1, keepdims=True)
+  t = target / np.linalg.norm(target, axis=1, keepdims=True)
+  want = {"cosine": np.mean(1 - np.sum(p * t, axis=1)), "l1": np.mean(np.abs(p - t).sum(axis=1)),
+          "l2": np.mean(np.square(p - t).sum(axis=1)), "infonce": numpy_infonce(pred, target, 0.5)}
+  for name, value in want.items():
+    got = losses.make_loss(name, temperature=0.5)(jnp.asarray(pred, jnp.float32), jnp.asarray(target, jnp.float32))
+    np.testing.assert_allclose(float(got), value, rtol=1e-5, err_msg=name)
+  with pytest.raises(ValueError, match="unknown loss 'mse'"):
+    losses.make_loss("mse")

@@ -106,3 +106,37 @@ def _sharded_infonce(pred, target, temperature, mesh, batch_axes, chunk_size):
   batch = P(axes)
   return jax.shard_map(local_loss, mesh=mesh, in_specs=(batch, batch, P()), out_specs=P())(
       pred, target, temperature)
+
+
+# The ablation losses of the paper's table 7 regress the prediction onto the target embedding,
+# row by row, with no negatives; like InfoNCE they compare L2-normalised embeddings.
+
+
+def cosine_loss(pred: jax.Array, target: jax.Array) -> jax.Array:
+  """Mean of 1 - cos(pred_i, target_i)."""
+  return jnp.mean(1.0 - jnp.sum(l2_normalize(pred) * l2_normalize(target), axis=-1))
+
+
+def l1_loss(pred: jax.Array, target: jax.Array) -> jax.Array:
+  """Mean absolute difference of the normalised embeddings (summed over D, averaged over rows)."""
+  return jnp.mean(jnp.sum(jnp.abs(l2_normalize(pred) - l2_normalize(target)), axis=-1))
+
+
+def l2_loss(pred: jax.Array, target: jax.Array) -> jax.Array:
+  """Mean squared distance of the normalised embeddings (summed over D, averaged over rows)."""
+  return jnp.mean(jnp.sum(jnp.square(l2_normalize(pred) - l2_normalize(target)), axis=-1))
+
+
+LOSSES = ("infonce", "cosine", "l1", "l2")
+
+
+def make_loss(name: str, *, temperature: float = 0.07, mesh: jax.sharding.Mesh | None = None,
+              batch_axes: Sequence[str] = DEFAULT_BATCH_AXES, chunk_size: int = DEFAULT_CHUNK_SIZE):
+  """`loss(pred, target) -> scalar` by config name; only InfoNCE couples rows, so only it shards."""
+  if name == "infonce":
+    return lambda pred, target: bidirectional_infonce(pred, target, temperature, mesh=mesh,
+                                                      batch_axes=batch_axes, chunk_size=chunk_size)
+  per_row = {"cosine": cosine_loss, "l1": l1_loss, "l2": l2_loss}
+  if name not in per_row:
+    raise ValueError(f"unknown loss {name!r}; expected one of {LOSSES}")
+  return per_row[name]

@@ -34,6 +34,44 @@ def constrain_activations(x: jax.Array) -> jax.Array:
   return nn.with_logical_constraint(x, ACTIVATION_AXES)
 
 
+class DenseGeneral(nn.Module):
+  """`y = x . kernel + bias` over the `axis` dims of x; kernel `(in..., out...)` with logical axis names.
+
+  Flax's `nn.DenseGeneral` initialises a flattened 2-D kernel and reshapes it, so a logical
+  partitioning box names a 2-D value with the N-D names; under an ambient mesh (the sharded train
+  step) its apply-time shape check then applies an N-D constraint to a 2-D array and fails. This
+  module creates the kernel at its real shape. Parameter names and layouts match Flax's, so
+  converted checkpoints load unchanged.
+  """
+  features: int | Sequence[int]
+  kernel_axes: Sequence[str]
+  axis: int | Sequence[int] = -1
+  use_bias: bool = True
+  dtype: Dtype = jnp.float32
+  param_dtype: Dtype = jnp.float32
+  kernel_init: Initializer = default_kernel_init
+
+  @nn.compact
+  def __call__(self, x: jax.Array) -> jax.Array:
+    features = (self.features,) if isinstance(self.features, int) else tuple(self.features)
+    axes = (self.axis,) if isinstance(self.axis, int) else tuple(self.axis)
+    axes = tuple(a % x.ndim for a in axes)
+    if len(self.kernel_axes) != len(axes) + len(features):
+      raise ValueError(f"{self.name}: kernel_axes {tuple(self.kernel_axes)} must name {len(axes)} input and "
+                       f"{len(features)} output dims")
+    kernel_shape = tuple(x.shape[a] for a in axes) + features
+    kernel = self.param("kernel", nn.with_logical_partitioning(self.kernel_init, tuple(self.kernel_axes)),
+                        kernel_shape, self.param_dtype)
+    bias = None
+    if self.use_bias:
+      bias = self.param("bias", nn.with_logical_partitioning(nn.initializers.zeros,
+                                                             tuple(self.kernel_axes[-len(features):])),
+                        features, self.param_dtype)
+    x, kernel, bias = nn.dtypes.promote_dtype(x, kernel, bias, dtype=self.dtype)
+    y = jax.lax.dot_general(x, kernel, ((axes, tuple(range(len(axes)))), ((), ())))
+    return y if bias is None else y + bias
+
+
 def dense(
     features: int | Sequence[int],
     kernel_axes: Sequence[str],
@@ -44,24 +82,15 @@ def dense(
     param_dtype: Dtype = jnp.float32,
     kernel_init: Initializer = default_kernel_init,
     name: str | None = None,
-) -> nn.DenseGeneral:
-  """An `nn.DenseGeneral` whose kernel and bias carry logical axis names.
+) -> DenseGeneral:
+  """A `DenseGeneral` whose kernel and bias carry logical axis names.
 
   `kernel_axes` names every kernel dim: the contracted input dims first, then the output
   dims. The bias gets the output dims' names. Kernels are stored `(in..., out...)`, the
   transpose of `torch.nn.Linear.weight`.
   """
-  out_dims = 1 if isinstance(features, int) else len(features)
-  return nn.DenseGeneral(
-      features=features,
-      axis=axis,
-      use_bias=use_bias,
-      dtype=dtype,
-      param_dtype=param_dtype,
-      kernel_init=nn.with_logical_partitioning(kernel_init, tuple(kernel_axes)),
-      bias_init=nn.with_logical_partitioning(nn.initializers.zeros, tuple(kernel_axes[-out_dims:])),
-      name=name,
-  )
+  return DenseGeneral(features=features, kernel_axes=tuple(kernel_axes), axis=axis, use_bias=use_bias,
+                      dtype=dtype, param_dtype=param_dtype, kernel_init=kernel_init, name=name)
 
 
 def layer_norm(epsilon: float = 1e-6, *, dtype: Dtype = jnp.float32, param_dtype: Dtype = jnp.float32,

@@ -1,0 +1,144 @@
+"""The train step: sharded == single-device, GradCache accumulation == full batch, NaN skipping,
+one compilation. The single-device run with the dense loss is the reference for the others."""
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+from vljepa_jax import losses
+from vljepa_jax.data import global_batch
+from vljepa_jax.models import params as params_lib
+from vljepa_jax.models import vljepa
+from vljepa_jax.train import optimizer
+from vljepa_jax.train import sharding
+from vljepa_jax.train import train_step as train_step_lib
+
+
+def _model():
+  config = vljepa.tiny_config()
+  return vljepa.VLJEPA(config.replace(x_encoder=config.x_encoder.replace(patch_size=8)))
+
+
+def _batch(seed, n=16):
+  rng = np.random.default_rng(seed)
+  return {"video": rng.integers(0, 256, (n, 2, 32, 32, 3), dtype=np.uint8),
+          "query_ids": rng.integers(0, 256, (n, 8)).astype(np.int32),
+          "query_mask": (np.arange(8)[None] < rng.integers(2, 9, (n, 1))).astype(np.int32),
+          "target_ids": rng.integers(0, 1000, (n, 8)).astype(np.int32),
+          "target_mask": (np.arange(8)[None] < rng.integers(3, 9, (n, 1))).astype(np.int32)}
+
+
+@functools.lru_cache(maxsize=None)
+def _initial_params(model):
+  inputs = train_step_lib.model_inputs({k: jnp.asarray(v) for k, v in _batch(0).items()})
+  return params_lib.unbox(jax.jit(model.init)(jax.random.key(0), **inputs)["params"])
+
+
+def _init(model, tx):
+  # A copy per state: train steps donate (delete) the state they are given.
+  return train_step_lib.TrainState.create(jax.tree.map(jnp.copy, _initial_params(model)), tx)
+
+
+def _run_single_device(model, tx, batches, **kwargs):
+  step = jax.jit(train_step_lib.make_train_step(model, tx, losses.make_loss("infonce", temperature=0.1), **kwargs))
+  state, history = _init(model, tx), []
+  for batch in batches:
+    state, metrics = step(state, {k: jnp.asarray(v) for k, v in batch.items()})
+    history.append(float(metrics["loss"]))
+  return state, history
+
+
+def test_sharded_steps_equal_single_device_steps():
+  # SGD with momentum rather than Adam: Adam divides by sqrt(v), so a gradient that is ~0 in both
+  # runs can flip sign between them and move a parameter by a full step; losses would still agree
+  # but an element-wise parameter comparison would not say anything about the sharding.
+  model = _model()
+  tx = optimizer.make_optimizer(_init(model, optax.sgd(0.0)).params, learning_rate=0.05, lr_rules=(
+      ("x_encoder/.*", 0.0), ("y_encoder/.*", 0.05)), b1=0.9, b2=0.0, eps=1.0)[0]
+  batches = [_batch(s) for s in range(1, 4)]
+  reference_state, reference_losses = _run_single_device(model, tx, batches)
+
+  mesh = sharding.make_mesh({"data": 2, "fsdp": 2, "tensor": 2})
+  rules = sharding.logical_rules("fsdp_tp")
+  inputs = train_step_lib.model_inputs({k: jnp.asarray(v) for k, v in batches[0].items()})
+  abstract = params_lib.abstract_params(model, *inputs.values())
+  specs = params_lib.logical_partition_specs(model, *inputs.values())
+  param_shardings = sharding.param_shardings(specs, abstract, mesh, rules)
+  abstract_state = jax.eval_shape(lambda p: train_step_lib.TrainState.create(p, tx), abstract)
+  state_shardings = sharding.train_state_shardings(tx, abstract_state, param_shardings, mesh)
+  state = jax.jit(lambda p: train_step_lib.TrainState.create(p, tx), out_shardings=state_shardings)(
+      jax.device_put(_init(model, tx).params, param_shardings))
+  loss_fn = losses.make_loss("infonce", temperature=0.1, mesh=mesh)
+  step = train_step_lib.jit_train_step(
+      train_step_lib.make_train_step(model, tx, loss_fn, rules=rules), mesh=mesh,
+      state_shardings=state_shardings, batch_shardings=global_batch.batch_sharding(mesh))
+  sharded_losses = []
+  for batch in batches:
+    state, metrics = step(state, global_batch.to_global_batch(batch, mesh))
+    sharded_losses.append(float(metrics["loss"]))
+  np.testing.assert_allclose(sharded_losses, reference_losses, rtol=1e-5)
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(np.asarray(a), np.asarray(b), atol=1e-5),
+               state.params, reference_state.params)
+  kernel = state.params["predictor"]["llama"]["layers_0"]["mlp"]["wi_gate"]["kernel"]
+  assert tuple(kernel.sharding.spec) == ("fsdp", "tensor")
+  moments = [leaf for path, leaf in jax.tree_util.tree_leaves_with_path(state.opt_state)
+             if "'wi_gate'" in jax.tree_util.keystr(path) and "'layers_0'" in jax.tree_util.keystr(path)
+             and "'predictor'" in jax.tree_util.keystr(path)]
+  assert len(moments) == 2  # Adam's mu and nu, sharded like their parameter
+  assert all(tuple(m.sharding.spec) == ("fsdp", "tensor") for m in moments)
+  frozen = state.params["x_encoder"]
+  jax.tree.map(lambda a, b: np.testing.assert_array_equal(np.asarray(a), np.asarray(b)), frozen,
+               _init(model, optax.sgd(0.0)).params["x_encoder"])
+
+
+def test_gradcache_microbatches_equal_the_full_batch_gradient():
+  model, tx = _model(), optax.sgd(1.0)  # params move by exactly -grad
+  start = _init(model, tx).params
+  full_state, full_losses = _run_single_device(model, tx, [_batch(5)])
+  micro_state, micro_losses = _run_single_device(model, tx, [_batch(5)], num_microbatches=4)
+  np.testing.assert_allclose(micro_losses, full_losses, rtol=1e-6)
+  full_grads = jax.tree.map(lambda a, b: np.asarray(a) - np.asarray(b), start, full_state.params)
+  micro_grads = jax.tree.map(lambda a, b: np.asarray(a) - np.asarray(b), start, micro_state.params)
+  assert optax.tree.norm(full_grads) > 0
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6), micro_grads, full_grads)
+  with pytest.raises(ValueError, match="does not split into 3 microbatches"):
+    _run_single_device(model, tx, [_batch(5)], num_microbatches=3)
+
+
+def test_non_finite_steps_are_skipped_and_counted():
+  model, tx = _model(), optax.adam(1e-3)
+  step = jax.jit(train_step_lib.make_train_step(model, tx, losses.make_loss("infonce")))
+  state = _init(model, tx)
+  before = jax.tree.map(np.asarray, state.params)
+  bad = {k: jnp.asarray(v) for k, v in _batch(1).items()}
+  bad["video"] = jnp.full(bad["video"].shape, jnp.nan, jnp.float32)
+  state, metrics = step(state, bad)
+  assert not bool(metrics["finite"])
+  jax.tree.map(np.testing.assert_array_equal, jax.tree.map(np.asarray, state.params), before)
+  assert (int(state.step), int(state.nonfinite_streak), int(state.nonfinite_total)) == (1, 1, 1)
+  state, metrics = step(state, {k: jnp.asarray(v) for k, v in _batch(2).items()})
+  assert bool(metrics["finite"])
+  assert (int(state.step), int(state.nonfinite_streak), int(state.nonfinite_total)) == (2, 0, 1)
+  changed = jax.tree.map(lambda a, b: not np.array_equal(np.asarray(a), b), state.params, before)
+  assert any(jax.tree.leaves(changed["predictor"]))
+
+
+def test_train_step_compiles_once_and_donates_the_state():
+  model, tx = _model(), optax.adam(1e-3)
+  traces = []
+  inner = train_step_lib.make_train_step(model, tx, losses.make_loss("infonce"))
+
+  def counted(state, batch):
+    traces.append(1)
+    return inner(state, batch)
+
+  step = train_step_lib.jit_train_step(counted)
+  state = _init(model, tx)
+  for seed in range(3):
+    old = state
+    state, _ = step(state, {k: jnp.asarray(v) for k, v in _batch(seed).items()})
+  assert len(traces) == 1
+  assert old.params["y_head"]["kernel"].is_deleted()  # donated

@@ -1,0 +1,148 @@
+"""The VL-JEPA train step: one jitted, sharded, donated function from (state, batch) to state.
+
+  pred, target = VLJEPA(video, query, target text)      Ŝ_Y and S_Y for the whole global batch
+  loss         = loss_fn(pred, target)                  InfoNCE couples every row with every other
+  grads        -> optimizer (frozen groups get no update) -> new params
+
+Gradient accumulation cannot simply average microbatch gradients here: a contrastive loss over
+microbatches would see only the negatives inside each one. With `num_microbatches > 1` the step
+follows GradCache (Gao et al., arXiv 2101.06983) instead: embed every microbatch without keeping
+activations, take the loss and its gradient with respect to the embeddings of the *whole* batch,
+then re-run each microbatch and pull that embedding gradient back through the towers. The result
+equals the full-batch gradient; peak activation memory is one microbatch's.
+
+A non-finite loss or gradient norm leaves params and optimizer state untouched, counts the step
+in `nonfinite_streak` / `nonfinite_total` (the trainer stops after too long a streak), and still
+advances `step`, so the data stream and the checkpoint schedule move on.
+"""
+from __future__ import annotations
+
+from typing import Any, Callable, Mapping
+
+import flax
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import optax
+
+from vljepa_jax.data import global_batch
+
+MODEL_INPUTS = ("video", "query_ids", "query_mask", "target_ids", "target_mask")
+Batch = Mapping[str, jax.Array]
+
+
+@flax.struct.dataclass
+class TrainState:
+  step: jax.Array  # int32 scalar
+  params: Any
+  opt_state: Any
+  nonfinite_streak: jax.Array  # int32: consecutive skipped steps
+  nonfinite_total: jax.Array  # int32: all skipped steps
+
+  @classmethod
+  def create(cls, params: Any, tx: optax.GradientTransformation) -> "TrainState":
+    zero = lambda: jnp.zeros((), jnp.int32)  # distinct buffers: the state is donated leaf by leaf
+    return cls(step=zero(), params=params, opt_state=tx.init(params), nonfinite_streak=zero(),
+               nonfinite_total=zero())
+
+
+def model_inputs(batch: Batch) -> dict[str, jax.Array]:
+  """The model's keyword arguments from a pipeline batch (uint8 video is normalised here)."""
+  missing = [k for k in MODEL_INPUTS if k not in batch]
+  if missing:
+    raise KeyError(f"batch lacks {missing}; the pipeline needs query and target tokenizers")
+  inputs = {k: batch[k] for k in MODEL_INPUTS}
+  inputs["video"] = global_batch.normalize_video(inputs["video"])
+  return inputs
+
+
+def _split_microbatches(batch: Batch, num_microbatches: int) -> dict[str, jax.Array]:
+  """(N, ...) -> (M, N/M, ...), microbatch m taking every M-th row.
+
+  Strided rather than contiguous rows, so each microbatch draws equally from every device's
+  shard of a batch-sharded array instead of living on a few devices.
+  """
+  def split(x):
+    if x.shape[0] % num_microbatches:
+      raise ValueError(f"batch {x.shape[0]} does not split into {num_microbatches} microbatches")
+    return jnp.moveaxis(x.reshape((x.shape[0] // num_microbatches, num_microbatches) + x.shape[1:]), 1, 0)
+  return {k: split(v) for k, v in batch.items()}
+
+
+def _flatten_microbatches(x: jax.Array) -> jax.Array:
+  return x.reshape((-1,) + x.shape[2:])
+
+
+def make_train_step(model: nn.Module, tx: optax.GradientTransformation,
+                    loss_fn: Callable[[jax.Array, jax.Array], jax.Array], *, num_microbatches: int = 1,
+                    rules: Any = None) -> Callable[[TrainState, Batch], tuple[TrainState, dict[str, jax.Array]]]:
+  """The un-jitted step; `jit_train_step` compiles it with shardings and donation.
+
+  `rules` (logical-axis rules) are active while the step is traced, so the models' activation
+  sharding constraints resolve against the mesh `jit_train_step` makes ambient.
+  """
+  if num_microbatches < 1:
+    raise ValueError(f"num_microbatches must be >= 1, got {num_microbatches}")
+
+  def embed(params, inputs):
+    return model.apply({"params": params}, **inputs)
+
+  def loss_and_grads(params, inputs):
+    if num_microbatches == 1:
+      return jax.value_and_grad(lambda p: loss_fn(*embed(p, inputs)))(params)
+    micro = _split_microbatches(inputs, num_microbatches)
+    preds, targets = jax.lax.map(lambda mb: embed(params, mb), micro)  # (M, N/M, D) each
+    # InfoNCE is invariant to permuting pred and target rows together, so microbatch-major order is fine.
+    loss, (d_preds, d_targets) = jax.value_and_grad(loss_fn, argnums=(0, 1))(
+        _flatten_microbatches(preds), _flatten_microbatches(targets))
+
+    def pull_back(grads, xs):
+      mb, d_pred, d_target = xs
+      _, vjp = jax.vjp(lambda p: embed(p, mb), params)
+      (mb_grads,) = vjp((d_pred.reshape(preds.shape[1:]), d_target.reshape(targets.shape[1:])))
+      return jax.tree.map(jnp.add, grads, mb_grads), None
+
+    d_preds = d_preds.reshape(preds.shape)
+    d_targets = d_targets.reshape(targets.shape)
+    grads, _ = jax.lax.scan(pull_back, jax.tree.map(jnp.zeros_like, params), (micro, d_preds, d_targets))
+    return loss, grads
+
+  def step(state: TrainState, batch: Batch) -> tuple[TrainState, dict[str, jax.Array]]:
+    with nn.logical_axis_rules(rules or ()):
+      loss, grads = loss_and_grads(state.params, model_inputs(batch))
+    grad_norm = optax.tree.norm(grads)
+    finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
+    updates, opt_state = tx.update(grads, state.opt_state, state.params)
+    params = optax.apply_updates(state.params, updates)
+    keep = lambda new, old: jax.tree.map(lambda n, o: jnp.where(finite, n, o), new, old)
+    streak = jnp.where(finite, 0, state.nonfinite_streak + 1)
+    new_state = TrainState(step=state.step + 1, params=keep(params, state.params),
+                           opt_state=keep(opt_state, state.opt_state), nonfinite_streak=streak,
+                           nonfinite_total=state.nonfinite_total + (~finite).astype(jnp.int32))
+    metrics = {"loss": loss, "grad_norm": grad_norm, "param_norm": optax.tree.norm(new_state.params),
+               "update_norm": optax.tree.norm(updates), "finite": finite}
+    return new_state, metrics
+
+  return step
+
+
+def jit_train_step(step: Callable, *, mesh: jax.sharding.Mesh | None = None, state_shardings: Any = None,
+                   batch_shardings: Any = None) -> Callable:
+  """`jax.jit` with explicit shardings (replicated metrics) and the state donated.
+
+  Calls run under `jax.set_mesh(mesh)` (it cannot be entered inside `jit`), which the models'
+  logical activation constraints need to resolve.
+  """
+  if state_shardings is None:
+    jitted = jax.jit(step, donate_argnums=(0,))
+  else:
+    jitted = jax.jit(step, in_shardings=(state_shardings, batch_shardings), out_shardings=(state_shardings, None),
+                     donate_argnums=(0,))
+  if mesh is None:
+    return jitted
+
+  def call(state, batch):
+    with jax.set_mesh(mesh):
+      return jitted(state, batch)
+
+  return call
