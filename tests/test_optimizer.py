@@ -14,6 +14,7 @@ import numpy as np
 import optax
 import pytest
 
+from vljepa_jax.convert import mapping
 from vljepa_jax.train import optimizer
 
 RULES = (("x_encoder/.*", 0.0), ("predictor/llama/embed_tokens/.*", 0.0), ("y_encoder/.*", 0.05))
@@ -32,18 +33,6 @@ PARAMS_SPEC = {
 }
 FROZEN = {path for path, (_, mult) in PARAMS_SPEC.items() if mult == 0.0}
 TRAINABLE = set(PARAMS_SPEC) - FROZEN
-
-
-def nest(flat):
-  """{"a/b/c": x} -> {"a": {"b": {"c": x}}}."""
-  tree = {}
-  for path, value in flat.items():
-    *parents, leaf = path.split("/")
-    node = tree
-    for key in parents:
-      node = node.setdefault(key, {})
-    node[leaf] = value
-  return tree
 
 
 def flatten(tree):
@@ -103,7 +92,7 @@ def numpy_adamw(params, grads_per_step, *, lr_fn, b1, b2, eps, weight_decay, cli
 
 def run_optimizer(tx, params_flat, grads_per_step):
   """Applies `tx` for len(grads_per_step) jitted steps; returns (final params flat, final state)."""
-  params = jax.tree.map(jnp.asarray, nest(params_flat))
+  params = jax.tree.map(jnp.asarray, mapping.unflatten(params_flat))
   state = jax.jit(tx.init)(params)
 
   @jax.jit
@@ -112,7 +101,7 @@ def run_optimizer(tx, params_flat, grads_per_step):
     return optax.apply_updates(params, updates), state
 
   for grads in grads_per_step:
-    params, state = train_step(params, state, jax.tree.map(jnp.asarray, nest(grads)))
+    params, state = train_step(params, state, jax.tree.map(jnp.asarray, mapping.unflatten(grads)))
   return {k: np.asarray(v) for k, v in flatten(params).items()}, state
 
 
@@ -130,14 +119,14 @@ def test_param_path_joins_dict_keys_and_state_keys():
 
 
 def test_lr_multipliers_follow_the_rules():
-  params = nest(random_flat(np.random.default_rng(0)))
+  params = mapping.unflatten(random_flat(np.random.default_rng(0)))
   got = flatten(optimizer.lr_multipliers(params, RULES))
   assert got == {path: mult for path, (_, mult) in PARAMS_SPEC.items()}
   assert all(type(v) is float for v in got.values())
 
 
 def test_lr_multipliers_first_match_wins_and_default_is_one():
-  params = nest(random_flat(np.random.default_rng(0)))
+  params = mapping.unflatten(random_flat(np.random.default_rng(0)))
   rules = [("y_encoder/norm/.*", 0.1), ("y_encoder/.*", 0.05), ("y_encoder/norm/scale", 0.7), (".*/kernel", 2.0)]
   got = flatten(optimizer.lr_multipliers(params, rules))
   assert got["y_encoder/norm/scale"] == 0.1  # the first rule, not the later exact one
@@ -151,7 +140,7 @@ def test_lr_multipliers_first_match_wins_and_default_is_one():
 
 
 def test_lr_multipliers_errors_name_the_rule():
-  params = nest(random_flat(np.random.default_rng(0)))
+  params = mapping.unflatten(random_flat(np.random.default_rng(0)))
   with pytest.raises(ValueError, match=r"'y_encoder/\.\*'.*-0.5"):
     optimizer.lr_multipliers(params, [("y_encoder/.*", -0.5)])
   with pytest.raises(ValueError, match=r"'y_encoder/\('.*not a valid regex"):
@@ -220,7 +209,7 @@ ADAMW = dict(learning_rate=0.1, schedule="warmup_cosine", warmup_steps=2, total_
 def test_frozen_params_are_bit_identical_and_have_no_state():
   rng = np.random.default_rng(1)
   params = random_flat(rng)
-  tx, _ = optimizer.make_optimizer(nest(params), lr_rules=RULES, **ADAMW)
+  tx, _ = optimizer.make_optimizer(mapping.unflatten(params), lr_rules=RULES, **ADAMW)
   final, state = run_optimizer(tx, params, [random_flat(rng) for _ in range(5)])
 
   for path in FROZEN:
@@ -242,7 +231,7 @@ def test_trainable_params_match_numpy_adamw():
   rng = np.random.default_rng(2)
   params = random_flat(rng)
   grads = [random_flat(rng) for _ in range(5)]
-  tx, _ = optimizer.make_optimizer(nest(params), lr_rules=RULES, **ADAMW)
+  tx, _ = optimizer.make_optimizer(mapping.unflatten(params), lr_rules=RULES, **ADAMW)
   final, _ = run_optimizer(tx, params, grads)
 
   schedule_kwargs = {k: ADAMW[k] for k in ("learning_rate", "schedule", "warmup_steps", "total_steps",
@@ -258,8 +247,8 @@ def test_trainable_params_match_numpy_adamw():
 
 def test_y_encoder_update_is_multiplier_times_full_update():
   rng = np.random.default_rng(3)
-  params = nest(random_flat(rng))
-  grads = nest(random_flat(rng))
+  params = mapping.unflatten(random_flat(rng))
+  grads = mapping.unflatten(random_flat(rng))
   kwargs = dict(learning_rate=0.1, weight_decay=0.3)
   tx_scaled, _ = optimizer.make_optimizer(params, lr_rules=RULES, **kwargs)
   tx_full, _ = optimizer.make_optimizer(params, lr_rules=RULES[:2], **kwargs)
@@ -287,7 +276,7 @@ def test_clipping_uses_trainable_gradients_only():
       step_grads[path] *= 1e3
     grads.append(step_grads)
   adam = dict(b1=0.9, b2=0.99, eps=1.0, weight_decay=0.1)
-  tx, _ = optimizer.make_optimizer(nest(params), learning_rate=0.1, lr_rules=RULES, grad_clip_norm=1.0, **adam)
+  tx, _ = optimizer.make_optimizer(mapping.unflatten(params), learning_rate=0.1, lr_rules=RULES, grad_clip_norm=1.0, **adam)
   final, _ = run_optimizer(tx, params, grads)
 
   reference = lambda **extra: numpy_adamw(params, grads, lr_fn=lambda _: 0.1, **adam, **extra)
@@ -316,7 +305,7 @@ def test_clipping_uses_trainable_gradients_only():
 
 
 def test_group_sizes_and_labels():
-  params = nest(random_flat(np.random.default_rng(5)))
+  params = mapping.unflatten(random_flat(np.random.default_rng(5)))
   _, sizes = optimizer.make_optimizer(params, learning_rate=1.0, lr_rules=RULES)
   assert sizes == {"frozen": 6 * 4 + 4 + 10 * 4, "lr_x1": 4 * 8 + 4 + 5 * 3 + 3, "lr_x0.05": 5 * 5 + 5}
   assert list(sizes) == ["lr_x1", "lr_x0.05", "frozen"]  # log order: fastest group first, frozen last
@@ -331,9 +320,9 @@ def test_optimizer_state_follows_parameter_sharding():
   replicated = NamedSharding(mesh, P())
   flat = random_flat(np.random.default_rng(6))
   flat["predictor/llama/layers_0/mlp/wi/kernel"] = np.ones((16, 8), np.float32)
-  shardings = jax.tree.map(lambda _: replicated, nest(flat))
+  shardings = jax.tree.map(lambda _: replicated, mapping.unflatten(flat))
   shardings["predictor"]["llama"]["layers_0"]["mlp"]["wi"]["kernel"] = NamedSharding(mesh, P("data", None))
-  params = jax.device_put(nest(flat), shardings)
+  params = jax.device_put(mapping.unflatten(flat), shardings)
   tx, _ = optimizer.make_optimizer(params, learning_rate=0.1, lr_rules=RULES, grad_clip_norm=1.0)
 
   # The moments mirror the parameter tree (other groups' entries are empty MaskedNodes), so the
