@@ -32,6 +32,10 @@ setuptools.setup(
             "safetensors>=0.4,<1",
             # TFDS sources are tested offline with tfds.testing.mock_data; TensorFlow is not needed.
             "tensorflow-datasets>=4.9.10,<5",
+            # Independent readers/references: TensorBoard's event loader for our event writer,
+            # scikit-learn's top-k accuracy for the ranking metrics.
+            "tensorboard>=2.21,<3",
+            "scikit-learn>=1.9,<2",
         ],
         "torch": ["torch==2.13.0"],
         "tfds": ["tensorflow-datasets>=4.9.10,<5"],

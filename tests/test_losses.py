@@ -95,3 +95,25 @@ def test_regression_losses_match_numpy():
     np.testing.assert_allclose(float(got), value, rtol=1e-5, err_msg=name)
   with pytest.raises(ValueError, match="unknown loss 'mse'"):
     losses.make_loss("mse")
+
+
+def test_learnable_temperature_value_and_gradient_match_numpy():
+  rng = np.random.default_rng(3)
+  pred, target = rng.normal(size=(7, 5)), rng.normal(size=(7, 5))
+  loss = losses.make_loss("infonce", temperature=0.2, learnable_temperature=True)
+  params = loss.init_params()
+  np.testing.assert_allclose(float(params["log_temperature"]), np.log(0.2), rtol=1e-6)
+  f = lambda lp: loss(jnp.asarray(pred, jnp.float32), jnp.asarray(target, jnp.float32), lp)
+  value, grad = jax.value_and_grad(f)(params)
+  np.testing.assert_allclose(float(value), numpy_infonce(pred, target, 0.2), rtol=2e-5)
+  eps = 1e-6
+  numeric = (numpy_infonce(pred, target, np.exp(np.log(0.2) + eps))
+             - numpy_infonce(pred, target, np.exp(np.log(0.2) - eps))) / (2 * eps)
+  np.testing.assert_allclose(float(grad["log_temperature"]), numeric, rtol=1e-3)
+  # Below the floor the temperature is clipped: the loss stops depending on it.
+  low = {"log_temperature": jnp.log(jnp.asarray(1e-4, jnp.float32))}
+  np.testing.assert_allclose(float(f(low)), numpy_infonce(pred, target, losses.MIN_TEMPERATURE), rtol=2e-5)
+  assert float(jax.grad(f)(low)["log_temperature"]) == 0.0
+  assert losses.make_loss("infonce").init_params() == {}
+  with pytest.raises(ValueError, match="learnable_temperature applies to the 'infonce' loss only"):
+    losses.make_loss("l2", learnable_temperature=True)

@@ -142,3 +142,30 @@ def test_train_step_compiles_once_and_donates_the_state():
     state, _ = step(state, {k: jnp.asarray(v) for k, v in _batch(seed).items()})
   assert len(traces) == 1
   assert old.params["y_head"]["kernel"].is_deleted()  # donated
+
+
+def test_frozen_towers_are_stop_gradient_and_the_rest_trains_as_without_the_mask():
+  # The frozen mask must not change what trainable parameters do, only skip work for frozen ones.
+  model, tx = _model(), optax.sgd(0.1)
+  params = _init(model, tx).params
+  frozen = jax.tree.map(lambda _: False, params)
+  frozen["y_encoder"] = jax.tree.map(lambda _: True, params["y_encoder"])
+  labels = jax.tree.map(lambda f: "frozen" if f else "train", frozen)
+  masked_tx = optax.multi_transform({"train": optax.sgd(0.1), "frozen": optax.set_to_zero()}, labels)
+  batch = {k: jnp.asarray(v) for k, v in _batch(7).items()}
+  runs = []
+  for mask in (None, frozen):
+    step = jax.jit(train_step_lib.make_train_step(model, masked_tx, losses.make_loss("infonce"), frozen=mask))
+    state, metrics = step(train_step_lib.TrainState.create(jax.tree.map(jnp.copy, params), masked_tx), batch)
+    runs.append((jax.device_get(state.params), float(metrics["loss"])))
+  (plain, plain_loss), (masked, masked_loss) = runs
+  assert plain_loss == masked_loss
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7), masked, plain)
+  jax.tree.map(np.testing.assert_array_equal, masked["y_encoder"], jax.device_get(params["y_encoder"]))
+  assert not np.array_equal(masked["y_head"]["kernel"], np.asarray(params["y_head"]["kernel"]))
+  # And the frozen tower's backward pass is gone from the compiled step: fewer FLOPs.
+  cost = lambda mask: jax.jit(train_step_lib.make_train_step(model, masked_tx, losses.make_loss("infonce"),
+                                                              frozen=mask)).lower(
+      train_step_lib.TrainState.create(params, masked_tx), batch).compile().cost_analysis()
+  flops = [c[0]["flops"] if isinstance(c, (list, tuple)) else c["flops"] for c in (cost(None), cost(frozen))]
+  assert flops[1] < 0.95 * flops[0], flops

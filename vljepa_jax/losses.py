@@ -128,15 +128,51 @@ def l2_loss(pred: jax.Array, target: jax.Array) -> jax.Array:
 
 
 LOSSES = ("infonce", "cosine", "l1", "l2")
+# A learnable temperature is kept as log(tau) and clipped at MIN_TEMPERATURE (CLIP's cap on the
+# logit scale, 100), so that it cannot collapse to 0 and blow up the logits.
+MIN_TEMPERATURE = 0.01
+LOG_TEMPERATURE = "log_temperature"
 
 
-def make_loss(name: str, *, temperature: float = 0.07, mesh: jax.sharding.Mesh | None = None,
-              batch_axes: Sequence[str] = DEFAULT_BATCH_AXES, chunk_size: int = DEFAULT_CHUNK_SIZE):
-  """`loss(pred, target) -> scalar` by config name; only InfoNCE couples rows, so only it shards."""
-  if name == "infonce":
-    return lambda pred, target: bidirectional_infonce(pred, target, temperature, mesh=mesh,
-                                                      batch_axes=batch_axes, chunk_size=chunk_size)
-  per_row = {"cosine": cosine_loss, "l1": l1_loss, "l2": l2_loss}
-  if name not in per_row:
-    raise ValueError(f"unknown loss {name!r}; expected one of {LOSSES}")
-  return per_row[name]
+class Loss:
+  """`loss(pred, target, loss_params) -> scalar` chosen by config name.
+
+  `init_params()` is the loss's own trainable parameters: `{"log_temperature": log(tau)}` for
+  InfoNCE with `learnable_temperature=True`, else `{}`. The train step keeps them beside the
+  model's parameters (under `params["loss"]`) so the optimizer updates them like any weight.
+  Only InfoNCE couples rows, so only it takes a mesh.
+  """
+
+  def __init__(self, name: str, *, temperature: float = 0.07, learnable_temperature: bool = False,
+               mesh: jax.sharding.Mesh | None = None, batch_axes: Sequence[str] = DEFAULT_BATCH_AXES,
+               chunk_size: int = DEFAULT_CHUNK_SIZE):
+    if name not in LOSSES:
+      raise ValueError(f"unknown loss {name!r}; expected one of {LOSSES}")
+    if not temperature > 0:
+      raise ValueError(f"loss temperature must be > 0, got {temperature}")
+    if learnable_temperature and name != "infonce":
+      raise ValueError(f"learnable_temperature applies to the 'infonce' loss only, not {name!r}")
+    self.name, self.temperature, self.learnable_temperature = name, temperature, learnable_temperature
+    self._mesh, self._batch_axes, self._chunk_size = mesh, tuple(batch_axes), chunk_size
+
+  def init_params(self) -> dict[str, jax.Array]:
+    if not self.learnable_temperature:
+      return {}
+    return {LOG_TEMPERATURE: jnp.log(jnp.asarray(self.temperature, jnp.float32))}
+
+  def current_temperature(self, loss_params: dict[str, jax.Array] | None) -> jax.Array | float:
+    if self.learnable_temperature:
+      return jnp.maximum(jnp.exp(loss_params[LOG_TEMPERATURE]), MIN_TEMPERATURE)
+    return self.temperature
+
+  def __call__(self, pred: jax.Array, target: jax.Array, loss_params: dict[str, jax.Array] | None = None
+               ) -> jax.Array:
+    if self.name == "infonce":
+      return bidirectional_infonce(pred, target, self.current_temperature(loss_params), mesh=self._mesh,
+                                   batch_axes=self._batch_axes, chunk_size=self._chunk_size)
+    return {"cosine": cosine_loss, "l1": l1_loss, "l2": l2_loss}[self.name](pred, target)
+
+
+def make_loss(name: str, **kwargs) -> Loss:
+  """See `Loss`: `make_loss("infonce", temperature=0.07, mesh=mesh)(pred, target)`."""
+  return Loss(name, **kwargs)

@@ -67,6 +67,8 @@ class DataConfig:
 
   `sources` is a sequence of dicts `{"type": ..., "weight": w, "text_mode": m, **source args}`
   (see `sources.SOURCE_TYPES`); weights are normalised, `text_mode` overrides the default.
+  `from_dict` also takes a mapping `{name: spec}` (taken in sorted name order), which is what
+  experiment configs use so that `--config.data.sources.NAME.size=...` works.
   """
   sources: tuple[Mapping[str, Any], ...] = ({"type": "shapes"},)
   num_frames: int = 8
@@ -127,13 +129,16 @@ class DataConfig:
   @classmethod
   def from_dict(cls, values: Mapping[str, Any]) -> "DataConfig":
     """From a plain or ml_collections dict; unknown keys fail by name."""
-    values = dict(values)
+    values = values.to_dict() if hasattr(values, "to_dict") else dict(values)  # ml_collections or plain
     fields = {f.name for f in dataclasses.fields(cls)}
     unknown = sorted(set(values) - fields)
     if unknown:
       raise ValueError(f"unknown data config key(s) {unknown}; expected some of {sorted(fields)}")
     if "sources" in values:
-      values["sources"] = tuple(dict(s) for s in values["sources"])
+      sources = values["sources"]
+      if hasattr(sources, "keys"):  # {name: spec}: lets a command line address one source by name
+        sources = [sources[name] for name in sorted(sources)]
+      values["sources"] = tuple(dict(s) for s in sources)
     if values.get("label_names") is not None:
       values["label_names"] = tuple(values["label_names"])
     return cls(**values)

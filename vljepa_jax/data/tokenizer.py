@@ -377,3 +377,27 @@ def for_converted_model(directory: str | os.PathLike, max_length: int = DEFAULT_
         f"{SENTENCEPIECE_FILE} or {TOKENIZER_DIR}/{TOKENIZERS_FILE}; re-convert from a source folder that "
         f"contains them, or use from_directory() on the original model folder")
   return from_directory(folder, family=family, max_length=max_length, **overrides)
+
+
+WORD_LEVEL_SPECIALS = ("[PAD]", "[UNK]", "[CLS]", "[SEP]")
+
+
+def word_level(words: Sequence[str], max_length: int = DEFAULT_MAX_LENGTH) -> HuggingFaceTokenizer:
+  """A BERT-style word-level tokenizer over a closed vocabulary (`[CLS] words [SEP]`, pad 0).
+
+  For towers trained from scratch on a closed-vocabulary dataset (the embedded shapes data) when
+  no pretrained tokenizer is installed. Text is lower-cased and split on whitespace and
+  punctuation; out-of-vocabulary words become `[UNK]`.
+  """
+  import tokenizers
+  from tokenizers import models, normalizers, pre_tokenizers, processors
+
+  words = [w for w in dict.fromkeys(words) if w not in WORD_LEVEL_SPECIALS]
+  vocab = {token: i for i, token in enumerate(list(WORD_LEVEL_SPECIALS) + words)}
+  tok = tokenizers.Tokenizer(models.WordLevel(vocab, unk_token="[UNK]"))
+  tok.normalizer = normalizers.Lowercase()
+  tok.pre_tokenizer = pre_tokenizers.Whitespace()
+  tok.post_processor = processors.TemplateProcessing(
+      single="[CLS] $A [SEP]", special_tokens=[("[CLS]", vocab["[CLS]"]), ("[SEP]", vocab["[SEP]"])])
+  tok.add_special_tokens(list(WORD_LEVEL_SPECIALS))
+  return HuggingFaceTokenizer(tok, max_length=max_length, pad_id=vocab["[PAD]"])

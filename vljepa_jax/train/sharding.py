@@ -119,7 +119,7 @@ def train_state_shardings(tx: Any, abstract_state: Any, params_shardings: Any, m
       tx, lambda leaf, sharding: leaf if is_masked(leaf) else sharding, abstract_state.opt_state,
       params_shardings, transform_non_params=lambda _: replicated, is_leaf=is_masked)
   return abstract_state.replace(step=replicated, params=params_shardings, opt_state=opt_state,
-                                nonfinite_streak=replicated, nonfinite_total=replicated)
+                                nonfinite_streak=replicated, nonfinite_total=replicated, rng=replicated)
 
 
 def bytes_per_device(tree: Any, shardings: Any) -> int:

@@ -28,6 +28,8 @@ import optax
 from vljepa_jax.data import global_batch
 
 MODEL_INPUTS = ("video", "query_ids", "query_mask", "target_ids", "target_mask")
+# The loss's own trainable parameters (a learnable temperature) sit beside the model's under this key.
+LOSS_PARAMS = "loss"
 Batch = Mapping[str, jax.Array]
 
 
@@ -38,12 +40,21 @@ class TrainState:
   opt_state: Any
   nonfinite_streak: jax.Array  # int32: consecutive skipped steps
   nonfinite_total: jax.Array  # int32: all skipped steps
+  # Raw key data (uint32), so checkpoints hold a plain array. Randomness a step needs comes from
+  # `step_rng`, a pure function of this and the step: a resumed run draws the same numbers.
+  rng: jax.Array
 
   @classmethod
-  def create(cls, params: Any, tx: optax.GradientTransformation) -> "TrainState":
+  def create(cls, params: Any, tx: optax.GradientTransformation, rng: jax.Array | None = None) -> "TrainState":
     zero = lambda: jnp.zeros((), jnp.int32)  # distinct buffers: the state is donated leaf by leaf
+    rng = jax.random.key(0) if rng is None else rng
+    if jnp.issubdtype(rng.dtype, jax.dtypes.prng_key):
+      rng = jax.random.key_data(rng)
     return cls(step=zero(), params=params, opt_state=tx.init(params), nonfinite_streak=zero(),
-               nonfinite_total=zero())
+               nonfinite_total=zero(), rng=rng)
+
+  def step_rng(self) -> jax.Array:
+    return jax.random.fold_in(jax.random.wrap_key_data(self.rng), self.step)
 
 
 def model_inputs(batch: Batch) -> dict[str, jax.Array]:
@@ -54,6 +65,11 @@ def model_inputs(batch: Batch) -> dict[str, jax.Array]:
   inputs = {k: batch[k] for k in MODEL_INPUTS}
   inputs["video"] = global_batch.normalize_video(inputs["video"])
   return inputs
+
+
+def model_params(params: Any) -> Any:
+  """The model's part of the trained parameters (everything but `params["loss"]`)."""
+  return {k: v for k, v in params.items() if k != LOSS_PARAMS}
 
 
 def _split_microbatches(batch: Batch, num_microbatches: int) -> dict[str, jax.Array]:
@@ -75,26 +91,34 @@ def _flatten_microbatches(x: jax.Array) -> jax.Array:
 
 def make_train_step(model: nn.Module, tx: optax.GradientTransformation,
                     loss_fn: Callable[[jax.Array, jax.Array], jax.Array], *, num_microbatches: int = 1,
-                    rules: Any = None) -> Callable[[TrainState, Batch], tuple[TrainState, dict[str, jax.Array]]]:
+                    rules: Any = None, frozen: Any = None
+                    ) -> Callable[[TrainState, Batch], tuple[TrainState, dict[str, jax.Array]]]:
   """The un-jitted step; `jit_train_step` compiles it with shardings and donation.
 
   `rules` (logical-axis rules) are active while the step is traced, so the models' activation
   sharding constraints resolve against the mesh `jit_train_step` makes ambient.
+
+  `frozen`: a tree of bools shaped like the params (True = never updated, e.g. the optimizer's
+  multiplier-0 groups). Frozen parameters enter the model through `stop_gradient`, so XLA drops
+  the backward pass of a tower that is frozen end to end instead of computing gradients the
+  optimizer would throw away (a frozen Y-encoder then costs only its forward pass).
   """
   if num_microbatches < 1:
     raise ValueError(f"num_microbatches must be >= 1, got {num_microbatches}")
 
   def embed(params, inputs):
-    return model.apply({"params": params}, **inputs)
+    if frozen is not None:
+      params = jax.tree.map(lambda p, f: jax.lax.stop_gradient(p) if f else p, params, frozen)
+    return model.apply({"params": model_params(params)}, **inputs)
 
   def loss_and_grads(params, inputs):
     if num_microbatches == 1:
-      return jax.value_and_grad(lambda p: loss_fn(*embed(p, inputs)))(params)
+      return jax.value_and_grad(lambda p: loss_fn(*embed(p, inputs), p.get(LOSS_PARAMS)))(params)
     micro = _split_microbatches(inputs, num_microbatches)
     preds, targets = jax.lax.map(lambda mb: embed(params, mb), micro)  # (M, N/M, D) each
     # InfoNCE is invariant to permuting pred and target rows together, so microbatch-major order is fine.
-    loss, (d_preds, d_targets) = jax.value_and_grad(loss_fn, argnums=(0, 1))(
-        _flatten_microbatches(preds), _flatten_microbatches(targets))
+    loss, (d_preds, d_targets, d_loss_params) = jax.value_and_grad(loss_fn, argnums=(0, 1, 2))(
+        _flatten_microbatches(preds), _flatten_microbatches(targets), params.get(LOSS_PARAMS, {}))
 
     def pull_back(grads, xs):
       mb, d_pred, d_target = xs
@@ -105,6 +129,8 @@ def make_train_step(model: nn.Module, tx: optax.GradientTransformation,
     d_preds = d_preds.reshape(preds.shape)
     d_targets = d_targets.reshape(targets.shape)
     grads, _ = jax.lax.scan(pull_back, jax.tree.map(jnp.zeros_like, params), (micro, d_preds, d_targets))
+    if LOSS_PARAMS in params:
+      grads = {**grads, LOSS_PARAMS: d_loss_params}
     return loss, grads
 
   def step(state: TrainState, batch: Batch) -> tuple[TrainState, dict[str, jax.Array]]:
@@ -118,9 +144,11 @@ def make_train_step(model: nn.Module, tx: optax.GradientTransformation,
     streak = jnp.where(finite, 0, state.nonfinite_streak + 1)
     new_state = TrainState(step=state.step + 1, params=keep(params, state.params),
                            opt_state=keep(opt_state, state.opt_state), nonfinite_streak=streak,
-                           nonfinite_total=state.nonfinite_total + (~finite).astype(jnp.int32))
+                           nonfinite_total=state.nonfinite_total + (~finite).astype(jnp.int32), rng=state.rng)
     metrics = {"loss": loss, "grad_norm": grad_norm, "param_norm": optax.tree.norm(new_state.params),
                "update_norm": optax.tree.norm(updates), "finite": finite}
+    if LOSS_PARAMS in new_state.params and hasattr(loss_fn, "current_temperature"):
+      metrics["temperature"] = loss_fn.current_temperature(new_state.params[LOSS_PARAMS])
     return new_state, metrics
 
   return step
@@ -145,4 +173,5 @@ def jit_train_step(step: Callable, *, mesh: jax.sharding.Mesh | None = None, sta
     with jax.set_mesh(mesh):
       return jitted(state, batch)
 
+  call.jitted = jitted  # for inspection (compile counts, lowering)
   return call

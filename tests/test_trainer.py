@@ -1,0 +1,248 @@
+"""The training run end to end: config errors, resume exactness after SIGKILL, SIGTERM saves,
+corrupt-checkpoint fallback, the non-finite stop, stages, logs, and a 2-process run.
+
+The reference for every resumed or multi-process run is an uninterrupted single-process run of
+the same config: losses must match it bit for bit (resume) or to 1e-5 (other process layouts).
+"""
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+
+import jax
+import ml_collections
+import numpy as np
+import pytest
+
+import tiny_train_config
+from vljepa_jax.train import checkpointing
+from vljepa_jax.train import stages
+from vljepa_jax.train import trainer
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+CONFIG = os.path.join(REPO, "tests", "tiny_train_config.py")
+
+
+def _main(workdir, *overrides, env=None, config=CONFIG, **popen):
+  cmd = [sys.executable, "-m", "vljepa_jax.main", f"--config={config}", f"--workdir={workdir}", *overrides]
+  env = {**os.environ, "JAX_PLATFORMS": "cpu", **(env or {})}
+  return subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                          **popen)
+
+
+def _run_main(workdir, *overrides, env=None, config=CONFIG, timeout=300):
+  proc = _main(workdir, *overrides, env=env, config=config)
+  out, _ = proc.communicate(timeout=timeout)
+  return proc.returncode, out
+
+
+def _metrics(path):
+  with open(path) as f:
+    return [json.loads(line) for line in f]
+
+
+def _losses(workdir, stage="train"):
+  return {m["step"]: m["loss"] for m in _metrics(os.path.join(workdir, stage, "metrics.jsonl"))}
+
+
+def _wait_for_step(path, step, proc, timeout=240):
+  start = time.time()
+  while time.time() - start < timeout:
+    if proc.poll() is not None:
+      raise AssertionError(f"run ended (rc {proc.returncode}) before step {step}: {proc.stdout.read()}")
+    if os.path.exists(path) and any(m["step"] >= step for m in _safe_metrics(path)):
+      return
+    time.sleep(0.05)
+  raise AssertionError(f"step {step} not reached in {timeout}s")
+
+
+def _safe_metrics(path):
+  out = []
+  with open(path) as f:
+    for line in f:
+      try:
+        out.append(json.loads(line))
+      except json.JSONDecodeError:
+        pass
+  return out
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory):
+  """An uninterrupted 8-step run: the losses every other layout must reproduce."""
+  workdir = str(tmp_path_factory.mktemp("reference"))
+  rc, out = _run_main(workdir)
+  assert rc == 0, out
+  return workdir, _losses(workdir)
+
+
+def test_unknown_or_mistyped_config_keys_fail_before_compiling(tmp_path):
+  rc, out = _run_main(str(tmp_path), "--config.optimizer.learnig_rate=0.1")
+  assert rc != 0 and "learnig_rate" in out
+  rc, out = _run_main(str(tmp_path), "--config.total_steps=many")
+  assert rc != 0 and "total_steps" in out
+  assert not os.path.exists(tmp_path / "train"), "nothing may be built for a bad config"
+
+
+def test_stage_overrides_merge_and_reject_unknown_keys():
+  config = tiny_train_config.get_config("two_stage")
+  (image_name, image), (video_name, video) = stages.resolve(config)
+  assert (image_name, video_name) == ("image", "video")
+  assert image.total_steps == 4 and image.data.num_frames == 1 and image.data.sources.shapes.kind == "image"
+  assert video.total_steps == 8 and video.data.num_frames == 2 and video.data.sources.shapes.kind == "video"
+  assert image.data.sources.shapes.size == 256  # untouched keys of a merged dict survive
+  bad = ml_collections.ConfigDict(config.to_dict())
+  bad.stages.image.data.num_frame = 3
+  with pytest.raises(ValueError, match=r"config.stages.image.data.num_frame"):
+    stages.resolve(bad)
+  bad = ml_collections.ConfigDict(config.to_dict())
+  bad.stage_order = ("image", "audio")
+  with pytest.raises(ValueError, match="audio"):
+    stages.resolve(bad)
+
+
+def test_run_writes_logs_checkpoints_and_learns(reference):
+  workdir, losses = reference
+  metrics = _metrics(os.path.join(workdir, "train", "metrics.jsonl"))
+  assert [m["step"] for m in metrics] == list(range(1, 9))
+  for m in metrics:
+    for key in ("loss", "learning_rate", "grad_norm", "samples_per_second", "data/samples", "nonfinite_total"):
+      assert key in m, key
+    assert m["learning_rate"] == pytest.approx(1e-3)
+  assert metrics[-1]["data/samples"] == 64
+  assert losses[8] < losses[1]  # eight steps on 8 clips of the same 256 do lower the loss
+  assert sorted(os.listdir(os.path.join(workdir, "train", "checkpoints"))) == ["4", "6", "8"]  # keep = 3
+  events = os.listdir(os.path.join(workdir, "train", "tensorboard"))
+  assert len(events) == 1 and events[0].startswith("events.out.tfevents.")
+  from tensorboard.backend.event_processing import event_accumulator  # pylint: disable=g-import-not-at-top
+  acc = event_accumulator.EventAccumulator(os.path.join(workdir, "train", "tensorboard"))
+  acc.Reload()
+  scalars = acc.Scalars("loss")
+  assert [s.step for s in scalars] == list(range(1, 9))
+  np.testing.assert_allclose([s.value for s in scalars], [losses[s] for s in range(1, 9)], rtol=1e-6)
+
+
+def test_sigkill_then_rerun_reproduces_the_losses_bit_for_bit(reference, tmp_path):
+  _, expected = reference
+  workdir = str(tmp_path)
+  proc = _main(workdir)
+  _wait_for_step(os.path.join(workdir, "train", "metrics.jsonl"), 5, proc)
+  proc.send_signal(signal.SIGKILL)
+  proc.wait()
+  rc, out = _run_main(workdir)
+  assert rc == 0, out
+  assert "resuming at step" in out
+  assert _losses(workdir) == expected  # exact float equality, every step
+
+
+def test_sigterm_saves_a_checkpoint_and_exits_143(reference, tmp_path):
+  _, expected = reference
+  workdir = str(tmp_path)
+  proc = _main(workdir, "--config.checkpoint_every=100")  # only the SIGTERM save can make a checkpoint
+  _wait_for_step(os.path.join(workdir, "train", "metrics.jsonl"), 3, proc)
+  proc.send_signal(signal.SIGTERM)
+  out, _ = proc.communicate(timeout=120)
+  assert proc.returncode == trainer.PREEMPTED_EXIT_CODE, out
+  saved = [int(s) for s in os.listdir(os.path.join(workdir, "train", "checkpoints")) if s.isdigit()]
+  assert len(saved) == 1 and 3 <= saved[0] < 8, saved
+  assert f"saved a checkpoint at step {saved[0]}" in out
+  rc, out = _run_main(workdir, "--config.checkpoint_every=100")
+  assert rc == 0, out
+  assert f"resuming at step {saved[0]}" in out
+  assert _losses(workdir) == expected
+
+
+def _corrupt(step_dir):
+  """Garbles every array file of a checkpoint's state (what a bad disk or partial copy leaves)."""
+  for root, _, files in os.walk(os.path.join(step_dir, "state")):
+    for name in files:
+      path = os.path.join(root, name)
+      with open(path, "r+b") as f:
+        size = os.path.getsize(path)
+        f.write(b"\xff" * max(size, 1))
+
+
+def test_corrupt_latest_checkpoint_falls_back_to_the_previous_one(reference, tmp_path):
+  ref_dir, expected = reference
+  workdir = str(tmp_path)
+  subprocess.run(["cp", "-r", ref_dir + "/.", workdir], check=True)
+  ckpt_dir = os.path.join(workdir, "train", "checkpoints")
+  _corrupt(os.path.join(ckpt_dir, "8"))
+  rc, out = _run_main(workdir, "--config.total_steps=10")
+  assert rc == 0, out
+  assert "checkpoint step 8 is unreadable" in out and "resuming at step 6" in out
+  assert any(name.startswith(checkpointing.CORRUPT_PREFIX + "8.") for name in os.listdir(ckpt_dir))
+  losses = _losses(workdir)
+  assert [losses[s] for s in range(1, 9)] == [expected[s] for s in range(1, 9)]  # 7 and 8 recomputed equal
+  assert sorted(losses) == list(range(1, 11))
+
+
+def test_non_finite_steps_stop_the_run_and_keep_the_last_good_params(tmp_path, monkeypatch):
+  config = tiny_train_config.get_config()
+  with config.unlocked():
+    config.total_steps = 4
+  workdir = str(tmp_path)
+  trainer.run(config, workdir)
+  setup = trainer.model_setup.build(config, workdir)
+  mesh = trainer.sharding.make_mesh(dict(config.mesh))
+  stage_config = stages.resolve(config)[0][1]
+  stage = trainer.Stage(stage_config, "train", setup, mesh, os.path.join(workdir, "train"))
+  with checkpointing.Checkpointer(os.path.join(workdir, "train", "checkpoints")) as ckpt:
+    good, _ = ckpt.restore(4, stage.abstract_state, None)
+  good = jax.device_get(good.params)
+
+  monkeypatch.setattr(trainer.losses.Loss, "__call__", lambda self, p, t, lp=None: (p * np.nan).sum() + t.sum())
+  with config.unlocked():
+    config.total_steps = 20
+    config.max_nonfinite_steps = 3
+  with pytest.raises(trainer.NonFiniteError, match="3 consecutive steps"):
+    trainer.run(config, workdir)
+  metrics = _metrics(os.path.join(workdir, "train", "metrics.jsonl"))
+  assert metrics[-1]["step"] == 7 and metrics[-1]["nonfinite_streak"] == 3 and not metrics[-1]["finite"]
+  with checkpointing.Checkpointer(os.path.join(workdir, "train", "checkpoints")) as ckpt:
+    latest = ckpt.latest_step()
+    state, _ = ckpt.restore(latest, stage.abstract_state, None)
+  assert latest == 6
+  jax.tree.map(np.testing.assert_array_equal, jax.device_get(state.params), good)
+
+
+def test_two_stages_chain_and_a_finished_run_is_not_repeated(tmp_path):
+  workdir = str(tmp_path)
+  rc, out = _run_main(workdir, "--config.total_steps=3", config=CONFIG + ":two_stage")
+  assert rc == 0, out
+  assert _metrics(os.path.join(workdir, "image", "metrics.jsonl"))[-1]["step"] == 4
+  assert _metrics(os.path.join(workdir, "video", "metrics.jsonl"))[-1]["step"] == 3
+  rc, out = _run_main(workdir, "--config.total_steps=3", config=CONFIG + ":two_stage")
+  assert rc == 0, out
+  assert "[image] already complete at step 4/4" in out and "[video] already complete at step 3/3" in out
+
+
+def test_compiles_the_train_step_once(tmp_path):
+  config = tiny_train_config.get_config()
+  with config.unlocked():
+    config.total_steps = 5
+  setup = trainer.model_setup.build(config, str(tmp_path))
+  mesh = trainer.sharding.make_mesh({"data": 2, "fsdp": 2, "tensor": 2})
+  stage = trainer.Stage(stages.resolve(config)[0][1], "train", setup, mesh, str(tmp_path / "train"))
+  stage.train()
+  assert stage.step_fn.jitted._cache_size() == 1
+
+
+def test_two_processes_give_the_losses_of_one(reference, tmp_path):
+  _, expected = reference
+  with socket.socket() as s:
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+  workdir = str(tmp_path)
+  env = {"XLA_FLAGS": "--xla_force_host_platform_device_count=4"}
+  procs = [_main(workdir, f"--coordinator_address=127.0.0.1:{port}", "--num_processes=2", f"--process_id={i}",
+                 "--config.mesh.data=2", "--config.mesh.fsdp=-1", env=env) for i in range(2)]
+  outs = [p.communicate(timeout=300)[0] for p in procs]
+  assert all(p.returncode == 0 for p in procs), outs
+  got = _losses(workdir)
+  assert sorted(got) == sorted(expected)
+  np.testing.assert_allclose([got[s] for s in sorted(got)], [expected[s] for s in sorted(expected)], rtol=1e-5)
+  assert "starting at step" not in outs[1]  # process 1 writes no logs

@@ -1,0 +1,41 @@
+"""A seconds-per-run experiment config for the trainer tests (not a test module itself).
+
+    --config=tests/tiny_train_config.py            one stage ("train") of video clips
+    --config=tests/tiny_train_config.py:two_stage  image stage, then video stage
+
+Everything is random and tiny (16x16 clips, 2-layer towers, the word-level shapes tokenizer), and
+paraphrase sampling is off so a batch is a pure function of which records it holds: the same
+losses whatever the number of processes the records are spread over.
+"""
+from vljepa_jax.models import vljepa
+from vljepa_jax.train import config_base
+
+
+def get_config(arg: str = ""):
+  c = config_base.base_config()
+  tiny = vljepa.tiny_config()
+  vit = tiny.x_encoder.replace(patch_size=8)
+  llama = tiny.predictor.llama.replace(vocab_size=160)
+  bert = tiny.y_encoder.backbone_config.replace(vocab_size=160)
+  c.model = tiny.replace(x_encoder=vit, predictor=tiny.predictor.replace(llama=llama), freeze_x_encoder=False,
+                         y_encoder=tiny.y_encoder.replace(backbone_config=bert)).to_dict()
+  c.dtype = "float32"
+  c.tokenizers.query = "shapes"
+  c.tokenizers.target = "shapes"
+  c.batch_size = 8
+  c.total_steps = 8
+  c.log_every = 1
+  c.checkpoint_every = 2
+  c.keep_checkpoints = 3
+  c.data.update(crop_size=16, num_frames=2, query_length=8, target_length=12, num_threads=1, prefetch_batches=0,
+                sample_paraphrase=False, default_query="what happens?")
+  c.data.sources = {"shapes": {"type": "shapes", "kind": "video", "size": 256, "seed": 0}}
+  c.optimizer.update(learning_rate=1e-3, lr_rules=(("y_encoder/.*", 0.05),))
+  c.loss.temperature = 0.1
+  if arg == "two_stage":
+    c.stages = {"image": {"total_steps": 4, "data": {"num_frames": 1, "sources": {"shapes": {"kind": "image"}}}},
+                "video": {}}
+    c.stage_order = ("image", "video")
+  elif arg:
+    raise ValueError(f"tests/tiny_train_config.py:{arg}: expected '' or 'two_stage'")
+  return config_base.finalize(c)

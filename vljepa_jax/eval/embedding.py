@@ -1,0 +1,90 @@
+"""Jitted, batched, sharded embedding of evaluation data: Ŝ_Y for (visual, query), S_Y for texts.
+
+Every evaluator reduces to these two functions. Each is compiled once per input shape: batches
+are padded to a fixed size (the pipeline's `valid=False` rows, or repeated texts) and padding is
+removed before any metric sees the embeddings. Embeddings are gathered from every process, so
+each host gets the full evaluation set and computes identical metrics.
+"""
+from __future__ import annotations
+
+from typing import Any, Iterable, Sequence
+
+import flax.linen as nn
+import jax
+from jax.experimental import multihost_utils
+import numpy as np
+
+from vljepa_jax.data import global_batch
+from vljepa_jax.train import train_step as train_step_lib
+
+
+def _to_host(x: jax.Array) -> np.ndarray:
+  if jax.process_count() == 1:
+    return np.asarray(jax.device_get(x))
+  return np.asarray(multihost_utils.process_allgather(x, tiled=True))
+
+
+class Embedder:
+  """`visual_query(params, batches)` and `texts(params, texts, tokenizer)` as host NumPy arrays."""
+
+  def __init__(self, model: nn.Module, *, mesh: jax.sharding.Mesh | None = None, rules: Any = None,
+               text_batch_size: int = 256):
+    self._mesh = mesh
+    self._text_batch_size = text_batch_size
+
+    def visual_query(params, video, query_ids, query_mask):
+      with nn.logical_axis_rules(rules or ()):
+        return model.apply({"params": params}, global_batch.normalize_video(video), query_ids, query_mask,
+                           method="encode_visual_query")
+
+    def text(params, ids, mask):
+      with nn.logical_axis_rules(rules or ()):
+        return model.apply({"params": params}, ids, mask, method="encode_text")
+
+    self._visual_query = jax.jit(visual_query)
+    self._text = jax.jit(text)
+
+  def _put(self, batch: dict[str, np.ndarray]) -> dict[str, jax.Array]:
+    if self._mesh is None:
+      return {k: jax.device_put(v) for k, v in batch.items()}
+    return global_batch.to_global_batch(batch, self._mesh)
+
+  def _call(self, fn, *args):
+    if self._mesh is None:
+      return fn(*args)
+    with jax.set_mesh(self._mesh):
+      return fn(*args)
+
+  def visual_query(self, params: Any, batches: Iterable[dict[str, np.ndarray]]
+                   ) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+    """Ŝ_Y of every valid row of `batches`, and those rows' `label` / `source_index`."""
+    params = train_step_lib.model_params(params)
+    embeddings, labels, indices = [], [], []
+    for batch in batches:
+      inputs = self._put({k: batch[k] for k in ("video", "query_ids", "query_mask")})
+      out = self._call(self._visual_query, params, inputs["video"], inputs["query_ids"], inputs["query_mask"])
+      extra = self._put({k: batch[k] for k in ("valid", "label", "source_index")})
+      valid = _to_host(extra["valid"])
+      embeddings.append(_to_host(out)[valid])
+      labels.append(_to_host(extra["label"])[valid])
+      indices.append(_to_host(extra["source_index"])[valid])
+    return np.concatenate(embeddings), {"label": np.concatenate(labels), "source_index": np.concatenate(indices)}
+
+  def texts(self, params: Any, texts: Sequence[str], tokenizer) -> np.ndarray:
+    """S_Y of each text, `(len(texts), D)`; every process passes the same texts."""
+    params = train_step_lib.model_params(params)
+    n = len(texts)
+    size = self._text_batch_size
+    padded = list(texts) + [texts[-1]] * (-n % size)
+    out = []
+    for start in range(0, len(padded), size):
+      ids, mask = tokenizer(padded[start:start + size])
+      if self._mesh is None:
+        emb = self._text(params, ids, mask)
+      else:
+        # Every process holds all texts: give each its rows of the global batch.
+        rows = np.array_split(np.arange(size), jax.process_count())[jax.process_index()]
+        put = self._put({"ids": ids[rows], "mask": mask[rows]})
+        emb = self._call(self._text, params, put["ids"], put["mask"])
+      out.append(_to_host(emb))
+    return np.concatenate(out)[:n]

@@ -1,0 +1,59 @@
+"""Analytic FLOPs of VL-JEPA per sample: matmuls and attention, counted from the architecture.
+
+A multiply-add is 2 FLOPs. Per transformer layer over L tokens of width D:
+  projections  2 L (D*q + 2 D*kv + q*D)       q = heads * head_dim, kv = kv_heads * head_dim
+  attention    4 L^2 q                        QK^T and AV (bidirectional: the full L x L)
+  MLP          2 L D I * (3 if gated else 2)  SwiGLU/GeGLU have gate, up and down
+Norms, RoPE, softmax and elementwise ops are left out (a few % at these widths). Training costs
+3x the forward for towers that get gradients (forward, and a backward twice as expensive), and 1x
+for a frozen tower (the train step stops gradients at its parameters, so XLA drops its backward).
+"""
+from __future__ import annotations
+
+from vljepa_jax.models import vljepa
+
+
+def _layer(tokens: int, width: int, q: int, kv: int, mlp: int, gated: bool) -> float:
+  projections = 2 * tokens * (width * q + 2 * width * kv + q * width)
+  attention = 4 * tokens * tokens * q
+  return projections + attention + 2 * tokens * width * mlp * (3 if gated else 2)
+
+
+def x_encoder_tokens(config: vljepa.VLJEPAConfig, num_frames: int, crop_size: int) -> int:
+  vit = config.x_encoder
+  frames = max(num_frames, vit.tubelet_size)  # a single image is duplicated to fill a tubelet
+  return (frames // vit.tubelet_size) * (crop_size // vit.patch_size) ** 2
+
+
+def forward_flops(config: vljepa.VLJEPAConfig, *, num_frames: int, crop_size: int, query_length: int,
+                  target_length: int) -> dict[str, float]:
+  """Forward FLOPs of one sample per tower: {"x_encoder", "predictor", "y_encoder"}."""
+  vit = config.x_encoder
+  n = x_encoder_tokens(config, num_frames, crop_size)
+  patch = 2 * n * vit.tubelet_size * vit.patch_size ** 2 * vit.in_channels * vit.hidden_size
+  x = patch + vit.num_layers * _layer(n, vit.hidden_size, vit.hidden_size, vit.hidden_size, vit.mlp_dim, False)
+
+  llama = config.predictor.llama
+  length = n + query_length
+  q, kv = llama.num_heads * llama.head_dim, llama.num_kv_heads * llama.head_dim
+  p = (2 * n * config.predictor.vision_dim * llama.hidden_size
+       + llama.num_layers * _layer(length, llama.hidden_size, q, kv, llama.intermediate_size, True)
+       + 2 * llama.hidden_size * config.predictor.embed_dim)
+
+  backbone = config.y_encoder.backbone_config
+  if config.y_encoder.backbone == "bert":
+    y_layer = _layer(target_length, backbone.hidden_size, backbone.hidden_size, backbone.hidden_size,
+                     backbone.intermediate_size, False)
+  else:  # gemma3
+    yq, ykv = backbone.num_heads * backbone.head_dim, backbone.num_kv_heads * backbone.head_dim
+    y_layer = _layer(target_length, backbone.hidden_size, yq, ykv, backbone.intermediate_size, True)
+  dims = (backbone.hidden_size,) + tuple(config.y_encoder.dense_dims)
+  dense = sum(2 * a * b for a, b in zip(dims[:-1], dims[1:]))
+  y = backbone.num_layers * y_layer + dense + 2 * dims[-1] * config.embed_dim
+  return {"x_encoder": float(x), "predictor": float(p), "y_encoder": float(y)}
+
+
+def train_flops_per_sample(config: vljepa.VLJEPAConfig, *, trainable: dict[str, bool], **shape) -> float:
+  """Forward + backward FLOPs of one training sample; `trainable` says which towers get gradients."""
+  forward = forward_flops(config, **shape)
+  return sum(f * (3 if trainable.get(tower, True) else 1) for tower, f in forward.items())

