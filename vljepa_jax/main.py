@@ -14,6 +14,7 @@ itself (`--distributed=auto`, the default); elsewhere pass `--coordinator_addres
 """
 from __future__ import annotations
 
+import logging as std_logging
 import os
 import sys
 
@@ -34,6 +35,18 @@ _DISTRIBUTED = flags.DEFINE_enum("distributed", "auto", ["auto", "on", "off"],
 _COORDINATOR = flags.DEFINE_string("coordinator_address", None, "host:port of process 0 (multi-process runs).")
 _NUM_PROCESSES = flags.DEFINE_integer("num_processes", None, "Number of processes (multi-process runs).")
 _PROCESS_ID = flags.DEFINE_integer("process_id", None, "This process's index (multi-process runs).")
+
+
+# Libraries whose INFO lines (hundreds per run from Orbax alone) would bury the run's own output.
+# Their warnings and errors still show; `--library_info` shows everything.
+_QUIET_LIBRARIES = ("/orbax/", "/grain/", "/jax/", "/jaxlib/", "/tensorstore/")
+_LIBRARY_INFO = flags.DEFINE_bool("library_info", False, "Show INFO logs of Orbax, Grain and JAX too.")
+
+
+class _QuietLibraries(std_logging.Filter):
+
+  def filter(self, record: std_logging.LogRecord) -> bool:
+    return record.levelno >= std_logging.WARNING or not any(p in record.pathname for p in _QUIET_LIBRARIES)
 
 
 def _cluster_detected() -> bool:
@@ -66,6 +79,8 @@ def main(argv):
     raise app.UsageError("--config is required, e.g. --config=configs/demo.py")
   if not _WORKDIR.value:
     raise app.UsageError("--workdir is required: where checkpoints and results go")
+  if not _LIBRARY_INFO.value:
+    logging.get_absl_handler().addFilter(_QuietLibraries())
   initialize_distributed()
   # Imported after jax.distributed is up: nothing may touch the backend before it.
   from vljepa_jax.train import trainer  # pylint: disable=g-import-not-at-top
