@@ -52,8 +52,6 @@ that divides 512 (e.g. one or a few 8-GPU nodes), or change `--config.mesh.*`.
 """
 from __future__ import annotations
 
-import importlib.util
-import os
 from typing import Any
 
 import ml_collections
@@ -65,17 +63,8 @@ from vljepa_jax.models import vljepa
 from vljepa_jax.train import config_base
 
 
-def _sibling(name: str):
-  """Another config file of this folder as a module (config files are loaded by path, not imported)."""
-  path = os.path.join(os.path.dirname(os.path.abspath(__file__)), name + ".py")
-  spec = importlib.util.spec_from_file_location(f"vljepa_configs_{name}", path)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module
-
-
-pretrain = _sibling("vljepa_pretrain")
-sft = _sibling("vljepa_sft")
+pretrain = config_base.sibling_config(__file__, "vljepa_pretrain")
+sft = config_base.sibling_config(__file__, "vljepa_sft")
 
 STAGE = "ablation"
 LLAMA_LAYERS = llama.PRESETS["llama3_2_1b"].num_layers  # 16

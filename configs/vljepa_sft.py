@@ -27,24 +27,13 @@ rest (optimizer, clipping, temperature, precision, data loading: the pretraining
 """
 from __future__ import annotations
 
-import importlib.util
-import os
 
 import ml_collections
 
 from vljepa_jax.train import config_base
 
 
-def _sibling(name: str):
-  """Another config file of this folder as a module (config files are loaded by path, not imported)."""
-  path = os.path.join(os.path.dirname(os.path.abspath(__file__)), name + ".py")
-  spec = importlib.util.spec_from_file_location(f"vljepa_configs_{name}", path)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module
-
-
-pretrain = _sibling("vljepa_pretrain")
+pretrain = config_base.sibling_config(__file__, "vljepa_pretrain")
 
 STAGE = "sft"
 DATASET = "plm_sft_mixture"

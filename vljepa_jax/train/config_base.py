@@ -9,6 +9,9 @@ wrong type, fails before anything is compiled:
 from __future__ import annotations
 
 import dataclasses
+import importlib.util
+import os
+from types import ModuleType
 
 import ml_collections
 
@@ -72,3 +75,16 @@ def finalize(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   """Locks the config: from here on only existing keys can be set (with their types)."""
   config.lock()
   return config
+
+
+def sibling_config(config_file: str, name: str) -> ModuleType:
+  """Another config file of the same folder as a module, for configs that build on one another.
+
+  Config files are loaded by path (`--config=configs/x.py`), not imported as a package, so
+  `configs/vljepa_sft.py` reaches `vljepa_pretrain.py` with `sibling_config(__file__, "vljepa_pretrain")`.
+  """
+  path = os.path.join(os.path.dirname(os.path.abspath(config_file)), name + ".py")
+  spec = importlib.util.spec_from_file_location(f"vljepa_configs_{name}", path)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module
