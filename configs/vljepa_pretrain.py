@@ -124,7 +124,7 @@ def common() -> ml_collections.ConfigDict:
   # rematerialised, since activations, not the ~1.4B parameters, bound the per-GPU batch.
   c.dtype = "bfloat16"
   c.param_dtype = "float32"
-  c.remat = True
+  c.remat = "full"
   # FSDP over the 8 GPUs of a node (NVLink), data parallel across nodes; the batch is split over
   # both axes, so `fsdp` only shards parameters and optimizer state (~12 GB -> ~1.5 GB per GPU).
   c.mesh = {"data": -1, "fsdp": 8, "tensor": 1}

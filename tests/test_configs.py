@@ -175,7 +175,7 @@ def check_pretrain_stage(name, stage, data, model):
   assert data.crop_size == 256 and data.text_mode == "caption"
   assert stage.optimizer.learning_rate == 5e-5 and stage.optimizer.schedule == "constant"
   assert stage.loss.name == "infonce"
-  assert (stage.dtype, stage.param_dtype, stage.remat) == ("bfloat16", "float32", True)
+  assert (stage.dtype, stage.param_dtype, stage.remat) == ("bfloat16", "float32", "full")
   assert stage.sharding_rules == "fsdp"
   assert (stage.tokenizers.query, stage.tokenizers.target) == ("predictor", "y_encoder")
   assert dict(stage.init) == {"x_encoder": "", "predictor_llama": "", "y_encoder": "",

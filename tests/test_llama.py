@@ -149,9 +149,21 @@ def test_bidirectional_parity_with_hf_full_mask(hf_model, full, batch):
   causal_ref = _hf(hf_model, ids, mask).last_hidden_state.numpy()
   assert np.abs(ours - causal_ref).max() > 100 * ATOL  # the two modes really differ
   # Rematerialised layers (training) compute the same function with the same parameters.
-  remat = llama.Llama(model.config.replace(remat=True))
-  remat_out = remat.apply(v, inputs_embeds=embeds, attention_mask=jnp.asarray(mask), causal=False)
-  assert np.abs(np.asarray(remat_out) - ref).max() <= ATOL
+  for policy in (True, "dots", "dots_no_batch"):
+    remat = llama.Llama(model.config.replace(remat=policy))
+    remat_out = remat.apply(v, inputs_embeds=embeds, attention_mask=jnp.asarray(mask), causal=False)
+    assert np.abs(np.asarray(remat_out) - ref).max() <= ATOL
+  # ... and the same gradients: rematerialisation may change only what is stored, never the result.
+  def grads(config):
+    f = lambda p: jnp.sum(llama.Llama(config).apply({"params": p}, inputs_embeds=embeds,
+                                                    attention_mask=jnp.asarray(mask), causal=False) ** 2)
+    return jax.grad(f)(params)
+  plain = grads(model.config)
+  for policy in ("full", "dots"):
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5), grads(model.config.replace(
+        remat=policy)), plain)
+  with pytest.raises(ValueError, match="remat='everything'"):
+    llama.Llama(model.config.replace(remat="everything")).apply(v, inputs_embeds=embeds)
 
 
 def test_layer_slice_from_bare_llama_model(hf_model, bare_folder, batch, tmp_path):

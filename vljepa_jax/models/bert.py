@@ -28,7 +28,7 @@ class BertConfig(ArchConfig):
   hidden_act: str = "gelu"
   pad_token_id: int = 0
   attention_impl: str = "xla"
-  remat: bool = False
+  remat: bool | str = False  # see layers.REMAT_POLICIES
 
 
 PRESETS = {
@@ -97,7 +97,7 @@ class Bert(nn.Module):
                   "token_type_embeddings")(token_type_ids))
     x = layers.layer_norm(cfg.layer_norm_eps, dtype=cfg.compute_dtype, param_dtype=cfg.weight_dtype,
                           name="embeddings_norm")(x)
-    block = nn.remat(BertLayer) if cfg.remat else BertLayer
+    block = layers.remat_block(BertLayer, cfg.remat)
     for i in range(cfg.num_layers):
       x = block(cfg, name=f"layers_{i}")(x, attention_mask)
     return x

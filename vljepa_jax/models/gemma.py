@@ -71,7 +71,7 @@ class Gemma3Config(ArchConfig):
   bidirectional: bool = True
   pad_token_id: int = 0
   attention_impl: str = "xla"
-  remat: bool = False
+  remat: bool | str = False  # see layers.REMAT_POLICIES
 
   def __post_init__(self):
     if len(self.layer_types) != self.num_layers:
@@ -194,7 +194,7 @@ class Gemma3Encoder(nn.Module):
     self.embed_tokens = nn.Embed(
         cfg.vocab_size, cfg.hidden_size, dtype=cfg.weight_dtype, param_dtype=cfg.weight_dtype,
         embedding_init=nn.with_logical_partitioning(layers.default_kernel_init, ("vocab", "embed")))
-    block = nn.remat(Gemma3Layer) if cfg.remat else Gemma3Layer
+    block = layers.remat_block(Gemma3Layer, cfg.remat)
     self.layers = [block(cfg, i, name=f"layers_{i}") for i in range(cfg.num_layers)]
     self.norm = layers.RMSNorm(cfg.rms_norm_eps, offset_scale=True, dtype=cfg.compute_dtype,
                                param_dtype=cfg.weight_dtype)

@@ -27,6 +27,26 @@ Initializer = Callable[..., jax.Array]
 PositionFn = Callable[[jax.Array, jax.Array], tuple[jax.Array, jax.Array]]
 
 default_kernel_init = nn.initializers.normal(stddev=0.02)
+
+# Rematerialisation of a transformer block (`remat` in every tower's config): what the backward pass
+# may keep from the forward instead of recomputing it. False / "none": keep everything; True /
+# "full": keep only the block's inputs; "dots": keep matmul outputs, recompute the elementwise rest;
+# "dots_no_batch": keep only matmuls without batch dimensions (weights x activations).
+REMAT_POLICIES = {
+    "full": None,
+    "dots": jax.checkpoint_policies.dots_saveable,
+    "dots_no_batch": jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
+}
+
+
+def remat_block(block: type[nn.Module], remat: bool | str, static_argnums: tuple[int, ...] = ()) -> type[nn.Module]:
+  """`block`, rematerialised as `remat` says (see `REMAT_POLICIES`)."""
+  if remat in (False, "none"):
+    return block
+  name = "full" if remat is True else remat
+  if name not in REMAT_POLICIES:
+    raise ValueError(f"remat={remat!r}: expected False/'none', True/'full' or one of {sorted(REMAT_POLICIES)}")
+  return nn.remat(block, static_argnums=static_argnums, policy=REMAT_POLICIES[name])
 ACTIVATION_AXES = ("activation_batch", "activation_length", "activation_embed")
 
 

@@ -55,7 +55,7 @@ class LlamaConfig(ArchConfig):
   # Provenance of a slice: source layers [start, stop) of the checkpoint, renumbered from 0.
   source_layers: tuple[int, int] | None = None
   attention_impl: str = "xla"
-  remat: bool = False
+  remat: bool | str = False  # see layers.REMAT_POLICIES
 
   def __post_init__(self):
     if self.num_heads % self.num_kv_heads:
@@ -166,7 +166,7 @@ class Llama(nn.Module):
         cfg.vocab_size, cfg.hidden_size, dtype=cfg.compute_dtype, param_dtype=cfg.weight_dtype,
         embedding_init=nn.with_logical_partitioning(layers.default_kernel_init, ("vocab", "embed")))
     # `causal` (argument 3, counting self) is a Python bool that selects the mask.
-    block = nn.remat(LlamaLayer, static_argnums=(3,)) if cfg.remat else LlamaLayer
+    block = layers.remat_block(LlamaLayer, cfg.remat, static_argnums=(3,))
     self.layers = [block(cfg) for _ in range(cfg.num_layers)]  # named layers_0, layers_1, ...
     self.final_norm = layers.RMSNorm(cfg.rms_norm_eps, dtype=cfg.compute_dtype, param_dtype=cfg.weight_dtype)
 

@@ -38,7 +38,7 @@ class ViTConfig(ArchConfig):
   # (see `rope.py`). Using the wrong one gives plausible-looking but wrong features.
   rope_layout: str = "tiled"
   attention_impl: str = "xla"
-  remat: bool = False
+  remat: bool | str = False  # see layers.REMAT_POLICIES
 
   def __post_init__(self):
     if self.hidden_size % self.num_heads:
@@ -143,7 +143,7 @@ class VisionTransformer(nn.Module):
     batch, t, h, w, dim = x.shape
     # Row-major reshape of (T', H', W') is exactly the time-major token order.
     x = layers.constrain_activations(x.reshape(batch, t * h * w, dim))
-    block = nn.remat(ViTBlock) if cfg.remat else ViTBlock
+    block = layers.remat_block(ViTBlock, cfg.remat)
     for i in range(cfg.num_layers):
       x = block(cfg, (t, h, w), name=f"layers_{i}")(x)
     return layers.layer_norm(cfg.layer_norm_eps, dtype=cfg.compute_dtype, param_dtype=cfg.weight_dtype,

@@ -39,10 +39,11 @@ def base_config() -> ml_collections.ConfigDict:
   c.keep_checkpoints = 3
   c.async_checkpointing = True
   c.max_nonfinite_steps = 10  # stop after this many consecutive skipped (non-finite) steps
-  # Precision and memory: fp32 master weights, compute in `dtype`; remat every transformer block.
+  # Precision and memory: fp32 master weights, compute in `dtype`; `remat` rematerialises every
+  # transformer block: "none", "full", "dots" or "dots_no_batch" (`layers.REMAT_POLICIES`).
   c.dtype = "bfloat16"
   c.param_dtype = "float32"
-  c.remat = False
+  c.remat = "none"
   # Parallelism: mesh axis sizes (-1: the rest of the devices) and the logical-axis rule set.
   c.mesh = ml_collections.ConfigDict({"data": -1, "fsdp": 1, "tensor": 1})
   c.sharding_rules = "fsdp"

@@ -90,7 +90,7 @@ def resolve_checkpoints(init: Mapping[str, str], cache_dir: str) -> dict[str, st
 
 
 def model_config(model: Mapping[str, Any], checkpoints: Mapping[str, str], *, dtype: str, param_dtype: str,
-                 remat: bool) -> vljepa.VLJEPAConfig:
+                 remat: str) -> vljepa.VLJEPAConfig:
   """The architecture: `config.model` with checkpointed towers' architectures swapped in."""
   config = vljepa.VLJEPAConfig.from_dict(model.to_dict() if hasattr(model, "to_dict") else dict(model))
   for tower, path in checkpoints.items():
@@ -104,11 +104,11 @@ def model_config(model: Mapping[str, Any], checkpoints: Mapping[str, str], *, dt
       config = config.replace(y_encoder=tower_config)
     logging.info("%s: architecture from %s", tower, path)
   config = config.with_dtypes(dtype, param_dtype)
-  if remat:
-    config = config.replace(x_encoder=config.x_encoder.replace(remat=True),
-                            predictor=config.predictor.replace(llama=config.predictor.llama.replace(remat=True)),
+  if remat != "none":
+    config = config.replace(x_encoder=config.x_encoder.replace(remat=remat),
+                            predictor=config.predictor.replace(llama=config.predictor.llama.replace(remat=remat)),
                             y_encoder=config.y_encoder.replace(
-                                backbone_config=config.y_encoder.backbone_config.replace(remat=True)))
+                                backbone_config=config.y_encoder.backbone_config.replace(remat=remat)))
   return config
 
 
