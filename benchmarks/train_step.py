@@ -2,7 +2,7 @@ r"""Train-step throughput, compile time, memory and FLOPs of experiment configs.
 
   python benchmarks/train_step.py                                # demo (video stage) and small
   python benchmarks/train_step.py --configs=configs/small.py --steps=50
-  python benchmarks/train_step.py --aot_paper --aot_devices=256  # lower + compile the paper config only
+  python benchmarks/train_step.py --aot_paper                   # lower + compile the paper config only
 
 For each config it builds the last stage exactly as `python -m vljepa_jax.main` does
 (`trainer.Stage`: sharded init, optimizer groups, the jitted donated step), takes one pipeline
@@ -30,7 +30,7 @@ _CONFIGS = flags.DEFINE_list("configs", ["configs/demo.py:video", "configs/small
 _STEPS = flags.DEFINE_integer("steps", 20, "Timed steps per config.")
 _DEVICES = flags.DEFINE_integer("devices", 1, "Virtual CPU devices for the timed configs (CPU only).")
 _AOT = flags.DEFINE_bool("aot_paper", False, "Only lower + compile the paper config at batch 24,000.")
-_AOT_DEVICES = flags.DEFINE_integer("aot_devices", 256, "Virtual devices for --aot_paper.")
+_AOT_DEVICES = flags.DEFINE_integer("aot_devices", 192, "Virtual devices for --aot_paper (the batch must divide by it).")
 _AOT_BATCH = flags.DEFINE_integer("aot_batch", 24_000, "Global batch for --aot_paper.")
 
 
@@ -119,7 +119,7 @@ def aot_paper(num_devices: int, batch_size: int) -> None:
                       y_encoder=arch.y_encoder.replace(
                           backbone_config=arch.y_encoder.backbone_config.replace(remat=True)))
   model = vljepa.VLJEPA(arch)
-  mesh = sharding.make_mesh({"data": -1, "fsdp": 16, "tensor": 1})
+  mesh = sharding.make_mesh({"data": -1, "fsdp": 8, "tensor": 1})
   rules = sharding.logical_rules("fsdp")
   lq, lt = 64, 64
   example = [jax.ShapeDtypeStruct((1, 1, 256, 256, 3), jnp.float32), jax.ShapeDtypeStruct((1, lq), jnp.int32),
