@@ -246,3 +246,23 @@ def test_two_processes_give_the_losses_of_one(reference, tmp_path):
   assert sorted(got) == sorted(expected)
   np.testing.assert_allclose([got[s] for s in sorted(got)], [expected[s] for s in sorted(expected)], rtol=1e-5)
   assert "starting at step" not in outs[1]  # process 1 writes no logs
+
+
+def test_init_checkpoint_starts_from_another_runs_parameters(reference, tmp_path):
+  ref_dir, _ = reference
+  config = tiny_train_config.get_config()
+  with config.unlocked():
+    config.init.checkpoint = os.path.join(ref_dir, "train")
+  setup = trainer.model_setup.build(config, str(tmp_path))
+  mesh = trainer.sharding.make_mesh({"data": 2, "fsdp": 4, "tensor": 1})
+  stage = trainer.Stage(stages.resolve(config)[0][1], "train", setup, mesh, str(tmp_path / "train"))
+  state = stage.init_state(None)
+  with checkpointing.Checkpointer(os.path.join(ref_dir, "train", "checkpoints")) as ckpt:
+    final, _ = ckpt.restore(8, stage.abstract_state, None)
+  jax.tree.map(np.testing.assert_array_equal, jax.device_get(state.params), jax.device_get(final.params))
+  assert int(state.step) == 0  # parameters only: a fresh optimizer and step
+  with config.unlocked():
+    config.init.checkpoint = str(tmp_path / "nothing")
+  stage = trainer.Stage(stages.resolve(config)[0][1], "train", setup, mesh, str(tmp_path / "train2"))
+  with pytest.raises(FileNotFoundError, match="no training checkpoints"):
+    stage.init_state(None)

@@ -352,16 +352,20 @@ def per_process_batch_size(global_batch_size: int, process_count: int) -> int:
   return global_batch_size // process_count
 
 
-def _source_dataset(index: int, spec: Mapping[str, Any], config: DataConfig, process_index: int,
-                    process_count: int, tokenizers: dict[str, Any]) -> grain.MapDataset:
-  spec = dict(spec)
-  spec.pop("weight", None)
-  text_mode = spec.pop("text_mode", config.text_mode)
+def make_source(spec: Mapping[str, Any], config: DataConfig):
+  """The random-access source a `data.sources` entry describes (mixture keys dropped)."""
+  spec = {k: v for k, v in spec.items() if k not in ("weight", "text_mode")}
   if spec["type"] == "shapes":
     # The embedded dataset renders at the pipeline's size unless told otherwise: no resampling.
     spec.setdefault("image_size", config.crop_size)
     spec.setdefault("num_frames", config.num_frames)
-  source = sources_lib.make_source(spec)
+  return sources_lib.make_source(spec)
+
+
+def _source_dataset(index: int, spec: Mapping[str, Any], config: DataConfig, process_index: int,
+                    process_count: int, tokenizers: dict[str, Any]) -> grain.MapDataset:
+  text_mode = spec.get("text_mode", config.text_mode)
+  source = make_source(spec, config)
   if len(source) == 0:
     raise ValueError(f"data source {index} ({source!r}) is empty")
   ds = grain.MapDataset.range(len(source))

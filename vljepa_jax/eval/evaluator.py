@@ -18,7 +18,6 @@ from typing import Any, Mapping
 import numpy as np
 
 from vljepa_jax.data import pipeline
-from vljepa_jax.data import sources as sources_lib
 from vljepa_jax.eval import embedding
 
 # Evaluator type -> "module:Class", imported on first use.
@@ -65,13 +64,7 @@ class Evaluator:
 
   def source(self, index: int = 0):
     """The data source behind the pipeline (records carry the texts the batches do not)."""
-    spec = dict(self.data.sources[index])
-    for key in ("weight", "text_mode"):
-      spec.pop(key, None)
-    if spec["type"] == "shapes":
-      spec.setdefault("image_size", self.data.crop_size)
-      spec.setdefault("num_frames", self.data.num_frames)
-    return sources_lib.make_source(spec)
+    return pipeline.make_source(self.data.sources[index], self.data)
 
   def run(self, params: Any) -> dict[str, float]:
     raise NotImplementedError

@@ -177,10 +177,10 @@ def load_pretrained(checkpoints: Mapping[str, str], params: Any, shardings: Any)
 
 
 def _first_difference(expected: Any, got: Any) -> str:
-  flat_e = {jax.tree_util.keystr(k): v for k, v in jax.tree_util.tree_leaves_with_path(
-      expected, is_leaf=lambda x: isinstance(x, tuple) and len(x) == 2 and isinstance(x[1], np.dtype))}
-  flat_g = {jax.tree_util.keystr(k): v for k, v in jax.tree_util.tree_leaves_with_path(
-      got, is_leaf=lambda x: isinstance(x, tuple) and len(x) == 2 and isinstance(x[1], np.dtype))}
+  def flat(tree):
+    is_leaf = lambda x: isinstance(x, tuple) and len(x) == 2 and isinstance(x[1], np.dtype)
+    return {jax.tree_util.keystr(k): v for k, v in jax.tree_util.tree_leaves_with_path(tree, is_leaf=is_leaf)}
+  flat_e, flat_g = flat(expected), flat(got)
   for key in sorted(set(flat_e) | set(flat_g)):
     if flat_e.get(key) != flat_g.get(key):
       return f"{key} = {flat_e.get(key, 'absent')}, the checkpoint has {flat_g.get(key, 'absent')}"
