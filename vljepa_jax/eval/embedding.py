@@ -63,7 +63,9 @@ class Embedder:
     for batch in batches:
       inputs = self._put({k: batch[k] for k in ("video", "query_ids", "query_mask")})
       out = self._call(self._visual_query, params, inputs["video"], inputs["query_ids"], inputs["query_mask"])
-      extra = self._put({k: batch[k] for k in ("valid", "label", "source_index")})
+      extra = {k: batch[k] for k in ("valid", "label", "source_index")}
+      if jax.process_count() > 1:  # every host needs every row's bookkeeping, gathered like the embeddings
+        extra = self._put(extra)
       valid = _to_host(extra["valid"])
       embeddings.append(_to_host(out)[valid])
       labels.append(_to_host(extra["label"])[valid])
