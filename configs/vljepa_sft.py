@@ -24,12 +24,24 @@ answer train as ⟨video, question, answer⟩; the others as captions under `def
 Where the paper is silent: the peak learning rate, warmup, frame count, token lengths and the
 rest (optimizer, clipping, temperature, precision, data loading: the pretraining choices,
 `configs/vljepa_pretrain.py`) each say so in a comment below.
+
+`configs/vljepa_sft.py:ydecoder` trains the Y-decoder on top of a finished model (VL-JEPA_BASE or
+_SFT, through `init.checkpoint`), everything else frozen:
+
+    python -m vljepa_jax.main --config=configs/vljepa_sft.py:ydecoder --workdir=$W/ydecoder_run \
+        --config.init.checkpoint=$W/sft_run/sft ...same init.* and data flags...
+
+The paper gives no details of its decoder; every choice is marked below. The checkpoint has no
+decoder parameters, so they start from their initialisation (the log says so).
 """
 from __future__ import annotations
 
 
 import ml_collections
 
+from vljepa_jax.models import llama
+from vljepa_jax.models import vljepa
+from vljepa_jax.models import y_decoder
 from vljepa_jax.train import config_base
 
 
@@ -39,6 +51,15 @@ STAGE = "sft"
 DATASET = "plm_sft_mixture"
 # The stage SFT starts from, through `init.checkpoint`.
 PREVIOUS = "video32"
+
+# Paper silent on the Y-decoder. It writes the target tokenizer's ids (EmbeddingGemma's 262,144-token
+# vocabulary), so its table and head dominate: 4 narrow Llama layers (512 wide, GQA 8/2) read the
+# 1,536-d embedding through 4 prefix tokens; 128 new tokens cover captions and answers.
+Y_DECODER_TEXT_LENGTH = 128
+PAPER_Y_DECODER = y_decoder.YDecoderConfig(
+    embed_dim=1536, num_prefix_tokens=4, max_length=4 + Y_DECODER_TEXT_LENGTH,
+    llama=llama.LlamaConfig(vocab_size=262_144, hidden_size=512, intermediate_size=1536, num_layers=4, num_heads=8,
+                            num_kv_heads=2, head_dim=64, rope_theta=10_000.0, rope_scaling_factor=None))
 
 
 def sft_data() -> dict:
@@ -59,8 +80,10 @@ def sft_data() -> dict:
 
 
 def get_config(arg: str = "") -> ml_collections.ConfigDict:
-  if arg:
-    raise ValueError(f"configs/vljepa_sft.py:{arg}: this config takes no arg")
+  if arg not in ("", "ydecoder"):
+    raise ValueError(f"configs/vljepa_sft.py:{arg}: expected '' (SFT) or 'ydecoder'")
+  if arg == "ydecoder":
+    return ydecoder_config()
   c = pretrain.common()
   c.total_steps = 83_000
   c.batch_size = 3_072
@@ -79,4 +102,24 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
       end_learning_rate_factor=0.0)  # annealed to zero at step 83k (paper silent on the floor)
   c.init.checkpoint = f"<{PREVIOUS} workdir>/{PREVIOUS}"  # must be replaced (module docstring)
   pretrain.set_stages(c, DATASET, [(STAGE, c, DATASET)])
+  return config_base.finalize(c)
+
+
+def ydecoder_config() -> ml_collections.ConfigDict:
+  """The Y-decoder stage: teacher forcing on S_Y of the SFT mixture's answers and captions."""
+  c = get_config()
+  with c.unlocked():
+    model = vljepa.VLJEPAConfig.from_dict(c.model.to_dict()).replace(y_decoder=PAPER_Y_DECODER)
+    c.model = ml_collections.ConfigDict(model.to_dict())
+  c.objective = "y_decoder"
+  # Decoding S_Y of the text itself teaches the decoder the Y-encoder's whole space, so it reads
+  # any embedding there (Ŝ_Y included) and needs no video forward pass; `y_decoder_condition=
+  # "predictor"` trains on Ŝ_Y instead.
+  c.y_decoder_condition = "target"
+  c.total_steps = 20_000  # paper silent: ~60M texts at batch 3,072, a fraction of the SFT mixture
+  c.num_microbatches = 1  # only the text towers run; no video activations to accumulate over
+  c.data.target_length = Y_DECODER_TEXT_LENGTH
+  c.optimizer.update(schedule="warmup_cosine", learning_rate=3e-4, warmup_steps=1_000, weight_decay=0.01)
+  c.init.checkpoint = f"<{STAGE} workdir>/{STAGE}"  # must be replaced (module docstring)
+  pretrain.set_stages(c, DATASET, [("ydecoder", c, DATASET)])
   return config_base.finalize(c)

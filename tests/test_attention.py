@@ -1,4 +1,5 @@
 """The shared attention function and norms against loop-free NumPy references written from the math."""
+import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -7,8 +8,11 @@ from vljepa_jax.models import attention as attention_lib
 from vljepa_jax.models import layers
 
 
-def reference_attention(q, k, v, kv_mask, causal, window, scale):
-  """Per (batch, head) softmax attention with an explicit boolean mask, in float64."""
+def reference_attention(q, k, v, kv_mask, causal, window, scale, q_offset=0):
+  """Per (batch, head) softmax attention with an explicit boolean mask, in float64.
+
+  Query row r sits at position r + q_offset; key j at position j.
+  """
   q, k, v = (np.asarray(a, np.float64) for a in (q, k, v))
   b, lq, hq, d = q.shape
   lk, hk = k.shape[1], k.shape[2]
@@ -20,7 +24,7 @@ def reference_attention(q, k, v, kv_mask, causal, window, scale):
       allowed = np.ones((lq, lk), bool)
       if kv_mask is not None:
         allowed &= kv_mask[bi][None, :].astype(bool)
-      i, j = np.arange(lq)[:, None], np.arange(lk)[None, :]
+      i, j = np.arange(lq)[:, None] + q_offset, np.arange(lk)[None, :]
       if causal:
         allowed &= j <= i
       if window is not None:
@@ -44,6 +48,23 @@ def test_attention_matches_numpy(q_heads, kv_heads, causal, window):
   out = attention_lib.attention(q, k, v, kv_mask=kv_mask, causal=causal, window=window, scale=0.3)
   ref = reference_attention(q, k, v, kv_mask, causal, window, 0.3)
   np.testing.assert_allclose(np.asarray(out), ref, atol=1e-5)
+
+
+@pytest.mark.parametrize("q_offset", [0, 2, 6])
+@pytest.mark.parametrize("window", [None, 3])
+def test_query_offset_places_queries_among_the_keys(q_offset, window):
+  """A chunk of 3 queries at positions q_offset.. over 9 keys (a KV cache): causal and window masks
+  are measured from the absolute position; the offset may be a traced value."""
+  rng = np.random.default_rng(q_offset)
+  q = rng.normal(size=(2, 3, 4, 8)).astype(np.float32)
+  k = rng.normal(size=(2, 9, 2, 8)).astype(np.float32)
+  v = rng.normal(size=(2, 9, 2, 8)).astype(np.float32)
+  ref = reference_attention(q, k, v, None, True, window, 0.3, q_offset=q_offset)
+  out = attention_lib.attention(q, k, v, causal=True, window=window, scale=0.3, q_offset=q_offset)
+  np.testing.assert_allclose(np.asarray(out), ref, atol=1e-5)
+  traced = jax.jit(lambda offset: attention_lib.attention(q, k, v, causal=True, window=window, scale=0.3,
+                                                          q_offset=offset))(jnp.int32(q_offset))
+  np.testing.assert_allclose(np.asarray(traced), ref, atol=1e-5)
 
 
 def test_fully_masked_row_is_finite_and_uniform():

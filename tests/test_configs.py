@@ -26,6 +26,7 @@ from vljepa_jax.models import vljepa
 from vljepa_jax.train import optimizer
 from vljepa_jax.train import sharding
 from vljepa_jax.train import stages as stages_lib
+from vljepa_jax.train import trainer
 
 CONFIGS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs")
 PAPER_GPUS = 24 * 8  # 24 nodes x 8 H200
@@ -148,13 +149,23 @@ def check_paper_lr_rules(model: vljepa.VLJEPAConfig, rules) -> None:
 
 # --- demo.py -------------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("arg, order", [("", ("image", "video")), ("image", ("image",)), ("video", ("video",))])
+@pytest.mark.parametrize("arg, order", [("", ("image", "video", "ydecoder")), ("image", ("image",)),
+                                        ("video", ("video",)), ("video,ydecoder", ("video", "ydecoder"))])
 def test_demo(arg, order):
   built = build(load("demo", arg))
   assert tuple(built) == order
-  frames = {"image": 1, "video": 4}
-  for name, (_, data, _) in built.items():
+  frames = {"image": 1, "video": 4, "ydecoder": 4}
+  objectives = {"image": "contrastive", "video": "contrastive", "ydecoder": "y_decoder"}
+  for name, (stage, data, model) in built.items():
     assert data.num_frames == frames[name]
+    assert stage.objective == objectives[name]
+    assert model.y_decoder is not None and model.y_decoder.embed_dim == model.embed_dim
+  tasks = set(built[order[-1]][0].evals)
+  if order[-1] == "ydecoder":
+    assert tasks == {"zero_shot_actions", "text_to_video", "vqa", "inverse_dynamics", "hard_negatives", "captioning",
+                     "selective_decoding"}
+  elif order[-1] == "video":
+    assert "captioning" not in tasks and "vqa" in tasks
 
 
 # --- vljepa_pretrain.py --------------------------------------------------------------------------
@@ -262,8 +273,28 @@ def test_sft():
 
 
 def test_sft_bad_arg():
-  with pytest.raises(ValueError, match="no arg"):
+  with pytest.raises(ValueError, match="expected '' \\(SFT\\) or 'ydecoder'"):
     load("vljepa_sft", "video")
+
+
+def test_sft_ydecoder_trains_only_a_decoder_over_the_shared_space():
+  built = build(load("vljepa_sft", "ydecoder"))
+  assert tuple(built) == ("ydecoder",)
+  stage, data, model = built["ydecoder"]
+  assert stage.objective == "y_decoder" and stage.init.checkpoint.endswith("/sft")
+  decoder = model.y_decoder
+  assert decoder.embed_dim == 1536 == model.embed_dim
+  assert decoder.llama.vocab_size == 262_144  # EmbeddingGemma's tokenizer: the decoder writes target ids
+  assert decoder.max_length >= decoder.num_prefix_tokens + data.target_length
+  # Everything but the decoder keeps the SFT model's architecture, so the checkpoint fits.
+  sft = load("vljepa_sft")
+  assert {k: v for k, v in stage.model.to_dict().items() if k != "y_decoder"} == {
+      k: v for k, v in sft.model.to_dict().items() if k != "y_decoder"}
+  abstract = jax.eval_shape(lambda: {"y_decoder": {"w": jnp.zeros(1)}, "predictor": {"w": jnp.zeros(1)},
+                                     "y_encoder": {"w": jnp.zeros(1)}})
+  rules = trainer.stage_lr_rules(stage, abstract)
+  mults = optimizer.lr_multipliers(abstract, rules)
+  assert mults == {"y_decoder": {"w": 1.0}, "predictor": {"w": 0.0}, "y_encoder": {"w": 0.0}}
 
 
 # --- vljepa_ablation.py --------------------------------------------------------------------------

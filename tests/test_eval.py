@@ -130,7 +130,7 @@ def test_bad_evaluator_configs_fail_by_name(setup):
   _, built, _, defaults = setup
   kwargs = dict(embedder=None, query_tokenizer=built.query_tokenizer, target_tokenizer=built.target_tokenizer,
                 data_defaults=defaults)
-  with pytest.raises(ValueError, match=r"evals.x.type='captioning'"):
-    evaluator_lib.make_evaluators({"x": {"type": "captioning"}}, **kwargs)
+  with pytest.raises(ValueError, match=r"evals.x.type='open_vocabulary_detection'"):
+    evaluator_lib.make_evaluators({"x": {"type": "open_vocabulary_detection"}}, **kwargs)
   with pytest.raises(ValueError, match=r"evals.x: unknown option\(s\) \['template'\]"):
     evaluator_lib.make_evaluators({"x": {"type": "classification", "template": "a {}"}}, **kwargs)

@@ -2,12 +2,16 @@
 
     --config=tests/tiny_train_config.py            one stage ("train") of video clips
     --config=tests/tiny_train_config.py:two_stage  image stage, then video stage
+    --config=tests/tiny_train_config.py:decoder    a contrastive stage, then a Y-decoder stage,
+                                                   evaluated by retrieval and captioning
 
 Everything is random and tiny (16x16 clips, 2-layer towers, the word-level shapes tokenizer), and
 paraphrase sampling is off so a batch is a pure function of which records it holds: the same
 losses whatever the number of processes the records are spread over.
 """
+from vljepa_jax.models import llama as llama_lib
 from vljepa_jax.models import vljepa
+from vljepa_jax.models import y_decoder
 from vljepa_jax.train import config_base
 
 
@@ -36,6 +40,17 @@ def get_config(arg: str = ""):
     c.stages = {"image": {"total_steps": 4, "data": {"num_frames": 1, "sources": {"shapes": {"kind": "image"}}}},
                 "video": {}}
     c.stage_order = ("image", "video")
+  elif arg == "decoder":
+    decoder = y_decoder.YDecoderConfig(embed_dim=tiny.predictor.embed_dim, num_prefix_tokens=2, max_length=16,
+                                       llama=llama_lib.PRESETS["tiny"].replace(vocab_size=160, num_layers=1))
+    c.model = vljepa.VLJEPAConfig.from_dict(c.model.to_dict()).replace(y_decoder=decoder).to_dict()
+    c.data.target_length = 10
+    c.stages = {"train": {"total_steps": 4}, "decoder": {"total_steps": 4, "objective": "y_decoder"}}
+    c.stage_order = ("train", "decoder")
+    held_out = {"sources": {"shapes": {"type": "shapes", "kind": "video", "size": 12, "seed": 1000}}}
+    c.evals = {"retrieval": {"type": "retrieval", "data": held_out, "batch_size": 8},
+               "captioning": {"type": "captioning", "data": held_out, "batch_size": 8}}
+    c.eval_batch_size = 16
   elif arg:
-    raise ValueError(f"tests/tiny_train_config.py:{arg}: expected '' or 'two_stage'")
+    raise ValueError(f"tests/tiny_train_config.py:{arg}: expected '', 'two_stage' or 'decoder'")
   return config_base.finalize(c)

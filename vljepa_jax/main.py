@@ -1,12 +1,18 @@
 """vljepa-jax entry point: train (and evaluate) a VL-JEPA from an experiment config.
 
     python -m vljepa_jax.main --config=configs/demo.py --workdir=/tmp/vljepa_demo
+    python -m vljepa_jax.main --config=configs/demo.py --workdir=/tmp/vljepa_demo --mode=eval  # sweep checkpoints
     python -m vljepa_jax.main --config=configs/vljepa_pretrain.py:image --workdir=gs://... \\
         --config.init.x_encoder=/ckpt/vitl --config.batch_size=24000
 
 Configs are Python files with `get_config(arg)` (ml_collections); `--config.KEY=VALUE` overrides
 any key, and an unknown key or a value of the wrong type fails before anything is compiled.
 Re-running the same command on the same workdir resumes from the newest checkpoint.
+
+`--mode=eval` evaluates every saved checkpoint of the workdir (or `--eval_steps`) with the
+config's evaluators, compiling each once for the whole sweep; results are added to
+`<workdir>/eval_results.json` by global step (done steps are skipped on a re-run), with
+`eval_results.md`, `eval_results.csv` and `eval_plots/<task>.png` beside it.
 
 Multi-host: on TPU pods and under SLURM `jax.distributed.initialize()` detects the cluster by
 itself (`--distributed=auto`, the default); elsewhere pass `--coordinator_address`,
@@ -29,6 +35,10 @@ _CONFIG = config_flags.DEFINE_config_file(
     "configs/vljepa_pretrain.py:video8. Override keys with --config.KEY=VALUE.", lock_config=True)
 _WORKDIR = flags.DEFINE_string("workdir", None, "Where checkpoints, metrics.jsonl, TensorBoard files and "
                                "eval_results.json go. Re-running with the same workdir resumes.")
+_MODE = flags.DEFINE_enum("mode", "train", ["train", "eval"],
+                          "train: every stage, then the evaluators. eval: evaluate the saved checkpoints.")
+_EVAL_STEPS = flags.DEFINE_list("eval_steps", None, "--mode=eval: only these global steps (default: every "
+                                "checkpoint).")
 _DISTRIBUTED = flags.DEFINE_enum("distributed", "auto", ["auto", "on", "off"],
                                  "jax.distributed.initialize(): 'auto' = when --coordinator_address is given or a "
                                  "TPU pod / SLURM job with several tasks is detected.")
@@ -72,6 +82,15 @@ def initialize_distributed() -> None:
                jax.process_count(), jax.local_device_count(), jax.device_count())
 
 
+def _eval_steps() -> list[int] | None:
+  if not _EVAL_STEPS.value:
+    return None
+  try:
+    return [int(step) for step in _EVAL_STEPS.value]
+  except ValueError:
+    raise app.UsageError(f"--eval_steps={','.join(_EVAL_STEPS.value)}: expected integers (global steps)") from None
+
+
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
@@ -85,7 +104,16 @@ def main(argv):
   # Imported after jax.distributed is up: nothing may touch the backend before it.
   from vljepa_jax.train import trainer  # pylint: disable=g-import-not-at-top
   try:
-    trainer.run(_CONFIG.value, _WORKDIR.value)
+    if _MODE.value == "eval":
+      from vljepa_jax.train import evaluation  # pylint: disable=g-import-not-at-top
+      evaluation.sweep(_CONFIG.value, _WORKDIR.value, steps=_eval_steps())
+    else:
+      trainer.run(_CONFIG.value, _WORKDIR.value)
+  except (FileNotFoundError, ValueError) as e:
+    if _MODE.value != "eval":
+      raise
+    print(f"error: {e}", file=sys.stderr)
+    sys.exit(2)
   except trainer.NonFiniteError as e:
     print(f"error: {e}", file=sys.stderr)
     sys.exit(1)

@@ -10,6 +10,8 @@ Schema (every key but `media` is optional; unknown keys are an error, so a typo 
   captions  list[str]   several paraphrases of the same caption; training samples one per epoch
   query     str         the question X_Q for query-conditioned (SFT) training / VQA
   answer    str         the answer Y to `query`
+  answer_candidates  list[str]  the choices of a multiple-choice question (discriminative VQA)
+  question_type      str        a question category, for per-type VQA accuracy
   label     str | int   class label, for zero-shot classification
 
 Example line:
@@ -33,6 +35,8 @@ FIELD_TYPES: dict[str, tuple[type, ...]] = {
     "captions": (list,),
     "query": (str,),
     "answer": (str,),
+    "answer_candidates": (list,),
+    "question_type": (str,),
     "label": (str, int),
 }
 REQUIRED_FIELDS = ("media",)
@@ -56,8 +60,9 @@ def _check_entry(entry: Any, where: str) -> dict[str, Any]:
     if isinstance(value, bool) or not isinstance(value, FIELD_TYPES[name]):
       expected = " or ".join(t.__name__ for t in FIELD_TYPES[name])
       raise ManifestError(f"{where}: key {name!r} must be {expected}, got {type(value).__name__} {value!r:.80}")
-  if "captions" in entry and not all(isinstance(c, str) for c in entry["captions"]):
-    raise ManifestError(f"{where}: key 'captions' must be a list of strings")
+  for name in ("captions", "answer_candidates"):
+    if name in entry and not all(isinstance(c, str) for c in entry[name]):
+      raise ManifestError(f"{where}: key {name!r} must be a list of strings")
   if not entry["media"]:
     raise ManifestError(f"{where}: key 'media' is empty")
   return entry

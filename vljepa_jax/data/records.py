@@ -13,7 +13,7 @@ from typing import Any
 import msgpack
 
 FORMAT_VERSION = 1
-TEXT_FIELDS = ("id", "caption", "captions", "query", "answer", "label")
+TEXT_FIELDS = ("id", "caption", "captions", "query", "answer", "answer_candidates", "question_type", "label")
 
 
 class RecordError(ValueError):

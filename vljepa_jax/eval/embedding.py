@@ -76,17 +76,27 @@ class Embedder:
     """S_Y of each text, `(len(texts), D)`; every process passes the same texts."""
     params = train_step_lib.model_params(params)
     n = len(texts)
-    size = self._text_batch_size
-    padded = list(texts) + [texts[-1]] * (-n % size)
+    padded = list(texts) + [texts[-1]] * (-n % self._text_batch_size)
+    ids, mask = tokenizer(padded)
+    return self.map_rows(self._text, params, {"ids": ids, "mask": mask}, self._text_batch_size)[:n]
+
+  def map_rows(self, fn, params: Any, rows: dict[str, np.ndarray], batch_size: int) -> np.ndarray:
+    """`fn(params, *rows)` over fixed-size batches of host rows that every process holds in full.
+
+    The last batch is padded by repeating its last row (dropped from the output), so `fn`
+    compiles once; under a mesh each process feeds its share of every global batch and the
+    outputs are gathered back to every host.
+    """
+    n = len(next(iter(rows.values())))
+    pad = -n % batch_size
+    rows = {k: np.concatenate([v, np.repeat(v[-1:], pad, axis=0)]) if pad else v for k, v in rows.items()}
     out = []
-    for start in range(0, len(padded), size):
-      ids, mask = tokenizer(padded[start:start + size])
-      if self._mesh is None:
-        emb = self._text(params, ids, mask)
-      else:
-        # Every process holds all texts: give each its rows of the global batch.
-        rows = np.array_split(np.arange(size), jax.process_count())[jax.process_index()]
-        put = self._put({"ids": ids[rows], "mask": mask[rows]})
-        emb = self._call(self._text, params, put["ids"], put["mask"])
-      out.append(_to_host(emb))
+    for start in range(0, n + pad, batch_size):
+      batch = {k: v[start:start + batch_size] for k, v in rows.items()}
+      if self._mesh is not None:
+        # Every process holds all rows: give each its rows of the global batch.
+        mine = np.array_split(np.arange(batch_size), jax.process_count())[jax.process_index()]
+        batch = {k: v[mine] for k, v in batch.items()}
+      put = self._put(batch)
+      out.append(_to_host(self._call(fn, params, *put.values())))
     return np.concatenate(out)[:n]

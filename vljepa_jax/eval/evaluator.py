@@ -24,6 +24,11 @@ from vljepa_jax.eval import embedding
 EVALUATORS = {
     "classification": "vljepa_jax.eval.zero_shot:ZeroShotClassification",
     "retrieval": "vljepa_jax.eval.retrieval:Retrieval",
+    "vqa": "vljepa_jax.eval.vqa:DiscriminativeVQA",
+    "inverse_dynamics": "vljepa_jax.eval.inverse_dynamics:InverseDynamics",
+    "hard_negatives": "vljepa_jax.eval.hard_negatives:HardNegatives",
+    "captioning": "vljepa_jax.eval.captioning:Captioning",
+    "selective_decoding": "vljepa_jax.eval.stream_decoding:SelectiveDecoding",
 }
 # Data-pipeline defaults for evaluation: one ordered pass with every record.
 EVAL_DATA = {"shuffle": False, "num_epochs": 1, "sample_paraphrase": False}
@@ -40,7 +45,8 @@ class Evaluator:
   OPTIONS: Mapping[str, Any] = {}  # option name -> default, besides `type`, `data` and `batch_size`
 
   def __init__(self, name: str, config: Mapping[str, Any], *, embedder: embedding.Embedder, query_tokenizer,
-               target_tokenizer, data_defaults: Mapping[str, Any]):
+               target_tokenizer, data_defaults: Mapping[str, Any], model: Any = None, mesh: Any = None,
+               rules: Any = None, workdir: str | None = None):
     config = dict(config)
     config.pop("type", None)
     known = set(self.OPTIONS) | {"data", "batch_size"}
@@ -52,6 +58,8 @@ class Evaluator:
     self.batch_size = int(config.get("batch_size", 64))
     self.data = pipeline.DataConfig.from_dict({**data_defaults, **dict(config.get("data", {})), **EVAL_DATA})
     self.embedder = embedder
+    # What evaluators that run more than the two embedding functions need (the Y-decoder, streams).
+    self.model, self.mesh, self.rules, self.workdir = model, mesh, rules, workdir
     # Texts the evaluator embeds itself (class names, all captions) get the pipeline's lengths too.
     self.query_tokenizer = query_tokenizer.with_max_length(self.data.query_length)
     self.target_tokenizer = target_tokenizer.with_max_length(self.data.target_length)

@@ -9,6 +9,10 @@ rely on): `kv_mask` hides padded *keys* only; padded queries still attend to the
 keys and their outputs are simply ignored downstream. A row with every key masked gets a
 uniform distribution (the mask value is finite), never NaN.
 
+Decoding with a KV cache attends a chunk of new queries to every cached key; `q_offset`
+gives the queries' absolute position so that the causal (and window) masks are measured from
+there, and keys not yet written (beyond the queries' positions) are hidden by the causal mask.
+
 `impl` selects the implementation. Only `"xla"` (plain softmax attention) exists today;
 the Pallas / cuDNN / splash kernels plug in here, behind this signature.
 """
@@ -30,6 +34,7 @@ def attention_mask(
     kv_mask: jax.Array | None = None,
     causal: bool = False,
     window: int | None = None,
+    q_offset: int | jax.Array = 0,
 ) -> jax.Array | None:
   """Boolean mask `(batch or 1, q_len, kv_len)`: True where a query may attend to a key.
 
@@ -38,11 +43,13 @@ def attention_mask(
     causal: a query at position i sees keys at positions <= i.
     window: bidirectional sliding window with an exclusive bound: keys with
       `|i - j| >= window` are hidden (Gemma 3's bidirectional layers use 257 to see ±256).
+    q_offset: position of query 0 among the keys (a Python int or a traced int32 scalar): query
+      row r sits at position `r + q_offset`. Keys are always at positions 0..kv_len-1.
   Returns None when nothing is masked.
   """
   mask = None
   if causal or window is not None:
-    i = jnp.arange(q_len)[:, None]
+    i = jnp.arange(q_len)[:, None] + q_offset
     j = jnp.arange(kv_len)[None, :]
     allowed = jnp.ones((q_len, kv_len), dtype=bool)
     if causal:
@@ -65,9 +72,13 @@ def attention(
     causal: bool = False,
     window: int | None = None,
     scale: float | None = None,
+    q_offset: int | jax.Array = 0,
     impl: str = "xla",
 ) -> jax.Array:
   """Softmax attention. q: `(B, Lq, Hq, D)`; k, v: `(B, Lk, Hkv, D)` with `Hq % Hkv == 0`.
+
+  `q_offset` places the queries at positions `q_offset..q_offset+Lq-1` for the causal and
+  window masks (see `attention_mask`); 0, the default, is ordinary self-attention.
 
   Returns `(B, Lq, Hq, D)` in q's dtype. Logits and softmax are computed in float32.
   """
@@ -87,7 +98,7 @@ def attention(
   qg = q.reshape(batch, q_len, kv_heads, groups, head_dim)
   logits = jnp.einsum("bqhgd,bkhd->bhgqk", qg, k, preferred_element_type=jnp.float32)
   logits = logits * jnp.float32(scale)
-  mask = attention_mask(q_len, kv_len, kv_mask=kv_mask, causal=causal, window=window)
+  mask = attention_mask(q_len, kv_len, kv_mask=kv_mask, causal=causal, window=window, q_offset=q_offset)
   if mask is not None:
     logits = jnp.where(mask[:, None, None], logits, _MASK_VALUE)
   probs = jax.nn.softmax(logits, axis=-1).astype(v.dtype)

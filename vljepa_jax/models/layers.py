@@ -7,6 +7,7 @@ mesh layout is chosen by logical-axis rules in config, never in model code. The 
   heads     query heads            kv_heads  key/value heads
   head_dim  per-head width         vocab     token-embedding rows
   norm      norm scales / biases   conv_*    patch-embedding kernel dims
+  prefix    the Y-decoder's prefix tokens (one condition projected to several)
 
 Activations carry `activation_batch / activation_length / activation_embed` constraints at
 block boundaries (no-ops until rules and a mesh are active).
@@ -193,6 +194,15 @@ class SelfAttention(nn.Module):
   Projections are stored head-shaped: q `(embed, heads, head_dim)`, k/v
   `(embed, kv_heads, head_dim)`, out `(heads, head_dim, embed)`, so tensor parallelism is a
   rule on `heads` / `kv_heads`.
+
+  Incremental decoding (`cache_index` given): the keys and values of `x` are also written into
+  the mutable "cache" collection (`cached_key`, `cached_value`: `(B, capacity, kv_heads, head_dim)`,
+  the Linen decoding pattern) at position `cache_index`, and the queries attend to the whole
+  cache, causally from absolute position `cache_index` (unwritten slots lie beyond every query,
+  so the causal mask hides them). The first call passes `cache_length` (the capacity) and
+  creates the cache; later calls pass None and append. The caller owns the index (so it can
+  offset RoPE too), keeps `cache_index + len(x) <= capacity`, and applies `positions` for the
+  absolute positions. Shapes are static, so each chunk length compiles once.
   """
 
   num_heads: int
@@ -215,6 +225,8 @@ class SelfAttention(nn.Module):
       causal: bool = False,
       window: int | None = None,
       positions: PositionFn | None = None,
+      cache_index: jax.Array | None = None,
+      cache_length: int | None = None,
   ) -> jax.Array:
     kv_heads = self.num_kv_heads or self.num_heads
     kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
@@ -229,8 +241,30 @@ class SelfAttention(nn.Module):
       k = RMSNorm(self.qk_norm_eps, offset_scale=True, name="key_norm", **kw)(k)
     if positions is not None:
       q, k = positions(q, k)
+    q_offset = 0
+    if cache_index is not None:
+      # A cached key is never re-masked per query, so padding and bidirectional attention have no
+      # meaning here; decoding is causal over an unpadded (lock-step) batch.
+      if not causal or kv_mask is not None:
+        raise ValueError(f"{self.name}: decoding with a KV cache needs causal=True and kv_mask=None")
+      exists = self.has_variable("cache", "cached_key")
+      if exists and cache_length is not None:
+        raise ValueError(f"{self.name}: a KV cache already exists; pass cache_length only on the first (prefill) "
+                         "call, with variables that hold no 'cache' collection")
+      if not exists and cache_length is None:
+        raise ValueError(f"{self.name}: there is no KV cache to decode into; the first (prefill) call must pass "
+                         "cache_length")
+      if not exists and x.shape[1] > cache_length:
+        raise ValueError(f"{self.name}: {x.shape[1]} positions do not fit a cache of cache_length={cache_length}")
+      shape = (x.shape[0], cache_length, kv_heads, self.head_dim)
+      cached_key = self.variable("cache", "cached_key", jnp.zeros, shape, k.dtype)
+      cached_value = self.variable("cache", "cached_value", jnp.zeros, shape, v.dtype)
+      start = (0, cache_index, 0, 0)
+      cached_key.value = jax.lax.dynamic_update_slice(cached_key.value, k.astype(cached_key.value.dtype), start)
+      cached_value.value = jax.lax.dynamic_update_slice(cached_value.value, v.astype(cached_value.value.dtype), start)
+      k, v, q_offset = cached_key.value, cached_value.value, cache_index
     out = attention_lib.attention(q, k, v, kv_mask=kv_mask, causal=causal, window=window,
-                                  scale=self.scale, impl=self.attention_impl)
+                                  scale=self.scale, q_offset=q_offset, impl=self.attention_impl)
     return dense(x.shape[-1], ("heads", "head_dim", "embed"), axis=(-2, -1),
                  use_bias=self.out_bias, name="out", **kw)(out)
 

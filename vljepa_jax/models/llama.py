@@ -12,6 +12,15 @@ bidirectionally:
     tokens = model.apply(v, query_ids, method="embed")
     hidden = model.apply(v, inputs_embeds=jnp.concatenate([visual, tokens], 1),
                          attention_mask=mask, causal=False)
+
+A causal stack also decodes incrementally with a KV cache (the Y-decoder's generation):
+
+    hidden, vars = model.apply(v, inputs_embeds=prompt, decode=True, cache_length=N, mutable=["cache"])
+    hidden, vars = model.apply({**v, **vars}, inputs_embeds=next_embeds, decode=True, mutable=["cache"])
+
+Each layer keeps its own write position (`cache_index`, as Linen's attention does) next to its
+attention's `cached_key` / `cached_value`, and offsets its RoPE positions by it, so a chunk of
+any length continues the sequence where the last one stopped.
 """
 from __future__ import annotations
 
@@ -136,16 +145,27 @@ class LlamaLayer(nn.Module):
   config: LlamaConfig
 
   @nn.compact
-  def __call__(self, x: jax.Array, kv_mask: jax.Array | None, causal: bool) -> jax.Array:
+  def __call__(self, x: jax.Array, kv_mask: jax.Array | None, causal: bool, decode: bool = False,
+               cache_length: int | None = None) -> jax.Array:
+    """`decode`: append `x` to this layer's KV cache (created with `cache_length` slots on the first call)."""
     cfg = self.config
     kw = dict(dtype=cfg.compute_dtype, param_dtype=cfg.weight_dtype)
     inv_freq = rope.inverse_frequencies(cfg.head_dim, cfg.rope_theta, cfg.llama3_scaling)
-    rotate = rope.rotary_positions(jnp.arange(x.shape[1]), inv_freq)
+    positions = jnp.arange(x.shape[1])
+    cache_index = None
+    if decode:
+      # The write position is the absolute position of x's first token: RoPE and the causal mask
+      # both start there.
+      index = self.variable("cache", "cache_index", jnp.zeros, (), jnp.int32)
+      cache_index = index.value
+      positions = positions + cache_index
+      index.value = cache_index + x.shape[1]
+    rotate = rope.rotary_positions(positions, inv_freq)
     attn = layers.SelfAttention(num_heads=cfg.num_heads, head_dim=cfg.head_dim, num_kv_heads=cfg.num_kv_heads,
                                 use_bias=False, out_bias=False, attention_impl=cfg.attention_impl,
                                 name="attention", **kw)
     h = x + attn(layers.RMSNorm(cfg.rms_norm_eps, name="input_norm", **kw)(x), kv_mask=kv_mask, causal=causal,
-                 positions=rotate)
+                 positions=rotate, cache_index=cache_index, cache_length=cache_length)
     mlp = layers.Mlp(cfg.intermediate_size, activation="silu", gated=True, use_bias=False, name="mlp", **kw)
     out = h + mlp(layers.RMSNorm(cfg.rms_norm_eps, name="post_attention_norm", **kw)(h))
     return layers.constrain_activations(out)
@@ -156,6 +176,11 @@ class Llama(nn.Module):
 
   Or `apply(v, inputs_embeds=..., attention_mask=..., causal=False)`; `method="embed"`
   gives token embeddings. `attention_mask` is 1 for tokens, 0 for (right) padding.
+
+  `decode=True` (causal, unpadded) appends the input to a KV cache in the mutable "cache"
+  collection: the first call passes `cache_length`, the cache's capacity in positions, and must
+  start from variables without a cache; later calls pass None. The caller keeps the total
+  length within the capacity (a write past it is not detected).
   """
 
   config: LlamaConfig
@@ -165,8 +190,9 @@ class Llama(nn.Module):
     self.embed_tokens = nn.Embed(
         cfg.vocab_size, cfg.hidden_size, dtype=cfg.compute_dtype, param_dtype=cfg.weight_dtype,
         embedding_init=nn.with_logical_partitioning(layers.default_kernel_init, ("vocab", "embed")))
-    # `causal` (argument 3, counting self) is a Python bool that selects the mask.
-    block = layers.remat_block(LlamaLayer, cfg.remat, static_argnums=(3,))
+    # `causal`, `decode` and `cache_length` (arguments 3-5, counting self) are Python values that
+    # select the mask and the cache.
+    block = layers.remat_block(LlamaLayer, cfg.remat, static_argnums=(3, 4, 5))
     self.layers = [block(cfg) for _ in range(cfg.num_layers)]  # named layers_0, layers_1, ...
     self.final_norm = layers.RMSNorm(cfg.rms_norm_eps, dtype=cfg.compute_dtype, param_dtype=cfg.weight_dtype)
 
@@ -175,17 +201,22 @@ class Llama(nn.Module):
     return self.embed_tokens(input_ids)
 
   def __call__(self, input_ids: jax.Array | None = None, attention_mask: jax.Array | None = None, *,
-               inputs_embeds: jax.Array | None = None, causal: bool | None = None) -> jax.Array:
+               inputs_embeds: jax.Array | None = None, causal: bool | None = None, decode: bool = False,
+               cache_length: int | None = None) -> jax.Array:
     if (input_ids is None) == (inputs_embeds is None):
       raise ValueError("pass exactly one of input_ids and inputs_embeds")
+    causal = self.config.causal if causal is None else causal
+    if decode and (not causal or attention_mask is not None):
+      raise ValueError("decode=True needs causal attention and no attention_mask (a lock-step, unpadded batch)")
+    if cache_length is not None and not decode:
+      raise ValueError("cache_length sizes a KV cache; it needs decode=True")
     if inputs_embeds is None:
       x = self.embed(input_ids)
     else:
       x = inputs_embeds.astype(self.config.compute_dtype)
       if self.is_initializing():  # the table must exist in the init tree that conversion maps onto
         self.embed(jnp.zeros((1, 1), jnp.int32))
-    causal = self.config.causal if causal is None else causal
     x = layers.constrain_activations(x)
     for layer in self.layers:
-      x = layer(x, attention_mask, causal)
+      x = layer(x, attention_mask, causal, decode, cache_length)
     return self.final_norm(x)

@@ -13,6 +13,12 @@ and *not* normalised; the loss and the evaluators normalise.
 Parameter tree: `x_encoder/...` (V-JEPA 2 ViT), `predictor/{vision_proj, llama, head}`,
 `y_encoder/{backbone, dense_*}` (a `TextEncoder`) and `y_head`. Converted checkpoints drop
 into those subtrees unchanged (see `vljepa_jax.convert`).
+
+With `config.y_decoder` set the model also holds the Y-decoder (`y_decoder/...`, see
+`models/y_decoder.py`): used only when text must be written (captioning, selective decoding),
+trained in its own stage by `y_decoder_loss` with everything else frozen. It reads embeddings
+scaled to unit length (`decoder_condition`), the only scale the shared space has: training and
+the loss compare directions, so Ŝ_Y and S_Y norms carry no meaning.
 """
 from __future__ import annotations
 
@@ -29,6 +35,7 @@ from vljepa_jax.models import llama as llama_lib
 from vljepa_jax.models import predictor as predictor_lib
 from vljepa_jax.models import text_encoder as text_encoder_lib
 from vljepa_jax.models import vit as vit_lib
+from vljepa_jax.models import y_decoder as y_decoder_lib
 from vljepa_jax.models.config import ArchConfig
 
 
@@ -39,6 +46,7 @@ class VLJEPAConfig(ArchConfig):
   y_encoder: text_encoder_lib.TextEncoderConfig | None = None
   # The paper freezes the X-encoder: its output is a constant to the rest of the model.
   freeze_x_encoder: bool = True
+  y_decoder: y_decoder_lib.YDecoderConfig | None = None
 
   def __post_init__(self):
     if None in (self.x_encoder, self.predictor, self.y_encoder):
@@ -46,6 +54,9 @@ class VLJEPAConfig(ArchConfig):
     if self.predictor.vision_dim != self.x_encoder.hidden_size:
       raise ValueError(f"predictor.vision_dim ({self.predictor.vision_dim}) must equal the X-encoder width "
                        f"({self.x_encoder.hidden_size})")
+    if self.y_decoder is not None and self.y_decoder.embed_dim != self.predictor.embed_dim:
+      raise ValueError(f"y_decoder.embed_dim ({self.y_decoder.embed_dim}) must equal the shared embedding size "
+                       f"predictor.embed_dim ({self.predictor.embed_dim})")
 
   @property
   def embed_dim(self) -> int:
@@ -62,6 +73,8 @@ class VLJEPA(nn.Module):
     self.y_encoder = text_encoder_lib.TextEncoder(cfg.y_encoder)
     self.y_head = layers.dense(cfg.embed_dim, ("embed", "shared_embed"), dtype=cfg.compute_dtype,
                                param_dtype=cfg.weight_dtype, name="y_head")
+    if cfg.y_decoder is not None:
+      self.y_decoder = y_decoder_lib.YDecoder(cfg.y_decoder)
 
   def encode_visual(self, video: jax.Array) -> jax.Array:
     """`(B, T, H, W, C)` -> visual tokens `(B, N, Dv)`; a constant when the X-encoder is frozen."""
@@ -77,8 +90,35 @@ class VLJEPA(nn.Module):
     pooled = self.y_encoder.embed(ids, mask)
     return self.y_head(pooled.astype(self.config.compute_dtype)).astype(jnp.float32)
 
+  def y_decoder_loss(self, video, query_ids, query_mask, target_ids, target_mask, *,
+                     condition: str = "target") -> tuple[jax.Array, jax.Array]:
+    """Teacher-forced loss of the Y-decoder writing the target text: (summed cross-entropy, tokens).
+
+    `condition`: "target" decodes from S_Y of the text itself, "predictor" from Ŝ_Y of (video,
+    query). Either way the embedding is a constant here: only the decoder learns from this loss.
+    """
+    if self.config.y_decoder is None:
+      raise ValueError("y_decoder_loss needs VLJEPAConfig.y_decoder")
+    if condition == "target":
+      embedding = self.encode_text(target_ids, target_mask)
+    elif condition == "predictor":
+      embedding = self.encode_visual_query(video, query_ids, query_mask)
+    else:
+      raise ValueError(f"condition must be 'target' or 'predictor', got {condition!r}")
+    logits = self.y_decoder(jax.lax.stop_gradient(decoder_condition(embedding)), target_ids)
+    return y_decoder_lib.caption_loss(logits, target_ids, target_mask)
+
   def __call__(self, video, query_ids, query_mask, target_ids, target_mask) -> tuple[jax.Array, jax.Array]:
-    return self.encode_visual_query(video, query_ids, query_mask), self.encode_text(target_ids, target_mask)
+    pred, target = self.encode_visual_query(video, query_ids, query_mask), self.encode_text(target_ids, target_mask)
+    if self.config.y_decoder is not None and self.is_initializing():
+      self.y_decoder(decoder_condition(target), target_ids)  # creates its parameters in the same tree
+    return pred, target
+
+
+def decoder_condition(embedding: jax.Array) -> jax.Array:
+  """What the Y-decoder reads: the embedding scaled to unit L2 norm (float32)."""
+  embedding = embedding.astype(jnp.float32)
+  return embedding / jnp.maximum(jnp.linalg.norm(embedding, axis=-1, keepdims=True), 1e-12)
 
 
 def paper_config(*, y_dense: bool = False) -> VLJEPAConfig:

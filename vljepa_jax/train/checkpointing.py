@@ -48,10 +48,17 @@ def restore_params(path: str, abstract_params: Any, step: int | None = None) -> 
     raise FileNotFoundError(f"config.init.checkpoint={path!r}: no training checkpoints in {directory} (expected "
                             "a stage workdir such as <workdir>/image, or its checkpoints/ folder)")
   step = steps[-1] if step is None else step
-  item = {"params": abstract_params}
-  restore_args = ocp.checkpoint_utils.construct_restore_args(item)
+  path = os.path.join(directory, str(step), "state")
   with ocp.PyTreeCheckpointer() as checkpointer:
-    restored = checkpointer.restore(os.path.join(directory, str(step), "state"), args=ocp.args.PyTreeRestore(
+    # Top-level parts the checkpoint lacks (a Y-decoder added after pretraining) are left out here
+    # and keep their fresh initialisation in the caller.
+    stored = checkpointer.metadata(path).item_metadata.tree["params"]
+    missing = sorted(set(abstract_params) - set(stored))
+    if missing:
+      logging.warning("%s has no %s parameters; they keep their initial values", path, missing)
+    item = {"params": {k: v for k, v in abstract_params.items() if k in stored}}
+    restore_args = ocp.checkpoint_utils.construct_restore_args(item)
+    restored = checkpointer.restore(path, args=ocp.args.PyTreeRestore(
         item=item, restore_args=restore_args, partial_restore=True))
   return restored["params"], step
 

@@ -64,9 +64,18 @@ def base_config() -> ml_collections.ConfigDict:
       "learning_rate": 5e-5, "schedule": "constant", "warmup_steps": 0, "end_learning_rate_factor": 0.0,
       "b1": 0.9, "b2": 0.999, "eps": 1e-8, "weight_decay": 0.0, "grad_clip_norm": 0.0,  # 0: no clipping
       "lr_rules": PAPER_LR_RULES})
-  # Evaluators by name: {name: {"type": ..., options}}; run after the last stage.
+  # What a stage trains. "contrastive": InfoNCE between Ŝ_Y and S_Y (`loss`). "y_decoder": the
+  # Y-decoder (`model.y_decoder`) learns to write the target text back from an embedding by
+  # teacher forcing, everything else frozen; `y_decoder_condition` picks the embedding: "target"
+  # (S_Y of the text itself) or "predictor" (Ŝ_Y of the visual input and query). Contrastive stages
+  # keep the Y-decoder frozen.
+  c.objective = "contrastive"
+  c.y_decoder_condition = "target"
+  # Evaluators by name: {name: {"type": ..., options}}; run after the last stage, every
+  # `eval_every` steps of training (0 = never) and by `--mode=eval` sweeps over checkpoints.
   c.evals = ml_collections.ConfigDict()
   c.eval_batch_size = 256
+  c.eval_every = 0
   c.stages = ml_collections.ConfigDict({"train": {}})
   c.stage_order = ("train",)
   return c

@@ -136,8 +136,10 @@ def shapes_tokenizer() -> tokenizer_lib.Tokenizer:
 def check_vocab(config: vljepa.VLJEPAConfig, query_tokenizer: tokenizer_lib.Tokenizer,
                 target_tokenizer: tokenizer_lib.Tokenizer) -> None:
   """Token ids past an embedding table would be silently clamped by `jnp.take`: refuse them up front."""
-  pairs = (("predictor.llama", config.predictor.llama.vocab_size, query_tokenizer, "query"),
-           ("y_encoder", config.y_encoder.backbone_config.vocab_size, target_tokenizer, "target"))
+  pairs = [("predictor.llama", config.predictor.llama.vocab_size, query_tokenizer, "query"),
+           ("y_encoder", config.y_encoder.backbone_config.vocab_size, target_tokenizer, "target")]
+  if config.y_decoder is not None:  # the decoder writes (and is taught on) the target tokenizer's ids
+    pairs.append(("y_decoder.llama", config.y_decoder.llama.vocab_size, target_tokenizer, "target"))
   for name, table, tok, role in pairs:
     if tok.vocab_size > table:
       raise ValueError(f"the {role} tokenizer ({tok.source}) has {tok.vocab_size} tokens but model.{name}.vocab_size "

@@ -90,8 +90,9 @@ def _flatten_microbatches(x: jax.Array) -> jax.Array:
 
 
 def make_train_step(model: nn.Module, tx: optax.GradientTransformation,
-                    loss_fn: Callable[[jax.Array, jax.Array], jax.Array], *, num_microbatches: int = 1,
-                    rules: Any = None, frozen: Any = None
+                    loss_fn: Callable[[jax.Array, jax.Array], jax.Array] | None, *, num_microbatches: int = 1,
+                    rules: Any = None, frozen: Any = None, objective: str = "contrastive",
+                    decoder_condition: str = "target"
                     ) -> Callable[[TrainState, Batch], tuple[TrainState, dict[str, jax.Array]]]:
   """The un-jitted step; `jit_train_step` compiles it with shardings and donation.
 
@@ -102,16 +103,44 @@ def make_train_step(model: nn.Module, tx: optax.GradientTransformation,
   multiplier-0 groups). Frozen parameters enter the model through `stop_gradient`, so XLA drops
   the backward pass of a tower that is frozen end to end instead of computing gradients the
   optimizer would throw away (a frozen Y-encoder then costs only its forward pass).
+
+  `objective="y_decoder"` trains the Y-decoder by teacher forcing instead (`loss_fn` is unused):
+  the loss is the mean next-token cross-entropy of the target text given an embedding
+  (`decoder_condition`: "target" = S_Y, "predictor" = Ŝ_Y; see `VLJEPA.y_decoder_loss`). It is a
+  mean over tokens, so microbatches simply add their token-loss sums, gradients and token counts.
   """
   if num_microbatches < 1:
     raise ValueError(f"num_microbatches must be >= 1, got {num_microbatches}")
+  if objective not in ("contrastive", "y_decoder"):
+    raise ValueError(f"objective must be 'contrastive' or 'y_decoder', got {objective!r}")
+  if decoder_condition not in ("target", "predictor"):
+    raise ValueError(f"decoder_condition must be 'target' or 'predictor', got {decoder_condition!r}")
 
-  def embed(params, inputs):
+  def model_variables(params):
     if frozen is not None:
       params = jax.tree.map(lambda p, f: jax.lax.stop_gradient(p) if f else p, params, frozen)
-    return model.apply({"params": model_params(params)}, **inputs)
+    return {"params": model_params(params)}
+
+  def embed(params, inputs):
+    return model.apply(model_variables(params), **inputs)
+
+  def token_loss_and_grads(params, inputs):
+    def loss_sum(p, mb):
+      return model.apply(model_variables(p), **mb, condition=decoder_condition, method="y_decoder_loss")
+
+    def accumulate(carry, mb):
+      grads, total, count = carry
+      (mb_total, mb_count), mb_grads = jax.value_and_grad(loss_sum, has_aux=True)(params, mb)
+      return (jax.tree.map(jnp.add, grads, mb_grads), total + mb_total, count + mb_count), None
+
+    zero = (jax.tree.map(jnp.zeros_like, params), jnp.zeros((), jnp.float32), jnp.zeros((), jnp.float32))
+    (grads, total, count), _ = jax.lax.scan(accumulate, zero, _split_microbatches(inputs, num_microbatches))
+    count = jnp.maximum(count, 1.0)
+    return total / count, jax.tree.map(lambda g: g / count, grads)
 
   def loss_and_grads(params, inputs):
+    if objective == "y_decoder":
+      return token_loss_and_grads(params, inputs)
     if num_microbatches == 1:
       return jax.value_and_grad(lambda p: loss_fn(*embed(p, inputs), p.get(LOSS_PARAMS)))(params)
     micro = _split_microbatches(inputs, num_microbatches)

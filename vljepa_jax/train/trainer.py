@@ -18,10 +18,8 @@ Only process 0 writes logs; every process takes part in checkpointing, as Orbax 
 """
 from __future__ import annotations
 
-import json
 import os
 import signal
-import tempfile
 import time
 from typing import Any
 
@@ -34,10 +32,10 @@ import numpy as np
 from vljepa_jax import losses
 from vljepa_jax.data import global_batch
 from vljepa_jax.data import pipeline
-from vljepa_jax.eval import embedding
-from vljepa_jax.eval import evaluator as evaluator_lib
+from vljepa_jax.eval import results as results_lib
 from vljepa_jax.models import params as params_lib
 from vljepa_jax.train import checkpointing
+from vljepa_jax.train import evaluation as evaluation_lib
 from vljepa_jax.train import metrics_log
 from vljepa_jax.train import model_setup
 from vljepa_jax.train import optimizer as optimizer_lib
@@ -45,7 +43,7 @@ from vljepa_jax.train import sharding
 from vljepa_jax.train import stages as stages_lib
 from vljepa_jax.train import train_step as train_step_lib
 
-EVAL_RESULTS = "eval_results.json"
+OBJECTIVES = ("contrastive", "y_decoder")
 PREEMPTED_EXIT_CODE = 143  # 128 + SIGTERM, what schedulers expect from a job that was told to stop
 
 
@@ -58,14 +56,6 @@ class Preempted(SystemExit):
 
   def __init__(self):
     super().__init__(PREEMPTED_EXIT_CODE)
-
-
-def write_json_atomic(path: str, obj: Any) -> None:
-  folder = os.path.dirname(os.path.abspath(path))
-  os.makedirs(folder, exist_ok=True)
-  with tempfile.NamedTemporaryFile("w", dir=folder, delete=False, suffix=".tmp") as f:
-    json.dump(obj, f, indent=2)
-  os.replace(f.name, path)
 
 
 class _SigtermFlag:
@@ -116,41 +106,68 @@ def _with_shardings(abstract: Any, shardings: Any) -> Any:
   return jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), abstract, shardings)
 
 
+def param_layout(config: ml_collections.ConfigDict, setup: model_setup.ModelSetup, mesh: jax.sharding.Mesh,
+                 loss_params: Any = None) -> Any:
+  """The stage's parameters as `ShapeDtypeStruct`s carrying their shardings (plus the loss's own, if any)."""
+  rules = sharding.logical_rules(config.sharding_rules)
+  inputs = _example_inputs(pipeline.DataConfig.from_dict(config.data))
+  abstract = params_lib.abstract_params(setup.model, *inputs)
+  specs = params_lib.logical_partition_specs(setup.model, *inputs)
+  if loss_params:
+    abstract = {**abstract, train_step_lib.LOSS_PARAMS: jax.eval_shape(lambda: loss_params)}
+    specs = {**specs, train_step_lib.LOSS_PARAMS: jax.tree.map(lambda _: jax.sharding.PartitionSpec(), loss_params)}
+  return _with_shardings(abstract, sharding.param_shardings(specs, abstract, mesh, rules))
+
+
+def stage_lr_rules(config: ml_collections.ConfigDict, abstract_params: Any) -> tuple[tuple[str, float], ...]:
+  """The optimizer's LR rules with the objective's freezing on top.
+
+  A contrastive stage never moves the Y-decoder (it is not in that loss; weight decay alone would
+  shrink it). A Y-decoder stage trains the decoder only, as the paper's inference-only decoder is
+  fitted with the rest of the model fixed.
+  """
+  rules = tuple(map(tuple, config.optimizer.lr_rules))
+  has_decoder = "y_decoder" in abstract_params
+  if config.objective == "y_decoder":
+    if not has_decoder:
+      raise ValueError("config.objective='y_decoder' but config.model.y_decoder is not set; add a "
+                       "YDecoderConfig (see configs/demo.py)")
+    return (("y_decoder/.*", 1.0), (".*", 0.0))
+  return ((("y_decoder/.*", 0.0),) if has_decoder else ()) + rules
+
+
 class Stage:
   """One stage's model, optimizer, shardings and compiled step; `train()` runs its loop."""
 
   def __init__(self, config: ml_collections.ConfigDict, name: str, setup: model_setup.ModelSetup,
                mesh: jax.sharding.Mesh, workdir: str):
     self.config, self.name, self.setup, self.mesh, self.workdir = config, name, setup, mesh, workdir
+    if config.objective not in OBJECTIVES:
+      raise ValueError(f"config.objective={config.objective!r}; expected one of {OBJECTIVES}")
     self.rules = sharding.logical_rules(config.sharding_rules)
     self.data = pipeline.DataConfig.from_dict(config.data)
     model = setup.model
-    inputs = _example_inputs(self.data)
     self.loss = losses.make_loss(config.loss.name, temperature=config.loss.temperature,
                                  learnable_temperature=config.loss.learnable_temperature, mesh=mesh,
                                  chunk_size=config.loss.chunk_size)
-    loss_params = self.loss.init_params()
-    abstract = params_lib.abstract_params(model, *inputs)
-    specs = params_lib.logical_partition_specs(model, *inputs)
-    if loss_params:
-      abstract = {**abstract, train_step_lib.LOSS_PARAMS: jax.eval_shape(lambda: loss_params)}
-      specs = {**specs, train_step_lib.LOSS_PARAMS: jax.tree.map(lambda _: jax.sharding.PartitionSpec(), loss_params)}
-    self.abstract_params = abstract
-    self.param_shardings = sharding.param_shardings(specs, abstract, mesh, self.rules)
+    layout = param_layout(config, setup, mesh, self.loss.init_params())
+    self.abstract_params = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype), layout)
+    self.param_shardings = jax.tree.map(lambda a: a.sharding, layout)
     opt = config.optimizer
+    lr_rules = stage_lr_rules(config, self.abstract_params)
     self.schedule_kwargs = dict(learning_rate=opt.learning_rate, schedule=opt.schedule, warmup_steps=opt.warmup_steps,
                                 total_steps=config.total_steps, end_learning_rate_factor=opt.end_learning_rate_factor)
     self.tx, self.groups = optimizer_lib.make_optimizer(
-        abstract, b1=opt.b1, b2=opt.b2, eps=opt.eps, weight_decay=opt.weight_decay,
-        grad_clip_norm=opt.grad_clip_norm or None, lr_rules=tuple(map(tuple, opt.lr_rules)),
-        **self.schedule_kwargs)
-    abstract_state = jax.eval_shape(lambda p: train_step_lib.TrainState.create(p, self.tx), abstract)
+        self.abstract_params, b1=opt.b1, b2=opt.b2, eps=opt.eps, weight_decay=opt.weight_decay,
+        grad_clip_norm=opt.grad_clip_norm or None, lr_rules=lr_rules, **self.schedule_kwargs)
+    abstract_state = jax.eval_shape(lambda p: train_step_lib.TrainState.create(p, self.tx), self.abstract_params)
     self.state_shardings = sharding.train_state_shardings(self.tx, abstract_state, self.param_shardings, mesh)
     self.abstract_state = _with_shardings(abstract_state, self.state_shardings)
     self.batch_sharding = global_batch.batch_sharding(mesh)
-    frozen = jax.tree.map(lambda m: m == 0.0, optimizer_lib.lr_multipliers(abstract, tuple(map(tuple, opt.lr_rules))))
+    frozen = jax.tree.map(lambda m: m == 0.0, optimizer_lib.lr_multipliers(self.abstract_params, lr_rules))
     step = train_step_lib.make_train_step(model, self.tx, self.loss, num_microbatches=config.num_microbatches,
-                                          rules=self.rules, frozen=frozen)
+                                          rules=self.rules, frozen=frozen, objective=config.objective,
+                                          decoder_condition=config.y_decoder_condition)
     self.step_fn = train_step_lib.jit_train_step(step, mesh=mesh, state_shardings=self.state_shardings,
                                                  batch_shardings=self.batch_sharding)
 
@@ -186,8 +203,13 @@ class Stage:
                                   query_tokenizer=self.setup.query_tokenizer,
                                   target_tokenizer=self.setup.target_tokenizer)
 
-  def train(self, init_params: Any | None = None) -> Any:
-    """Runs (or resumes, or skips if finished) the stage; returns its final params."""
+  def train(self, init_params: Any | None = None, evaluation: evaluation_lib.Evaluation | None = None,
+            step_offset: int = 0) -> Any:
+    """Runs (or resumes, or skips if finished) the stage; returns its final params.
+
+    With `evaluation` and `config.eval_every > 0` the evaluators run on the live parameters every
+    `eval_every` steps and at the stage's last step, recorded at global step `step_offset + step`.
+    """
     config = self.config
     total = config.total_steps
     log_every, checkpoint_every = config.log_every, config.checkpoint_every
@@ -241,6 +263,8 @@ class Stage:
           if done % checkpoint_every == 0 or done == total:
             self._check_finite({"nonfinite_streak": int(jax.device_get(state.nonfinite_streak))})
             ckpt.save(state, iterator, meta)
+          if evaluation and config.eval_every and (done % config.eval_every == 0 or done == total):
+            evaluation.run_missing(state.params, step=step_offset + done, stage=self.name, stage_step=done)
           if sigterm.should_stop(done, log_every):
             ckpt.save(state, iterator, meta)
             ckpt.wait()
@@ -280,54 +304,31 @@ class Stage:
           "check the data, or raise the limit.")
 
 
-def evaluate(config: ml_collections.ConfigDict, setup: model_setup.ModelSetup, mesh: jax.sharding.Mesh,
-             params: Any) -> dict[str, dict[str, float]]:
-  """Runs every evaluator in `config.evals` on `params`."""
-  if not config.evals:
-    return {}
-  rules = sharding.logical_rules(config.sharding_rules)
-  embedder = embedding.Embedder(setup.model, mesh=mesh, rules=rules, text_batch_size=config.eval_batch_size)
-  defaults = {k: config.data[k] for k in ("num_frames", "crop_size", "short_side", "query_length", "target_length",
-                                          "video_dtype", "default_query", "num_threads")}
-  evaluators = evaluator_lib.make_evaluators(
-      {name: dict(config.evals[name]) for name in config.evals}, embedder=embedder,
-      query_tokenizer=setup.query_tokenizer, target_tokenizer=setup.target_tokenizer, data_defaults=defaults)
-  results = {}
-  for name, ev in evaluators.items():
-    start = time.time()
-    results[name] = ev.run(params)
-    logging.info("eval %s: %s (%.1fs)", name, results[name], time.time() - start)
-  return results
-
-
-def format_results(results: dict[str, dict[str, float]]) -> str:
-  lines = [f"{'task':28s} {'metric':18s} {'value':>8s}  {'chance':>8s}"]
-  for task, values in results.items():
-    for metric, value in values.items():
-      if "chance" in metric or metric.startswith("num_"):
-        continue
-      chance_key = metric.replace("top", "chance_top") if metric.startswith("top") else \
-          metric.replace("_R@", "_chance_R@")
-      chance = values.get(chance_key)
-      chance_text = f"{chance:8.3f}" if isinstance(chance, float) else ""
-      lines.append(f"{task:28s} {metric:18s} {value:8.3f}  {chance_text:>8s}")
-  return "\n".join(lines)
-
-
-def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, dict[str, float]]:
-  """All stages, then the evaluators; returns (and writes to `<workdir>/eval_results.json`) the results."""
+def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, dict[str, Any]]:
+  """All stages, then the evaluators; returns the final results (also in `<workdir>/eval_results.json`)."""
   stages = stages_lib.resolve(config)  # every stage's keys are checked before anything is built
   for _, stage_config in stages:
     pipeline.DataConfig.from_dict(stage_config.data)
   mesh = sharding.make_mesh(dict(config.mesh))
   setup = model_setup.build(config, cache_dir=workdir)
+  offsets = evaluation_lib.stage_offsets(config)
+  last_name, final_config = stages[-1]
+  # Built once for the whole run, so each evaluator compiles once however often it runs.
+  evaluation = evaluation_lib.Evaluation(final_config, setup, mesh, workdir) if final_config.evals else None
   params = None
   for name, stage_config in stages:
-    params = Stage(stage_config, name, setup, mesh, os.path.join(workdir, name)).train(init_params=params)
-  final_config = stages[-1][1]
-  results = evaluate(final_config, setup, mesh, params)
-  if results and jax.process_index() == 0:
-    write_json_atomic(os.path.join(workdir, EVAL_RESULTS), results)
-    print("\n" + format_results(results), flush=True)
-    print(f"\nwrote {os.path.join(workdir, EVAL_RESULTS)}", flush=True)
-  return results
+    params = Stage(stage_config, name, setup, mesh, os.path.join(workdir, name)).train(
+        init_params=params, evaluation=evaluation, step_offset=offsets[name])
+  if not evaluation:
+    return {}
+  final_step = offsets[last_name] + int(final_config.total_steps)
+  evaluation.run_missing(params, step=final_step, stage=last_name, stage_step=int(final_config.total_steps))
+  if jax.process_index() != 0:
+    return {}
+  results = results_lib.load(workdir)
+  tasks = results[final_step]["tasks"]
+  paths = results_lib.write_reports(workdir, results)
+  print(f"\nevaluation at step {final_step} ({last_name}:{final_config.total_steps}):\n"
+        + results_lib.format_table(tasks), flush=True)
+  print("\nwrote " + ", ".join([os.path.join(workdir, results_lib.RESULTS_FILE)] + paths), flush=True)
+  return tasks

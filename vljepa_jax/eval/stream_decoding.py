@@ -1,0 +1,347 @@
+"""Selective decoding on long video streams: how few decodes keep the captions right (paper §2, §4.6).
+
+The predictor runs over sliding windows of a long video, giving a stream of Ŝ_Y, one per step.
+A captioning system must turn that stream into text; decoding every step is wasteful because
+meaning changes slowly. Strategies compared at equal decoding rates (decodes per second):
+
+  uniform    one decode every 1/rate seconds (contiguous blocks of steps, decoded at their middle)
+  adaptive   Ward clustering with temporal connectivity into N = rate x duration contiguous segments
+             (`selective_decoding.ward_segments`), decoded at each segment's midpoint
+  online     decode when the variance of the embeddings since the last decode exceeds a threshold
+             (`selective_decoding.online_trigger`); its rate is whatever the threshold gives
+
+A decode reads the segment's mean embedding (`pooling: "mean"`, which the paper finds helps both
+strategies) or the embedding at the midpoint (`"midpoint"`). Each ground-truth annotation
+(time t_i, caption y_i) is matched to the decode nearest in time, and CIDEr-D is computed over all
+matched pairs. The reduction factor is how many times fewer decodes adaptive needs to match
+uniform decoding at `reference_rate_hz` (the paper: adaptive at 0.35 Hz matches uniform at 1 Hz,
+≈2.85x), read off the adaptive curve by linear interpolation.
+
+Streams: the embedded dataset's `shapes.LongStream`s (one event per 4-30 s segment, captioned;
+annotations at segment midpoints), or a JSONL manifest of real videos, one line per video:
+
+    {"id": "v1", "media": "videos/v1.mp4", "annotations": [[12.5, "cut the onion"], [30.0, "..."]]}
+
+read with PyAV at `stream_fps`.
+"""
+from __future__ import annotations
+
+import concurrent.futures
+import dataclasses
+import functools
+import json
+import math
+import os
+from typing import Any, Mapping, Sequence
+
+import jax
+import numpy as np
+
+from vljepa_jax.data import media
+from vljepa_jax.data import pipeline
+from vljepa_jax.data import shapes
+from vljepa_jax.eval import captioning
+from vljepa_jax.eval import cider
+from vljepa_jax.eval import evaluator
+from vljepa_jax.eval import selective_decoding
+
+MANIFEST_FORMAT = ('one JSON object per line: {"id": str, "media": video path, "annotations": '
+                   '[[time_s, caption], ...]}')
+
+
+@dataclasses.dataclass
+class Stream:
+  """One long video: frames on demand, its annotations, and its frame rate."""
+  name: str
+  num_frames: int
+  fps: float
+  annotation_times: np.ndarray  # (A,) seconds
+  annotation_captions: list[str]
+  frames: Any  # callable(indices (n,)) -> uint8 (n, S, S, 3)
+
+
+def shapes_streams(spec: Mapping[str, Any], crop_size: int) -> list[Stream]:
+  spec = dict(spec)
+  count, seed = int(spec.pop("num_streams", 8)), int(spec.pop("seed", 2000))
+  duration = float(spec.pop("duration_s", 180.0))
+  spec.setdefault("image_size", crop_size)
+  config = shapes.ShapesConfig(**spec)
+  streams = []
+  for i in range(count):
+    long = shapes.LongStream(config, seed, i, duration_s=duration)
+    times = np.array([(s.start_s + s.end_s) / 2 for s in long.segments])
+
+    def frames(indices, long=long):
+      return np.concatenate([long.clip(int(i), 1) for i in indices])
+
+    streams.append(Stream(f"shapes-stream-{seed}-{i}", long.num_frames, long.fps, times,
+                          [s.caption for s in long.segments], frames))
+  return streams
+
+
+def manifest_streams(path: str, fps: float, crop_size: int, short_side: int | None,
+                     media_root: str | None = None) -> list[Stream]:
+  if not os.path.isfile(path):
+    raise FileNotFoundError(f"stream manifest {path!r} does not exist; expected {MANIFEST_FORMAT}")
+  root = media_root or os.path.dirname(os.path.abspath(path))
+  streams = []
+  with open(path, encoding="utf-8") as f:
+    for line_number, line in enumerate(f, start=1):
+      if not line.strip():
+        continue
+      where = f"{path}:{line_number}"
+      try:
+        entry = json.loads(line)
+        video = os.path.join(root, entry["media"])
+        annotations = sorted((float(t), str(c)) for t, c in entry["annotations"])
+      except (ValueError, KeyError, TypeError) as e:
+        raise ValueError(f"{where}: not a stream entry ({type(e).__name__}: {e}); expected {MANIFEST_FORMAT}") from None
+      if not annotations:
+        raise ValueError(f"{where}: no annotations")
+      if not os.path.isfile(video):
+        raise FileNotFoundError(f"{where}: video {video!r} does not exist")
+      num_frames = max(1, int(round(video_seconds(video) * fps)))
+      streams.append(Stream(str(entry.get("id", entry["media"])), num_frames, fps,
+                            np.array([t for t, _ in annotations]), [c for _, c in annotations],
+                            functools.partial(_video_frames, video, num_frames, crop_size, short_side)))
+  if not streams:
+    raise ValueError(f"{path}: no streams; expected {MANIFEST_FORMAT}")
+  return streams
+
+
+def video_seconds(path: str) -> float:
+  """A video's duration from its container (PyAV), for sampling it at a fixed frame rate."""
+  import av  # pylint: disable=g-import-not-at-top
+  with av.open(path) as container:
+    stream = container.streams.video[0]
+    if stream.duration is not None and stream.time_base is not None:
+      return float(stream.duration * stream.time_base)
+    if container.duration is not None:
+      return container.duration / av.time_base
+  raise ValueError(f"{path}: the container states no duration; re-mux it (ffmpeg -c copy) to add one")
+
+
+@functools.lru_cache(maxsize=2)  # batches walk the streams in order: keep the current (and previous) one
+def _decoded_video(path: str, num_frames: int, crop_size: int, short_side: int | None) -> np.ndarray:
+  frames, _ = media.decode_video(path, num_frames)
+  return media.center_crop(media.resize_short_side(frames, short_side or crop_size), crop_size)
+
+
+def _video_frames(path: str, num_frames: int, crop_size: int, short_side: int | None, indices) -> np.ndarray:
+  return _decoded_video(path, num_frames, crop_size, short_side)[np.asarray(indices)]
+
+
+def window_starts(num_frames: int, window: int, frame_stride: int, step: int) -> np.ndarray:
+  """First frame of each sliding window; the last windows are clamped to the stream's end."""
+  span = (window - 1) * frame_stride
+  return np.arange(0, max(num_frames - span, 1), step)
+
+
+@dataclasses.dataclass
+class Curve:
+  strategy: str
+  setting: float  # the requested rate (Hz) or the online threshold
+  decodes_per_second: float
+  cider_d: float
+
+
+def _segments_uniform(num_steps: int, every: float) -> np.ndarray:
+  """Labels of contiguous blocks of `every` steps (the uniform strategy's segments)."""
+  return np.minimum((np.arange(num_steps) / every).astype(np.int64), max(int(math.ceil(num_steps / every)) - 1, 0))
+
+
+def _segments_from_indices(num_steps: int, decodes: np.ndarray) -> np.ndarray:
+  """Online decodes start segments: step t belongs to the last decode at or before t."""
+  return np.searchsorted(decodes, np.arange(num_steps), side="right") - 1
+
+
+def decode_points(embeddings: np.ndarray, labels: np.ndarray, pooling: str) -> tuple[np.ndarray, np.ndarray]:
+  """(step index, embedding) of each segment's decode: its midpoint, with the mean or the midpoint embedding."""
+  mids = selective_decoding.segment_midpoints(labels)
+  if pooling == "mean":
+    return mids, selective_decoding.segment_means(embeddings, labels).astype(np.float32)
+  return mids, embeddings[mids]
+
+
+class SelectiveDecoding(evaluator.Evaluator):
+  """Decodes vs CIDEr-D for uniform, adaptive (Ward) and online decoding of embedding streams."""
+
+  OPTIONS = {"streams": {"type": "shapes"}, "window": None, "frame_stride": 2, "step": 1, "query": None,
+             "pooling": "mean", "uniform_rates_hz": (2.0, 1.0, 0.5, 0.35, 0.25, 0.1, 0.05),
+             "adaptive_rates_hz": (1.0, 0.5, 0.35, 0.25, 0.1, 0.05), "online_window": 8,
+             "online_thresholds": (), "reference_rate_hz": 1.0, "max_new_tokens": None, "beam_size": 1,
+             "report_curve": True}
+
+  def __init__(self, name, config, **kwargs):
+    super().__init__(name, config, **kwargs)
+    opts = self.options
+    if opts["pooling"] not in ("mean", "midpoint"):
+      raise ValueError(f"evals.{name}.pooling={opts['pooling']!r}; expected 'mean' or 'midpoint'")
+    spec = dict(opts["streams"])
+    kind = spec.pop("type", "shapes")
+    if kind == "shapes":
+      self.streams = shapes_streams(spec, self.data.crop_size)
+    elif kind == "manifest":
+      self.streams = manifest_streams(spec["path"], float(spec.get("fps", 2.0)), self.data.crop_size,
+                                      self.data.short_side, spec.get("media_root"))
+    else:
+      raise ValueError(f"evals.{name}.streams.type={kind!r}; expected 'shapes' or 'manifest' ({MANIFEST_FORMAT})")
+    self.window = int(opts["window"] or self.data.num_frames)
+    self.query = self.query_tokenizer([opts["query"] if opts["query"] is not None else self.data.default_query])
+    self.decoder = captioning.TextDecoder(
+        self.model, self.target_tokenizer, self.embedder,
+        max_new_tokens=int(opts["max_new_tokens"] or self.data.target_length), beam_size=int(opts["beam_size"]),
+        batch_size=self.batch_size, rules=self.rules)
+
+  # --- the embedding streams ---------------------------------------------------------------------
+
+  def _rows(self) -> list[tuple[int, int]]:
+    opts = self.options
+    return [(s, int(start)) for s, stream in enumerate(self.streams)
+            for start in window_starts(stream.num_frames, self.window, int(opts["frame_stride"]), int(opts["step"]))]
+
+  def batches(self):
+    """Every (stream, window) clip in fixed-size padded batches; each process builds its own slice."""
+    rows = self._rows()
+    stride = int(self.options["frame_stride"])
+    local = pipeline.per_process_batch_size(self.batch_size, jax.process_count())
+    data = self.data
+
+    def clip(row):
+      s, start = row
+      stream = self.streams[s]
+      return stream.frames(np.minimum(start + stride * np.arange(self.window), stream.num_frames - 1))
+
+    with concurrent.futures.ThreadPoolExecutor(max(1, data.num_threads)) as pool:
+      for begin in range(0, len(rows), self.batch_size):
+        mine = rows[begin + jax.process_index() * local:begin + (jax.process_index() + 1) * local]
+        video = np.zeros((local, self.window, data.crop_size, data.crop_size, 3), np.uint8)
+        label, index = np.zeros(local, np.int32), np.zeros(local, np.int64)
+        for r, (row, frames) in enumerate(zip(mine, pool.map(clip, mine))):
+          video[r], label[r], index[r] = frames, row[0], row[1]
+        yield {"video": media.normalize(video) if data.video_dtype == "float32" else video,
+               "query_ids": np.repeat(self.query[0], local, 0), "query_mask": np.repeat(self.query[1], local, 0),
+               "valid": np.arange(local) < len(mine), "label": label, "source_index": index}
+
+  def stream_embeddings(self, params: Any) -> list[tuple[np.ndarray, np.ndarray]]:
+    """Per stream: (times (T,) in seconds of each window's centre, Ŝ_Y (T, D)), in time order."""
+    out, info = self.embedder.visual_query(params, self.batches())
+    centre = (self.window - 1) * int(self.options["frame_stride"]) / 2
+    result = []
+    for s, stream in enumerate(self.streams):
+      rows = np.flatnonzero(info["label"] == s)
+      rows = rows[np.argsort(info["source_index"][rows], kind="stable")]
+      result.append(((info["source_index"][rows] + centre) / stream.fps, out[rows]))
+    return result
+
+  # --- strategies --------------------------------------------------------------------------------
+
+  def plans(self, streams: Sequence[tuple[np.ndarray, np.ndarray]]) -> dict[tuple[str, float], list[np.ndarray]]:
+    """(strategy, setting) -> per stream, the labels of its decode segments."""
+    opts = self.options
+    plans = {}
+    for rate in opts["uniform_rates_hz"]:
+      plans["uniform", float(rate)] = [
+          _segments_uniform(len(t), max(1.0, 1.0 / (rate * _step_seconds(t)))) for t, _ in streams]
+    for rate in opts["adaptive_rates_hz"]:
+      plans["adaptive", float(rate)] = [
+          selective_decoding.ward_segments(e, int(np.clip(round(rate * _duration(t)), 1, len(t)))) for t, e in streams]
+    for threshold in opts["online_thresholds"]:
+      plans["online", float(threshold)] = [
+          _segments_from_indices(len(e), selective_decoding.online_trigger(
+              evaluator.normalize(e), int(opts["online_window"]), float(threshold))) for _, e in streams]
+    return plans
+
+  def curves(self, params: Any) -> tuple[list[Curve], dict[str, Any]]:
+    """Every strategy's (decodes per second, CIDEr-D), plus the matched texts of the reference rate."""
+    streams = self.stream_embeddings(params)
+    plans = self.plans(streams)
+    # All decodes of all strategies in one batched pass of the Y-decoder.
+    points, embeddings = {}, []
+    for key, labels_per_stream in plans.items():
+      points[key] = []
+      for (times, emb), labels in zip(streams, labels_per_stream):
+        mids, decode_emb = decode_points(emb, labels, self.options["pooling"])
+        points[key].append((times[mids], len(embeddings), len(mids)))
+        embeddings.extend(decode_emb)
+    texts = self.decoder(params, np.stack(embeddings))
+    gts = {(s, a): [c] for s, stream in enumerate(self.streams) for a, c in enumerate(stream.annotation_captions)}
+    total_seconds = sum(_duration(t) for t, _ in streams)
+    curves, matched = [], {}
+    for key, per_stream in points.items():
+      res = {}
+      for s, (decode_times, offset, count) in enumerate(per_stream):
+        nearest = selective_decoding.nearest_decode(self.streams[s].annotation_times, decode_times)
+        for a, j in enumerate(nearest):
+          res[s, a] = [texts[offset + int(j)]]
+      score, _ = cider.cider_d(gts, res)
+      decodes = sum(count for _, _, count in per_stream)
+      curves.append(Curve(key[0], key[1], decodes / total_seconds, score))
+      matched[key] = res
+    return curves, {"gts": gts, "matched": matched}
+
+  def run(self, params: Any) -> dict[str, Any]:
+    curves, extra = self.curves(params)
+    result = {}
+    if self.options["report_curve"]:
+      for c in curves:
+        tag = f"{c.strategy}_{c.setting:g}"
+        result[f"{tag}/cider_d"] = c.cider_d
+        result[f"{tag}/decodes_per_s"] = c.decodes_per_second
+    result.update(summarize(curves, self.options["reference_rate_hz"]))
+    if "reference_cider_d" in result:
+      gts = extra["gts"]
+      ref_setting = result.pop("_reference_setting")
+      texts = [extra["matched"]["uniform", ref_setting][k][0] for k in gts]
+      result["chance_reference_cider_d"] = captioning.caption_scores(texts, [gts[k] for k in gts])["chance_cider_d"]
+    result["num_streams"] = len(self.streams)
+    result["num_annotations"] = sum(len(s.annotation_captions) for s in self.streams)
+    return result
+
+
+def summarize(curves: Sequence[Curve], reference_rate_hz: float) -> dict[str, Any]:
+  """The uniform decode nearest `reference_rate_hz`, the adaptive rate that matches its CIDEr-D, and their ratio.
+
+  `reduction_factor_is_bound` is 1 when even the lowest adaptive rate measured matches the
+  reference: the factor is then only a lower bound (measure lower rates to pin it down).
+  """
+  uniform = [c for c in curves if c.strategy == "uniform"]
+  adaptive = [c for c in curves if c.strategy == "adaptive"]
+  if not uniform or not adaptive:
+    return {}
+  ref = min(uniform, key=lambda c: abs(c.setting - reference_rate_hz))
+  rate = matching_rate(adaptive, ref.cider_d)
+  lowest = min(c.decodes_per_second for c in adaptive)
+  return {"_reference_setting": ref.setting, "reference_cider_d": ref.cider_d,
+          "reference_decodes_per_s": ref.decodes_per_second, "adaptive_rate_matching_reference": rate,
+          "reduction_factor": ref.decodes_per_second / rate if rate > 0 else float("nan"),
+          "reduction_factor_is_bound": int(rate == lowest)}
+
+
+def matching_rate(adaptive: Sequence[Curve], target: float) -> float:
+  """The lowest decoding rate at which the adaptive curve reaches `target` CIDEr-D.
+
+  Linear interpolation between measured rates, walking down from the highest one; NaN if even the
+  highest rate falls short.
+  """
+  points = sorted((c.decodes_per_second, c.cider_d) for c in adaptive)
+  if not points or points[-1][1] < target:  # the walk starts at the highest rate: it must reach the target
+    return float("nan")
+  best = points[-1][0]
+  for (r0, s0), (r1, s1) in zip(reversed(points[:-1]), reversed(points[1:])):
+    if s1 < target:
+      break
+    if s0 >= target:
+      best = r0
+      continue
+    best = r0 + (target - s0) * (r1 - r0) / (s1 - s0)  # s0 < target <= s1
+    break
+  return best
+
+
+def _step_seconds(times: np.ndarray) -> float:
+  return float(times[1] - times[0]) if len(times) > 1 else 1.0
+
+
+def _duration(times: np.ndarray) -> float:
+  return float(len(times) * _step_seconds(times))
