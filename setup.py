@@ -33,9 +33,12 @@ setuptools.setup(
             # TFDS sources are tested offline with tfds.testing.mock_data; TensorFlow is not needed.
             "tensorflow-datasets>=4.9.10,<5",
             # Independent readers/references: TensorBoard's event loader for our event writer,
-            # scikit-learn's top-k accuracy for the ranking metrics.
+            # scikit-learn's top-k accuracy and Ward clustering for the ranking metrics and
+            # selective decoding.
             "tensorboard>=2.21,<3",
             "scikit-learn>=1.9,<2",
+            # CIDEr-D reference (its Cider scorer is pure Python; the Java tools it bundles are unused).
+            "pycocoevalcap==1.2",
         ],
         "torch": ["torch==2.13.0"],
         "tfds": ["tensorflow-datasets>=4.9.10,<5"],
