@@ -126,5 +126,5 @@ def get_config(arg: str = ""):
         "type": "selective_decoding", "streams": {"type": "shapes", "num_streams": 4, "seed": HELD_OUT_SEED,
                                                   "duration_s": 180.0, "stream_fps": 2.0},
         "frame_stride": 4, "step": 1, "uniform_rates_hz": (1.0, 0.5, 0.35, 0.25, 0.1, 0.05),
-        "report_curve": False}
+        "reference_rate_hz": 0.5, "report_curve": False}
   return config_base.finalize(c)

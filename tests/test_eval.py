@@ -2,17 +2,14 @@
 with NumPy cosine scores and argmax/recall computed here. Padding must not count, the embedding
 functions compile once across checkpoints, and a sharded run equals an unsharded one."""
 import jax
-import jax.numpy as jnp
 import numpy as np
 import pytest
 
-import tiny_train_config
+import tiny_eval_model
 from vljepa_jax.data import pipeline
 from vljepa_jax.data import shapes
 from vljepa_jax.eval import embedding
 from vljepa_jax.eval import evaluator as evaluator_lib
-from vljepa_jax.models import params as params_lib
-from vljepa_jax.train import model_setup
 from vljepa_jax.train import sharding
 
 NUM_CLIPS = 21  # not a multiple of the batch: the last batch is padded
@@ -21,14 +18,7 @@ TEMPLATES = ("a shape {}", "something {}")
 
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory):
-  config = tiny_train_config.get_config()
-  built = model_setup.build(config, str(tmp_path_factory.mktemp("eval")))
-  data = pipeline.DataConfig.from_dict(config.data)
-  video = jnp.zeros((1, data.num_frames, data.crop_size, data.crop_size, 3))
-  ids = jnp.zeros((1, 8), jnp.int32)
-  params = params_lib.unbox(built.model.init(jax.random.key(3), video, ids, ids, ids, ids)["params"])
-  defaults = {k: config.data[k] for k in ("num_frames", "crop_size", "query_length", "target_length",
-                                          "default_query", "num_threads")}
+  config, built, params, defaults = tiny_eval_model.build(str(tmp_path_factory.mktemp("eval")))
   return config, built, params, defaults
 
 

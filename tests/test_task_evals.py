@@ -11,18 +11,14 @@ import json
 import os
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 import pytest
 from PIL import Image
 
-import tiny_train_config
-from vljepa_jax.data import pipeline
+import tiny_eval_model
 from vljepa_jax.data import shapes
 from vljepa_jax.eval import embedding
 from vljepa_jax.eval import evaluator as evaluator_lib
-from vljepa_jax.models import params as params_lib
-from vljepa_jax.train import model_setup
 
 BATCH = 8
 MEAN, STD = np.array([0.485, 0.456, 0.406]), np.array([0.229, 0.224, 0.225])
@@ -30,14 +26,7 @@ MEAN, STD = np.array([0.485, 0.456, 0.406]), np.array([0.229, 0.224, 0.225])
 
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory):
-  config = tiny_train_config.get_config()
-  built = model_setup.build(config, str(tmp_path_factory.mktemp("task_evals")))
-  data = pipeline.DataConfig.from_dict(config.data)
-  video = jnp.zeros((1, data.num_frames, data.crop_size, data.crop_size, 3))
-  ids = jnp.zeros((1, 8), jnp.int32)
-  params = params_lib.unbox(built.model.init(jax.random.key(3), video, ids, ids, ids, ids)["params"])
-  defaults = {k: config.data[k] for k in ("num_frames", "crop_size", "query_length", "target_length",
-                                          "default_query", "num_threads")}
+  config, built, params, defaults = tiny_eval_model.build(str(tmp_path_factory.mktemp("task_evals")))
   embedder = embedding.Embedder(built.model, text_batch_size=16)
   return Setup(config, built, params, defaults, embedder)
 

@@ -72,17 +72,23 @@ def main():
   print(f"{len(evaluator.streams)} streams of {args.duration_s:g} s from {stage_dir} (step {step}); embedding and "
         "decoding ...", flush=True)
   curves, _ = evaluator.curves(params)
-  summary = stream_decoding.summarize(curves, evaluator.options["reference_rate_hz"])
-  summary.pop("_reference_setting", None)
+  # The paper's reference is uniform decoding at 1 Hz; every uniform rate is a reference here too.
+  summaries = []
+  for rate in sorted({c.setting for c in curves if c.strategy == "uniform"}, reverse=True):
+    summary = stream_decoding.summarize(curves, rate)
+    summary.pop("_reference_setting", None)
+    summaries.append(summary)
+  summary = summaries[0]
   elapsed = time.time() - start
   os.makedirs(args.output, exist_ok=True)
   record = {"workdir": args.workdir, "stage": name, "step": step, "num_streams": len(evaluator.streams),
             "num_annotations": sum(len(s.annotation_captions) for s in evaluator.streams),
             "duration_s": args.duration_s, "pooling": args.pooling, "seconds": elapsed, "summary": summary,
+            "summaries": summaries,
             "curves": [vars(c) for c in curves], "devices": str(jax.devices()[0].device_kind)}
   results_lib.write_json_atomic(os.path.join(args.output, "results.json"), record)
   results_lib.write_atomic(os.path.join(args.output, "results.md"), table(record))
-  plot(curves, summary, os.path.join(args.output, "curve.png"))
+  plot(curves, summaries, os.path.join(args.output, "curve.png"))
   print(table(record))
   print(f"wrote {args.output}/results.json, results.md, curve.png ({elapsed:.0f} s)")
 
@@ -93,16 +99,20 @@ def table(record) -> str:
            "| strategy | setting | decodes/s | CIDEr-D |", "|---|---|---|---|"]
   for c in sorted(record["curves"], key=lambda c: (c["strategy"], -c["decodes_per_second"])):
     lines.append(f"| {c['strategy']} | {c['setting']:g} | {c['decodes_per_second']:.3f} | {c['cider_d']:.3f} |")
-  s = record["summary"]
-  if s:
-    bound = " (a lower bound: the lowest adaptive rate already matches)" if s["reduction_factor_is_bound"] else ""
-    lines += ["", f"Uniform at {s['reference_decodes_per_s']:.2f} decodes/s scores CIDEr-D "
-              f"{s['reference_cider_d']:.3f}; adaptive reaches it at {s['adaptive_rate_matching_reference']:.3f} decodes/s: "
-              f"**{s['reduction_factor']:.2f}x fewer decodes**{bound}."]
+  lines += ["", "Matched quality: the adaptive rate whose CIDEr-D (interpolated) equals uniform decoding at each rate.",
+            "", "| uniform decodes/s | uniform CIDEr-D | adaptive decodes/s at equal CIDEr-D | reduction factor |",
+            "|---|---|---|---|"]
+  for s in record["summaries"]:
+    rate, factor = s["adaptive_rate_matching_reference"], s["reduction_factor"]
+    matched = "not reached" if rate != rate else f"{rate:.3f}" + (" (lowest measured)" if s["reduction_factor_is_bound"]
+                                                                  else "")
+    lines.append(f"| {s['reference_decodes_per_s']:.3f} | {s['reference_cider_d']:.3f} | {matched} | "
+                 + ("–" if factor != factor else f"{factor:.2f}x" + (" (at least)" if s["reduction_factor_is_bound"]
+                                                                       else "")) + " |")
   return "\n".join(lines) + "\n"
 
 
-def plot(curves, summary, path):
+def plot(curves, summaries, path):
   import matplotlib  # pylint: disable=g-import-not-at-top
   matplotlib.use("Agg")
   from matplotlib import pyplot as plt  # pylint: disable=g-import-not-at-top
@@ -111,11 +121,13 @@ def plot(curves, summary, path):
     points = sorted((c.decodes_per_second, c.cider_d) for c in curves if c.strategy == strategy)
     if points:
       ax.plot(*zip(*points), style, label=strategy)
-  if summary:
-    ax.axhline(summary["reference_cider_d"], color="grey", lw=0.8, ls=":")
-    ax.axvline(summary["adaptive_rate_matching_reference"], color="grey", lw=0.8, ls=":")
-    ax.set_title(f"adaptive matches uniform {summary['reference_decodes_per_s']:.2f}/s at "
-                 f"{summary['adaptive_rate_matching_reference']:.2f}/s ({summary['reduction_factor']:.2f}x fewer)",
+  matched = [s for s in summaries if s and s["reduction_factor"] == s["reduction_factor"]]
+  if matched:
+    best = matched[0]  # the highest uniform rate that adaptive decoding matches
+    ax.axhline(best["reference_cider_d"], color="grey", lw=0.8, ls=":")
+    ax.axvline(best["adaptive_rate_matching_reference"], color="grey", lw=0.8, ls=":")
+    ax.set_title(f"adaptive matches uniform {best['reference_decodes_per_s']:.2f}/s at "
+                 f"{best['adaptive_rate_matching_reference']:.3f}/s ({best['reduction_factor']:.2f}x fewer decodes)",
                  fontsize=9)
   ax.set_xscale("log")
   ax.set_xlabel("decodes per second")

@@ -68,21 +68,27 @@ def _check_entry(entry: Any, where: str) -> dict[str, Any]:
   return entry
 
 
-def iter_manifest(path: str | os.PathLike) -> Iterator[tuple[int, dict[str, Any]]]:
-  """Yields `(line_number, entry)` for every non-blank line, validating as it goes."""
+def iter_json_lines(path: str | os.PathLike) -> Iterator[tuple[str, Any]]:
+  """Yields `("path:line", parsed JSON)` for every non-blank line; invalid JSON is a `ManifestError` there."""
   path = os.fspath(path)
-  if not os.path.isfile(path):
-    raise ManifestError(f"manifest {path!r} does not exist (expected a JSONL file, one object per line)")
   with open(path, encoding="utf-8") as f:
     for line_number, line in enumerate(f, start=1):
       if not line.strip():
         continue
       where = f"{path}:{line_number}"
       try:
-        entry = json.loads(line)
+        yield where, json.loads(line)
       except json.JSONDecodeError as e:
         raise ManifestError(f"{where}: invalid JSON ({e.msg} at column {e.colno})") from None
-      yield line_number, _check_entry(entry, where)
+
+
+def iter_manifest(path: str | os.PathLike) -> Iterator[tuple[int, dict[str, Any]]]:
+  """Yields `(line_number, entry)` for every non-blank line, validating as it goes."""
+  path = os.fspath(path)
+  if not os.path.isfile(path):
+    raise ManifestError(f"manifest {path!r} does not exist (expected a JSONL file, one object per line)")
+  for where, entry in iter_json_lines(path):
+    yield int(where.rsplit(":", 1)[1]), _check_entry(entry, where)
 
 
 def read_manifest(path: str | os.PathLike) -> list[dict[str, Any]]:

@@ -29,7 +29,6 @@ from __future__ import annotations
 import concurrent.futures
 import dataclasses
 import functools
-import json
 import math
 import os
 from typing import Any, Mapping, Sequence
@@ -37,6 +36,7 @@ from typing import Any, Mapping, Sequence
 import jax
 import numpy as np
 
+from vljepa_jax.data import manifest
 from vljepa_jax.data import media
 from vljepa_jax.data import pipeline
 from vljepa_jax.data import shapes
@@ -85,25 +85,20 @@ def manifest_streams(path: str, fps: float, crop_size: int, short_side: int | No
     raise FileNotFoundError(f"stream manifest {path!r} does not exist; expected {MANIFEST_FORMAT}")
   root = media_root or os.path.dirname(os.path.abspath(path))
   streams = []
-  with open(path, encoding="utf-8") as f:
-    for line_number, line in enumerate(f, start=1):
-      if not line.strip():
-        continue
-      where = f"{path}:{line_number}"
-      try:
-        entry = json.loads(line)
-        video = os.path.join(root, entry["media"])
-        annotations = sorted((float(t), str(c)) for t, c in entry["annotations"])
-      except (ValueError, KeyError, TypeError) as e:
-        raise ValueError(f"{where}: not a stream entry ({type(e).__name__}: {e}); expected {MANIFEST_FORMAT}") from None
-      if not annotations:
-        raise ValueError(f"{where}: no annotations")
-      if not os.path.isfile(video):
-        raise FileNotFoundError(f"{where}: video {video!r} does not exist")
-      num_frames = max(1, int(round(video_seconds(video) * fps)))
-      streams.append(Stream(str(entry.get("id", entry["media"])), num_frames, fps,
-                            np.array([t for t, _ in annotations]), [c for _, c in annotations],
-                            functools.partial(_video_frames, video, num_frames, crop_size, short_side)))
+  for where, entry in manifest.iter_json_lines(path):
+    try:
+      video = os.path.join(root, entry["media"])
+      annotations = sorted((float(t), str(c)) for t, c in entry["annotations"])
+    except (ValueError, KeyError, TypeError) as e:
+      raise ValueError(f"{where}: not a stream entry ({type(e).__name__}: {e}); expected {MANIFEST_FORMAT}") from None
+    if not annotations:
+      raise ValueError(f"{where}: no annotations")
+    if not os.path.isfile(video):
+      raise FileNotFoundError(f"{where}: video {video!r} does not exist")
+    num_frames = max(1, int(round(video_seconds(video) * fps)))
+    streams.append(Stream(str(entry.get("id", entry["media"])), num_frames, fps,
+                          np.array([t for t, _ in annotations]), [c for _, c in annotations],
+                          functools.partial(_video_frames, video, num_frames, crop_size, short_side)))
   if not streams:
     raise ValueError(f"{path}: no streams; expected {MANIFEST_FORMAT}")
   return streams
