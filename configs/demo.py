@@ -123,7 +123,7 @@ def get_config(arg: str = ""):
   if "ydecoder" in stages:
     c.evals.captioning = {"type": "captioning", "data": held_out}
     c.evals.selective_decoding = {
-        "type": "selective_decoding", "streams": {"type": "shapes", "num_streams": 4, "seed": HELD_OUT_SEED,
+        "type": "selective_decoding", "streams": {"type": "shapes", "num_streams": 16, "seed": HELD_OUT_SEED,
                                                   "duration_s": 180.0, "stream_fps": 2.0},
         "frame_stride": 4, "step": 1, "uniform_rates_hz": (1.0, 0.5, 0.35, 0.25, 0.1, 0.05),
         "reference_rate_hz": 0.5, "report_curve": False}
