@@ -101,7 +101,7 @@ def test_vqa_matches_a_per_sample_reference(setup):
     assert got[f"num_samples/{kind}"] == chosen.sum()
 
 
-def _qa_manifest(tmp_path, rows):
+def _qa_manifest(tmp_path, rows, extra=None):
   rng = np.random.default_rng(0)
   images = []
   with open(tmp_path / "qa.jsonl", "w") as f:
@@ -109,8 +109,28 @@ def _qa_manifest(tmp_path, rows):
       image = _random_image(rng)
       _png(str(tmp_path / f"img{i}.png"), image)
       images.append(image)
-      f.write(json.dumps({"id": f"q{i}", "media": f"img{i}.png", "query": query, "answer": answer}) + "\n")
+      entry = {"id": f"q{i}", "media": f"img{i}.png", "query": query, "answer": answer, **(extra[i] if extra else {})}
+      f.write(json.dumps(entry) + "\n")
   return images, {"sources": {"m": {"type": "manifest", "manifest": str(tmp_path / "qa.jsonl")}}}
+
+
+def test_vqa_with_per_record_candidates_and_types_from_a_manifest(setup, tmp_path):
+  rows = [("what colour is it?", "red"), ("how many?", "two"), ("what colour is it?", "green")]
+  extra = [{"answer_candidates": ["red", "blue"], "question_type": "colour"},
+           {"answer_candidates": ["one", "two", "three"], "question_type": "count"},
+           {"answer_candidates": ["green", "red"], "question_type": "colour"}]
+  images, data = _qa_manifest(tmp_path, rows, extra)
+  ev = setup.make("vqa", {"type": "vqa", "batch_size": BATCH, "data": data})
+  correct = []
+  for image, (query, answer), e in zip(images, rows, extra):
+    prediction = setup.visual(np.stack([image, image]), query)
+    scores = [_cos(setup.text(c), prediction) for c in e["answer_candidates"]]
+    correct.append(int(np.argmax(scores)) == e["answer_candidates"].index(answer))
+  got = ev.run(setup.params)
+  assert got["accuracy"] == pytest.approx(np.mean(correct))
+  assert got["chance_accuracy"] == pytest.approx(np.mean([1 / 2, 1 / 3, 1 / 2]))
+  assert got["accuracy/colour"] == pytest.approx(np.mean([correct[0], correct[2]]))
+  assert got["accuracy/count"] == pytest.approx(float(correct[1]))
 
 
 def test_vqa_with_a_manifest_and_fixed_candidates(setup, tmp_path):
