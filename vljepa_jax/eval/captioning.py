@@ -27,6 +27,7 @@ from vljepa_jax.eval import cider
 from vljepa_jax.eval import evaluator
 from vljepa_jax.models import generate
 from vljepa_jax.models import vljepa
+from vljepa_jax.models import y_decoder
 from vljepa_jax.train import train_step as train_step_lib
 
 DECODER_PARAMS = "y_decoder"
@@ -88,9 +89,8 @@ class TextDecoder:
 
 
 @functools.lru_cache(maxsize=8)
-def _decoder_module(config):
+def _decoder_module(config: y_decoder.YDecoderConfig) -> y_decoder.YDecoder:
   # One module object per config, so `generate.generator`'s memo (keyed on it) is hit across evaluators.
-  from vljepa_jax.models import y_decoder  # pylint: disable=g-import-not-at-top
   return y_decoder.YDecoder(config)
 
 
