@@ -3,16 +3,29 @@
 Parity needs true fp32 matmuls (no TF32/bf16 passes on any backend). Sharding tests need several
 devices: the CPU backend is split into 8 virtual devices before anything initialises it (tests
 that do not shard just use device 0, at no measured cost).
+
+Compiled programs go to a persistent XLA cache private to this session, shared with the
+`python -m vljepa_jax.main` subprocesses (through the environment): the end-to-end tests compile
+the same tiny train step many times, and a cache hit returns the identical executable, so the
+bit-for-bit resume checks are unaffected. In-process jit caches, which the compile-once tests
+count, are not involved.
 """
+import atexit
 import os
+import shutil
 import subprocess
 import sys
+import tempfile
 
 import jax
 import pytest
 
 jax.config.update("jax_default_matmul_precision", "highest")
 jax.config.update("jax_num_cpu_devices", 8)
+_XLA_CACHE = tempfile.mkdtemp(prefix="vljepa-jax-tests-xla-cache-")
+atexit.register(shutil.rmtree, _XLA_CACHE, ignore_errors=True)
+os.environ["JAX_COMPILATION_CACHE_DIR"] = _XLA_CACHE
+jax.config.update("jax_compilation_cache_dir", _XLA_CACHE)
 NUM_CPU_DEVICES = 8
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

@@ -24,7 +24,10 @@ def test_minilm_tower_brings_its_architecture_tokenizer_and_weights(tmp_path):
   setup = model_setup.build(config, str(tmp_path))
   converted = str(tmp_path / "minilm")
   _, minilm_config = convert.load_config(converted)
-  assert setup.model.config.y_encoder.backbone_config == minilm_config.backbone_config
+  # The architecture is the checkpoint's; the experiment's attention implementation applies to every
+  # tower, like its dtypes.
+  assert setup.model.config.y_encoder.backbone_config == minilm_config.backbone_config.replace(
+      attention_impl=config.model.attention_impl)
   assert setup.target_tokenizer.vocab_size == 30522
   assert setup.checkpoints == {"y_encoder": converted}
   video = jnp.zeros((1, 2, 16, 16, 3))

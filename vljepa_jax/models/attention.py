@@ -13,18 +13,76 @@ Decoding with a KV cache attends a chunk of new queries to every cached key; `q_
 gives the queries' absolute position so that the causal (and window) masks are measured from
 there, and keys not yet written (beyond the queries' positions) are hidden by the causal mask.
 
-`impl` selects the implementation. Only `"xla"` (plain softmax attention) exists today;
-the Pallas / cuDNN / splash kernels plug in here, behind this signature.
+`impl` (a model config's `attention_impl`) selects the implementation:
+- `"xla"`: the reference below, materialising the (Lq, Lk) logits. Runs everywhere.
+- `"pallas"`: `kernels.flash_attention` (O(L) memory; Triton on GPU, Mosaic on TPU, interpret
+  mode on CPU). `kv_mask` becomes segment ids (queries 1, keys 1/0), so every query attends to the
+  real keys exactly as here.
+- `"cudnn"`: `jax.nn.dot_product_attention(implementation="cudnn")`, CUDA GPUs with bf16/fp16.
+  `kv_mask` becomes per-example key lengths, so it must be right padding (a prefix of ones), which
+  is what every tokenizer and model in this library produces.
+- `"splash"`: JAX's TPU splash attention (`kernels.splash`).
+- `"auto"`: cudnn on GPU when its dtype and head_dim constraints hold, else pallas; splash on TPU;
+  xla on CPU. The choice is logged once per configuration.
+The kernels differ from the reference in one place only: a query that sees no key at all (an
+all-padding row) gets zeros instead of a uniform average. Such rows are padding, which every
+caller drops. Decoding with a KV cache (`q_offset` other than the literal 0: one new query at a
+time against a cache) always runs the reference, which is what a single query row needs.
+
+Under a mesh (`jax.set_mesh`, as the train step and evaluators run), the Pallas and splash kernels
+run inside `jax.shard_map`: the batch is split as the logical rules place `activation_batch`
+(data x fsdp) and heads as they place `heads`/`kv_heads` (tensor under "fsdp_tp"), so each device
+attends its own examples and heads with no communication. cuDNN attention partitions itself.
 """
 from __future__ import annotations
 
+import math
+from typing import Callable
+
+from absl import logging
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
+from jax.sharding import PartitionSpec as P
+
+from vljepa_jax.kernels import flash as flash_lib
+from vljepa_jax.kernels import splash as splash_lib
 
 # Finite rather than -inf so fully masked rows stay finite (JAX kernels use the same value).
-_MASK_VALUE = -0.7 * float(jnp.finfo(jnp.float32).max)
+_MASK_VALUE = flash_lib.MASK_VALUE
 
-IMPLEMENTATIONS = ("xla",)
+IMPLEMENTATIONS = ("xla", "pallas", "cudnn", "splash", "auto")
+_logged: set[tuple] = set()
+
+
+def _cudnn_supports(dtype: jnp.dtype, head_dim: int) -> bool:
+  """cuDNN flash attention: fp16/bf16, head_dim a multiple of 8, <= 256 on Hopper (128 before)."""
+  if jnp.dtype(dtype) not in (jnp.dtype(jnp.bfloat16), jnp.dtype(jnp.float16)) or head_dim % 8:
+    return False
+  capability = getattr(jax.devices()[0], "compute_capability", "0")
+  return head_dim <= (256 if float(capability) >= 9.0 else 128)
+
+
+def resolve_impl(impl: str, *, dtype: jnp.dtype = jnp.bfloat16, head_dim: int = 64,
+                 backend: str | None = None) -> str:
+  """The implementation `impl` means on `backend` (default: this process's) for these inputs."""
+  if impl not in IMPLEMENTATIONS:
+    raise ValueError(f"attention impl {impl!r} is not available; expected one of {IMPLEMENTATIONS}")
+  if impl != "auto":
+    return impl
+  backend = backend or jax.default_backend()
+  if backend == "gpu":
+    resolved = "cudnn" if _cudnn_supports(dtype, head_dim) else "pallas"
+  elif backend == "tpu":
+    resolved = "splash"
+  else:
+    resolved = "xla"
+  key = (backend, resolved, jnp.dtype(dtype).name, head_dim)
+  if key not in _logged:
+    _logged.add(key)
+    logging.info("attention_impl='auto' -> %r on %s (%s, head_dim %d)", resolved, backend, jnp.dtype(dtype).name,
+                 head_dim)
+  return resolved
 
 
 def attention_mask(
@@ -79,17 +137,24 @@ def attention(
 
   `q_offset` places the queries at positions `q_offset..q_offset+Lq-1` for the causal and
   window masks (see `attention_mask`); 0, the default, is ordinary self-attention.
+  `impl` picks the implementation (module docstring).
 
   Returns `(B, Lq, Hq, D)` in q's dtype. Logits and softmax are computed in float32.
   """
-  if impl not in IMPLEMENTATIONS:
-    raise ValueError(f"attention impl {impl!r} is not available; expected one of {IMPLEMENTATIONS}")
+  impl = resolve_impl(impl, dtype=q.dtype, head_dim=q.shape[-1])
+  decoding = not (isinstance(q_offset, int) and q_offset == 0)
+  if impl != "xla" and not decoding:
+    return _kernel_attention(impl, q, k, v, kv_mask=kv_mask, causal=causal, window=window,
+                             scale=q.shape[-1] ** -0.5 if scale is None else scale)
+  return reference_attention(q, k, v, kv_mask=kv_mask, causal=causal, window=window, scale=scale,
+                             q_offset=q_offset)
+
+
+def reference_attention(q, k, v, *, kv_mask=None, causal=False, window=None, scale=None, q_offset=0):
+  """The `"xla"` implementation: explicit logits, float32 softmax, grouped heads without repeats."""
+  _check_shapes(q, k, v)
   batch, q_len, q_heads, head_dim = q.shape
   kv_len, kv_heads = k.shape[1], k.shape[2]
-  if k.shape != v.shape:
-    raise ValueError(f"k and v must have the same shape, got {k.shape} and {v.shape}")
-  if q_heads % kv_heads:
-    raise ValueError(f"query heads ({q_heads}) must be a multiple of key/value heads ({kv_heads})")
   if scale is None:
     scale = head_dim ** -0.5
   groups = q_heads // kv_heads
@@ -104,3 +169,80 @@ def attention(
   probs = jax.nn.softmax(logits, axis=-1).astype(v.dtype)
   out = jnp.einsum("bhgqk,bkhd->bqhgd", probs, v, preferred_element_type=jnp.float32)
   return out.reshape(batch, q_len, q_heads, head_dim).astype(q.dtype)
+
+
+def _check_shapes(q: jax.Array, k: jax.Array, v: jax.Array) -> None:
+  if k.shape != v.shape:
+    raise ValueError(f"k and v must have the same shape, got {k.shape} and {v.shape}")
+  if q.shape[2] % k.shape[2]:
+    raise ValueError(f"query heads ({q.shape[2]}) must be a multiple of key/value heads ({k.shape[2]})")
+
+
+def _kernel_attention(impl: str, q, k, v, *, kv_mask, causal: bool, window: int | None, scale: float):
+  _check_shapes(q, k, v)
+  if impl == "cudnn":
+    if jax.default_backend() != "gpu":
+      raise ValueError(f"attention_impl='cudnn' needs a CUDA GPU; this process runs on {jax.default_backend()!r} "
+                       "(use 'auto', 'pallas' or 'xla')")
+    if not _cudnn_supports(q.dtype, q.shape[-1]):
+      raise ValueError(f"attention_impl='cudnn' needs bf16/fp16 inputs and a head_dim that is a multiple of 8 "
+                       f"(<= 256 on Hopper, 128 before); got {q.dtype} and head_dim {q.shape[-1]}")
+    return dot_product_attention(q, k, v, kv_mask=kv_mask, causal=causal, window=window, scale=scale,
+                                 implementation="cudnn")
+  interpret = jax.default_backend() == "cpu"
+  if impl == "splash":
+    if jax.default_backend() not in ("tpu", "cpu"):
+      raise ValueError(f"attention_impl='splash' is TPU attention; this process runs on {jax.default_backend()!r}")
+
+    def local(q, k, v, kv_mask):
+      return splash_lib.splash_attention(q, k, v, kv_mask=kv_mask, causal=causal, window=window, scale=scale,
+                                         interpret=interpret)
+  else:
+    def local(q, k, v, kv_mask):
+      segments = {}
+      if kv_mask is not None:
+        segments = dict(q_segment_ids=jnp.ones(q.shape[:2], jnp.int32), kv_segment_ids=kv_mask.astype(jnp.int32))
+      return flash_lib.flash_attention(q, k, v, causal=causal, window=window, sm_scale=scale, **segments)
+  return _per_shard(local, q, k, v, kv_mask)
+
+
+def dot_product_attention(q, k, v, *, kv_mask, causal: bool, window: int | None, scale: float,
+                          implementation: str):
+  """`jax.nn.dot_product_attention` with this library's masks: `kv_mask` as key lengths (right padding)."""
+  lengths = None if kv_mask is None else jnp.sum(kv_mask.astype(jnp.int32), axis=1)
+  return jax.nn.dot_product_attention(
+      q, k, v, scale=scale, is_causal=causal, key_value_seq_lengths=lengths,
+      local_window_size=None if window is None else (window - 1, window - 1), implementation=implementation)
+
+
+def _mesh_axes(mesh, rule_names: tuple[str, ...], sizes: tuple[int, ...]):
+  """Mesh axes the current logical rules give each name, dropped where they do not divide the size."""
+  axes = []
+  for name, size in zip(rule_names, sizes):
+    assigned = nn.logical_to_mesh_axes((name,))[0]
+    names = () if assigned is None else ((assigned,) if isinstance(assigned, str) else tuple(assigned))
+    names = tuple(a for a in names if a in mesh.axis_names)
+    if not names or size % math.prod(mesh.shape[a] for a in names):
+      axes.append(None)
+    else:
+      axes.append(names[0] if len(names) == 1 else names)
+  return axes
+
+
+def _per_shard(local: Callable, q, k, v, kv_mask):
+  """Runs `local` on each device's examples and heads under the context mesh, or directly without one."""
+  mesh = jax.sharding.get_abstract_mesh()
+  if mesh.empty or mesh.size == 1:
+    return local(q, k, v, kv_mask)
+  batch_axes, heads_axis, kv_heads_axis = _mesh_axes(
+      mesh, ("activation_batch", "heads", "kv_heads"), (q.shape[0], q.shape[2], k.shape[2]))
+  if heads_axis != kv_heads_axis:  # both split the same way or neither, so each shard keeps whole groups
+    heads_axis = None
+  spec = P(batch_axes, None, heads_axis, None)
+  if kv_mask is None:
+    fn = jax.shard_map(lambda q, k, v: local(q, k, v, None), mesh=mesh, in_specs=(spec, spec, spec), out_specs=spec,
+                       check_vma=False)  # pallas_call's outputs carry no varying-axes type
+    return fn(q, k, v)
+  fn = jax.shard_map(local, mesh=mesh, in_specs=(spec, spec, spec, P(batch_axes, None)), out_specs=spec,
+                     check_vma=False)
+  return fn(q, k, v, kv_mask)

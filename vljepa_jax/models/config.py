@@ -45,9 +45,15 @@ class ArchConfig:
 
   def with_dtypes(self: C, dtype: str, param_dtype: str) -> C:
     """Sets compute and parameter dtypes here and in every nested config."""
-    nested = {f.name: getattr(self, f.name).with_dtypes(dtype, param_dtype)
-              for f in dataclasses.fields(self) if isinstance(getattr(self, f.name), ArchConfig)}
-    return dataclasses.replace(self, dtype=dtype, param_dtype=param_dtype, **nested)
+    return self.with_field_everywhere("dtype", dtype).with_field_everywhere("param_dtype", param_dtype)
+
+  def with_field_everywhere(self: C, name: str, value: Any) -> C:
+    """Sets field `name` to `value` in every nested config that has it (and here, if this has it)."""
+    changes = {f.name: getattr(self, f.name).with_field_everywhere(name, value)
+               for f in dataclasses.fields(self) if isinstance(getattr(self, f.name), ArchConfig)}
+    if name in {f.name for f in dataclasses.fields(self)}:
+      changes[name] = value
+    return dataclasses.replace(self, **changes)
 
   def replace(self: C, **overrides: Any) -> C:
     """`dataclasses.replace` that names the offending key when a field does not exist."""

@@ -28,6 +28,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from vljepa_jax.models import attention as attention_lib
 from vljepa_jax.models import bert as bert_lib
 from vljepa_jax.models import gemma as gemma_lib
 from vljepa_jax.models import layers
@@ -47,10 +48,21 @@ class VLJEPAConfig(ArchConfig):
   # The paper freezes the X-encoder: its output is a constant to the rest of the model.
   freeze_x_encoder: bool = True
   y_decoder: y_decoder_lib.YDecoderConfig | None = None
+  # Attention implementation of every tower (`models/attention.py`: xla, pallas, cudnn, splash or
+  # auto); None leaves each tower's own `attention_impl`.
+  attention_impl: str | None = "auto"
 
   def __post_init__(self):
     if None in (self.x_encoder, self.predictor, self.y_encoder):
       raise ValueError("VLJEPAConfig needs x_encoder, predictor and y_encoder configs")
+    if self.attention_impl is not None:
+      if self.attention_impl not in attention_lib.IMPLEMENTATIONS:
+        raise ValueError(f"attention_impl={self.attention_impl!r}: expected one of {attention_lib.IMPLEMENTATIONS} "
+                         "or None")
+      for name in ("x_encoder", "predictor", "y_encoder", "y_decoder"):
+        tower = getattr(self, name)
+        if tower is not None:  # frozen: set in place once, so every tower sees the model-wide choice
+          object.__setattr__(self, name, tower.with_field_everywhere("attention_impl", self.attention_impl))
     if self.predictor.vision_dim != self.x_encoder.hidden_size:
       raise ValueError(f"predictor.vision_dim ({self.predictor.vision_dim}) must equal the X-encoder width "
                        f"({self.x_encoder.hidden_size})")

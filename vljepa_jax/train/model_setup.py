@@ -31,6 +31,7 @@ import numpy as np
 from vljepa_jax import convert
 from vljepa_jax.data import shapes
 from vljepa_jax.data import tokenizer as tokenizer_lib
+from vljepa_jax.models import attention as attention_lib
 from vljepa_jax.models import vljepa
 
 MINILM = "minilm"
@@ -154,6 +155,10 @@ def build(config: Any, cache_dir: str) -> ModelSetup:
   query_tok = _tokenizer(config.tokenizers.query, checkpoints, "query")
   target_tok = _tokenizer(config.tokenizers.target, checkpoints, "target")
   check_vocab(arch, query_tok, target_tok)
+  if arch.attention_impl is not None:
+    logging.info("attention_impl=%r: %r for %s compute on this %s backend (per-tower choices are logged at compile)",
+                 arch.attention_impl, attention_lib.resolve_impl(arch.attention_impl, dtype=arch.compute_dtype),
+                 arch.dtype, jax.default_backend())
   return ModelSetup(vljepa.VLJEPA(arch), query_tok, target_tok, checkpoints)
 
 
