@@ -71,11 +71,13 @@ def _benchmark():
   backend = jax.default_backend()
   impls = _IMPLS.value or _available(backend)
   blocks = [tuple(int(x) for x in b.split("x")) for b in _BLOCKS.value] or [None]
-  print(f"device: {jax.devices()[0].device_kind} ({backend}), jax {jax.__version__}, bf16, "
-        f"{'causal' if _CAUSAL.value else 'bidirectional'}, batch*length={_TOKENS.value}, heads*head_dim={_WIDTH.value}")
+  masking = "causal" if _CAUSAL.value else "bidirectional"
+  print(f"device: {jax.devices()[0].device_kind} ({backend}), jax {jax.__version__}, bf16, {masking}, "
+        f"batch*length={_TOKENS.value}, heads*head_dim={_WIDTH.value}")
   if backend == "cpu":
     print("note: on CPU the Pallas kernels run in interpret mode; their times are not kernel speed")
-  print(f"{'impl':14s} {'D':>4s} {'L':>6s} {'B':>3s} {'H':>3s} {'mode':>7s} {'ms':>9s} {'TFLOP/s':>8s} {'temp MiB':>9s}")
+  header = ("impl", "D", "L", "B", "H", "mode", "ms", "TFLOP/s", "temp MiB")
+  print(f"{header[0]:14s} " + " ".join(f"{h:>{w}s}" for h, w in zip(header[1:], (4, 6, 3, 3, 7, 9, 8, 9))))
   for head_dim in map(int, _HEAD_DIMS.value):
     heads = _WIDTH.value // head_dim
     for length in map(int, _LENGTHS.value):
@@ -88,8 +90,8 @@ def _benchmark():
           name = impl if block is None else f"{impl}{block[0]}x{block[1]}"
           attend = _attention_fn(impl, _CAUSAL.value, block)
           for mode in _MODES.value:
-            fn = attend if mode == "fwd" else jax.grad(lambda q, k, v: attend(q, k, v).astype(jnp.float32).sum(),
-                                                       argnums=(0, 1, 2))
+            total_of = lambda q, k, v, attend=attend: attend(q, k, v).astype(jnp.float32).sum()
+            fn = attend if mode == "fwd" else jax.grad(total_of, argnums=(0, 1, 2))
             try:
               seconds, temp = _timed(fn, (q, k, v), _REPEATS.value)
             except Exception as e:  # pylint: disable=broad-except

@@ -47,10 +47,10 @@ import numpy as np
 # Finite rather than -inf: inf - inf would turn fully masked rows into NaN (JAX's kernels use the same).
 MASK_VALUE = -0.7 * float(np.finfo(np.float32).max)
 PLATFORMS = ("cpu", "gpu", "tpu")
-# Default tiles. Query and key blocks of 128 suit head_dim 64-128 on an H100 (Triton) and are the
-# natural MXU tile on TPU; `block_q`/`block_k` override them (benchmarks/attention.py sweeps them).
-DEFAULT_BLOCK_Q = 128
-DEFAULT_BLOCK_K = 128
+# Default (block_q, block_k) per platform. GPU: the tiles of JAX's Triton flash attention, 128 x 64
+# (untuned here: benchmarks/attention.py --blocks sweeps them on a GPU). TPU: 128-multiples, which
+# Mosaic's lane tiling needs for the key segment ids. CPU interpret mode: large tiles, few steps.
+DEFAULT_BLOCKS = {"gpu": (128, 64), "tpu": (128, 128), "cpu": (128, 128)}
 _MIN_BLOCK = 16  # Triton's smallest dot tile; also a multiple of TPU's 8 sublanes
 
 
@@ -133,32 +133,31 @@ def _visible(plan: _Plan, row0, col0, rows: int, cols: int, q_seg=None, kv_seg=N
   return mask
 
 
-def _kv_block_range(plan: _Plan, q_block):
-  """Key blocks `[lo, hi)` that can hold a key visible to query block `q_block`."""
-  num = plan.kv_padded // plan.block_k
-  lo, hi = 0, num
-  first_row = q_block * plan.block_q
-  last_row = first_row + plan.block_q - 1
-  if plan.causal:
-    hi = jnp.minimum(hi, lax.div(last_row, plan.block_k) + 1)
-  if plan.window is not None:
-    lo = lax.div(jnp.maximum(first_row - plan.window + 1, 0), plan.block_k)
-    hi = jnp.minimum(hi, lax.div(last_row + plan.window - 1, plan.block_k) + 1)
+def _reach(plan: _Plan) -> tuple[int | None, int | None]:
+  """How far before and after its own position a query's visible keys can lie (None: unbounded)."""
+  width = None if plan.window is None else plan.window - 1
+  return width, (0 if plan.causal else width)
+
+
+def _block_span(first, last, before: int | None, after: int | None, block: int, num: int):
+  """Blocks `[lo, hi)` of size `block` (of `num`) holding positions `first - before .. last + after`."""
+  lo = 0 if before is None else lax.div(jnp.maximum(first - before, 0), block)
+  hi = num if after is None else jnp.minimum(num, lax.div(last + after, block) + 1)
   return lo, hi
+
+
+def _kv_block_range(plan: _Plan, q_block):
+  """Key blocks that can hold a key visible to query block `q_block`; the rest are skipped."""
+  before, after = _reach(plan)
+  first = q_block * plan.block_q
+  return _block_span(first, first + plan.block_q - 1, before, after, plan.block_k, plan.kv_padded // plan.block_k)
 
 
 def _q_block_range(plan: _Plan, kv_block):
-  """Query blocks `[lo, hi)` that can see a key of key block `kv_block`."""
-  num = plan.q_padded // plan.block_q
-  lo, hi = 0, num
-  first_col = kv_block * plan.block_k
-  last_col = first_col + plan.block_k - 1
-  if plan.causal:
-    lo = lax.div(first_col, plan.block_q)
-  if plan.window is not None:
-    lo = jnp.maximum(lo, lax.div(jnp.maximum(first_col - plan.window + 1, 0), plan.block_q))
-    hi = jnp.minimum(hi, lax.div(last_col + plan.window - 1, plan.block_q) + 1)
-  return lo, hi
+  """Query blocks that can see a key of key block `kv_block`: key c is seen by rows c - after .. c + before."""
+  before, after = _reach(plan)
+  first = kv_block * plan.block_k
+  return _block_span(first, first + plan.block_k - 1, after, before, plan.block_q, plan.q_padded // plan.block_q)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -485,9 +484,11 @@ def flash_attention(
     raise ValueError("flash_attention on CPU runs only in interpret mode (interpret=True or None)")
 
   plan = _Plan(q_len=q_len, kv_len=kv_len, q_heads=q_heads, kv_heads=kv_heads, head_dim=head_dim,
-               block_q=_block(block_q, DEFAULT_BLOCK_Q, q_len), block_k=_block(block_k, DEFAULT_BLOCK_K, kv_len),
+               block_q=_block(block_q, DEFAULT_BLOCKS[platform][0], q_len),
+               block_k=_block(block_k, DEFAULT_BLOCKS[platform][1], kv_len),
                causal=causal, window=window, scale=float(head_dim ** -0.5 if sm_scale is None else sm_scale),
-               segments=q_segment_ids is not None, fp32=q.dtype == jnp.float32, platform=platform, interpret=bool(interpret))
+               segments=q_segment_ids is not None, fp32=q.dtype == jnp.float32, platform=platform,
+               interpret=bool(interpret))
   if (plan.platform == "tpu" and not plan.interpret and plan.segments and plan.block_k < plan.kv_padded
       and plan.block_k % 128):
     raise ValueError(f"on TPU block_k must be a multiple of 128 or cover the whole key length "

@@ -16,6 +16,8 @@ from __future__ import annotations
 import functools
 
 import jax
+from jax.experimental.pallas.ops.tpu.splash_attention import splash_attention_kernel as splash
+from jax.experimental.pallas.ops.tpu.splash_attention import splash_attention_mask as masks
 import jax.numpy as jnp
 
 _MAX_BLOCK = 512  # splash's usual tile on v4/v5; shorter sequences use one 128-multiple tile
@@ -29,8 +31,6 @@ def _block(length: int) -> int:
 @functools.lru_cache(maxsize=64)
 def _kernel(q_len: int, kv_len: int, heads: int, causal: bool, window: int | None, block_q: int, block_kv: int,
             interpret: bool):
-  from jax.experimental.pallas.ops.tpu.splash_attention import splash_attention_kernel as splash  # pylint: disable=g-import-not-at-top
-  from jax.experimental.pallas.ops.tpu.splash_attention import splash_attention_mask as masks  # pylint: disable=g-import-not-at-top
   shape = (q_len, kv_len)
   if window is not None:
     mask = masks.LocalMask(shape, window_size=(window - 1, 0 if causal else window - 1), offset=0)
@@ -57,7 +57,6 @@ def splash_attention(q: jax.Array, k: jax.Array, v: jax.Array, *, kv_mask: jax.A
                      causal: bool = False, window: int | None = None, scale: float, interpret: bool = False
                      ) -> jax.Array:
   """q `(B, Lq, Hq, D)`, k/v `(B, Lk, Hkv, D)` -> `(B, Lq, Hq, D)`; see the module docstring."""
-  from jax.experimental.pallas.ops.tpu.splash_attention import splash_attention_kernel as splash  # pylint: disable=g-import-not-at-top
   batch, q_len, heads, _ = q.shape
   kv_len = k.shape[1]
   block_q, block_kv = _block(q_len), _block(kv_len)
