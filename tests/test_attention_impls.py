@@ -88,8 +88,11 @@ def test_auto_resolves_per_backend_and_logs_once(monkeypatch):
   assert resolve("auto", dtype=jnp.float32, head_dim=64, backend="gpu") == "pallas"  # cuDNN: no fp32
   assert resolve("auto", dtype=jnp.bfloat16, head_dim=36, backend="gpu") == "pallas"  # not a multiple of 8
   assert resolve("pallas") == "pallas"
-  resolve("auto", dtype=jnp.float32, head_dim=64)
-  assert len(messages) == 5 and "'auto' -> 'splash' on tpu" in messages[1]
+  resolve("auto", dtype=jnp.float32, head_dim=64)  # already logged
+  assert resolve("auto", dtype=jnp.bfloat16, backend="gpu") == "cudnn"  # start-up: no head_dim yet
+  assert len(messages) == 6, messages
+  assert messages[1] == "attention_impl='auto' -> 'splash' on tpu (bfloat16, head_dim 64)"
+  assert messages[5] == "attention_impl='auto' -> 'cudnn' on gpu (bfloat16)"
   with pytest.raises(ValueError, match="not available"):
     resolve("flash")
 

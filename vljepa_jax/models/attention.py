@@ -55,17 +55,23 @@ IMPLEMENTATIONS = ("xla", "pallas", "cudnn", "splash", "auto")
 _logged: set[tuple] = set()
 
 
-def _cudnn_supports(dtype: jnp.dtype, head_dim: int) -> bool:
+def _cudnn_supports(dtype: jnp.dtype, head_dim: int | None) -> bool:
   """cuDNN flash attention: fp16/bf16, head_dim a multiple of 8, <= 256 on Hopper (128 before)."""
-  if jnp.dtype(dtype) not in (jnp.dtype(jnp.bfloat16), jnp.dtype(jnp.float16)) or head_dim % 8:
+  if jnp.dtype(dtype) not in (jnp.dtype(jnp.bfloat16), jnp.dtype(jnp.float16)):
     return False
+  if head_dim is None:
+    return True
   capability = getattr(jax.devices()[0], "compute_capability", "0")
-  return head_dim <= (256 if float(capability) >= 9.0 else 128)
+  return head_dim % 8 == 0 and head_dim <= (256 if float(capability) >= 9.0 else 128)
 
 
-def resolve_impl(impl: str, *, dtype: jnp.dtype = jnp.bfloat16, head_dim: int = 64,
+def resolve_impl(impl: str, *, dtype: jnp.dtype = jnp.bfloat16, head_dim: int | None = None,
                  backend: str | None = None) -> str:
-  """The implementation `impl` means on `backend` (default: this process's) for these inputs."""
+  """The implementation `impl` means on `backend` (default: this process's) for these inputs.
+
+  `"auto"` is logged once per (backend, choice, dtype, head_dim); head_dim None leaves the
+  head_dim constraints out (the start-up message, before any layer is traced).
+  """
   if impl not in IMPLEMENTATIONS:
     raise ValueError(f"attention impl {impl!r} is not available; expected one of {IMPLEMENTATIONS}")
   if impl != "auto":
@@ -80,8 +86,8 @@ def resolve_impl(impl: str, *, dtype: jnp.dtype = jnp.bfloat16, head_dim: int = 
   key = (backend, resolved, jnp.dtype(dtype).name, head_dim)
   if key not in _logged:
     _logged.add(key)
-    logging.info("attention_impl='auto' -> %r on %s (%s, head_dim %d)", resolved, backend, jnp.dtype(dtype).name,
-                 head_dim)
+    logging.info("attention_impl='auto' -> %r on %s (%s%s)", resolved, backend, jnp.dtype(dtype).name,
+                 "" if head_dim is None else f", head_dim {head_dim}")
   return resolved
 
 

@@ -155,10 +155,8 @@ def build(config: Any, cache_dir: str) -> ModelSetup:
   query_tok = _tokenizer(config.tokenizers.query, checkpoints, "query")
   target_tok = _tokenizer(config.tokenizers.target, checkpoints, "target")
   check_vocab(arch, query_tok, target_tok)
-  if arch.attention_impl is not None:
-    logging.info("attention_impl=%r: %r for %s compute on this %s backend (per-tower choices are logged at compile)",
-                 arch.attention_impl, attention_lib.resolve_impl(arch.attention_impl, dtype=arch.compute_dtype),
-                 arch.dtype, jax.default_backend())
+  if arch.attention_impl is not None:  # logs what "auto" means here; each tower's head_dim is logged at compile
+    attention_lib.resolve_impl(arch.attention_impl, dtype=arch.compute_dtype)
   return ModelSetup(vljepa.VLJEPA(arch), query_tok, target_tok, checkpoints)
 
 
