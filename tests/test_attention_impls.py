@@ -5,6 +5,7 @@ cannot run here; its argument translation is checked through the same `jax.nn.do
 call with `implementation="xla"`.
 """
 from absl import logging as absl_logging
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -13,9 +14,11 @@ import pytest
 from vljepa_jax.models import attention as attention_lib
 from vljepa_jax.models import vljepa
 from vljepa_jax.models import y_decoder as y_decoder_lib
+from vljepa_jax.train import sharding
 from vljepa_jax.train import train_step as train_step_lib
 
 from test_attention import reference_attention
+from test_flash_attention import TARGETS
 from test_flash_attention import numpy_attention
 
 
@@ -165,3 +168,29 @@ def test_causal_decoder_with_pallas_equals_xla():
   ref_logits, ref_grads = logits_and_grads("xla")
   np.testing.assert_allclose(np.asarray(logits), np.asarray(ref_logits), atol=1e-5)
   jax.tree.map(lambda a, b: np.testing.assert_allclose(np.asarray(a), np.asarray(b), atol=1e-5), grads, ref_grads)
+
+
+@pytest.mark.parametrize("platform,lowering_platform,marker", [("gpu", "cuda", "__gpu$xla.gpu.triton"),
+                                                               ("tpu", "tpu", "tpu_custom_call")])
+def test_sharded_model_gradient_lowers_for_gpu_and_tpu(platform, lowering_platform, marker):
+  """The whole model's gradient with attention_impl='pallas' on a data x fsdp x tensor mesh, lowered
+  for an H100 / a TPU from this CPU machine: every attention layer's kernels are compiled ones."""
+  config = vljepa.tiny_config()
+  model = vljepa.VLJEPA(config.replace(x_encoder=config.x_encoder.replace(patch_size=8), attention_impl="pallas"))
+  inputs = train_step_lib.model_inputs(_model_inputs(n=3))
+  inputs = {k: jax.ShapeDtypeStruct((8,) + v.shape[1:], v.dtype) for k, v in inputs.items()}
+  params = jax.eval_shape(lambda: model.init(jax.random.key(0), **{k: jnp.zeros(v.shape, v.dtype)
+                                                                     for k, v in inputs.items()}))
+
+  def grads(params, inputs):
+    with nn.logical_axis_rules(sharding.logical_rules("fsdp_tp")):
+      return jax.grad(lambda p: sum(jnp.sum(x) for x in model.apply(p, **inputs)))(params)
+
+  device = jax.sharding.AbstractDevice(**TARGETS[platform])
+  mesh = jax.sharding.AbstractMesh((2, 2, 2), sharding.MESH_AXES, axis_types=(jax.sharding.AxisType.Auto,) * 3,
+                                   abstract_device=device)
+  with jax.sharding.use_abstract_mesh(mesh):
+    text = jax.jit(grads).trace(params, inputs).lower(lowering_platforms=(lowering_platform,)).as_text()
+  # 6 attention layers (ViT, predictor, Y-encoder: 2 each) forward; dQ and dK/dV for the 4 outside
+  # the frozen X-encoder.
+  assert text.count(marker) == 6 + 4 * 2, text.count(marker)

@@ -99,6 +99,8 @@ CASES = [
     (10, 2, 45, 45, 8, 1, 32, True, None, "padding", (16, 16), "tpu"),
     (11, 1, 64, 64, 4, 2, 32, False, 9, "empty", (32, 32), "tpu"),
     (12, 2, 33, 70, 4, 4, 16, False, None, "packed", (16, 32), "tpu"),
+    # The GPU path zero-pads head_dim 20 to 32 (Triton tiles are powers of two), run in interpret mode.
+    (13, 2, 50, 50, 4, 2, 20, True, None, "padding", (16, 32), "gpu"),
 ]
 
 

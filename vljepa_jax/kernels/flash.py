@@ -30,8 +30,10 @@ Backends
 - TPU compiles through Mosaic. Its blocks must be (8, 128)-aligned in their last two dims or span
   the array, so on TPU the wrapper transposes to `(batch, heads, length, head_dim)` and every block
   is a (length-tile, head_dim) slab; on GPU the heads dimension is indexed in place, no transpose.
-- `platform` picks the target explicitly, so a CPU machine can lower the GPU and TPU kernels
-  (`jax.jit(f).trace(...).lower(lowering_platforms=("cuda",))`) and catch a broken lowering in CI.
+- `platform` picks the target explicitly; by default it is the context mesh's abstract device, else
+  the default backend. So a CPU machine can lower the GPU and TPU kernels, alone or inside a whole
+  model under `jax.sharding.use_abstract_mesh` (`jax.jit(f).trace(...).lower(lowering_platforms=
+  ("cuda",))`), and catch a broken lowering in CI.
 """
 from __future__ import annotations
 
@@ -93,6 +95,18 @@ class _Plan:
   def precision(self):
     # fp32 inputs get true fp32 matmuls (Triton would otherwise use TF32); bf16 needs no hint.
     return lax.Precision.HIGHEST if self.fp32 else None
+
+
+def target_platform() -> str:
+  """"cpu", "gpu" or "tpu": what is being compiled for.
+
+  The context mesh's abstract device when it names one (`jax.set_mesh` with real devices, or
+  `jax.sharding.use_abstract_mesh` with an `AbstractDevice` to lower for a GPU or TPU from another
+  machine), else this process's default backend.
+  """
+  device = getattr(jax.sharding.get_abstract_mesh(), "abstract_device", None)
+  platform = jax.default_backend() if device is None else device.platform
+  return "gpu" if platform in ("cuda", "rocm") else platform
 
 
 def _round_up(n: int, multiple: int) -> int:
@@ -415,13 +429,10 @@ def _flash_bwd(plan: _Plan, residuals, do):
 _flash.defvjp(_flash_fwd, _flash_bwd)
 
 
-def _pad_length(x, target: int, axis: int):
-  extra = target - x.shape[axis]
-  if extra == 0:
-    return x
-  widths = [(0, 0)] * x.ndim
-  widths[axis] = (0, extra)
-  return jnp.pad(x, widths)
+def _pad(x, sizes: dict[int, int]):
+  """Zero-pads axis a of x up to sizes[a]."""
+  widths = [(0, sizes.get(axis, n) - n) for axis, n in enumerate(x.shape)]
+  return x if not any(w for _, w in widths) else jnp.pad(x, widths)
 
 
 def flash_attention(
@@ -449,8 +460,8 @@ def flash_attention(
     sm_scale: logit scale, default `D ** -0.5`.
     block_q, block_k: tile sizes (powers of two >= 16), shrunk for short sequences.
     interpret: run in Pallas interpret mode; None = on CPU only.
-    platform: "gpu", "tpu" or "cpu" (interpret); None = the default backend. Choose it to lower
-      for another platform than the one this process runs on.
+    platform: "gpu", "tpu" or "cpu" (interpret); None = `target_platform()`. Choose it (or an
+      abstract mesh's device) to lower for another platform than the one this process runs on.
   Returns `(B, Lq, Hq, D)` in q's dtype; differentiable in q, k and v.
   """
   if q.ndim != 4 or k.ndim != 4 or v.ndim != 4:
@@ -474,8 +485,7 @@ def flash_attention(
                      f"{q_segment_ids.shape} and {kv_segment_ids.shape}")
   if window is not None and window < 1:
     raise ValueError(f"window must be >= 1, got {window}")
-  platform = jax.default_backend() if platform is None else platform
-  platform = "gpu" if platform in ("cuda", "rocm") else platform
+  platform = target_platform() if platform is None else ("gpu" if platform in ("cuda", "rocm") else platform)
   if platform not in PLATFORMS:
     raise ValueError(f"platform {platform!r}: expected one of {PLATFORMS}")
   if interpret is None:
@@ -483,26 +493,29 @@ def flash_attention(
   if platform == "cpu" and not interpret:
     raise ValueError("flash_attention on CPU runs only in interpret mode (interpret=True or None)")
 
-  plan = _Plan(q_len=q_len, kv_len=kv_len, q_heads=q_heads, kv_heads=kv_heads, head_dim=head_dim,
+  scale = float(head_dim ** -0.5 if sm_scale is None else sm_scale)
+  # Triton works on power-of-two tiles only: zero columns change no dot product and give zero
+  # output columns, which are sliced off (JAX's Triton attention does the same).
+  padded_dim = max(_MIN_BLOCK, pl.next_power_of_2(head_dim)) if platform == "gpu" else head_dim
+  plan = _Plan(q_len=q_len, kv_len=kv_len, q_heads=q_heads, kv_heads=kv_heads, head_dim=padded_dim,
                block_q=_block(block_q, DEFAULT_BLOCKS[platform][0], q_len),
                block_k=_block(block_k, DEFAULT_BLOCKS[platform][1], kv_len),
-               causal=causal, window=window, scale=float(head_dim ** -0.5 if sm_scale is None else sm_scale),
+               causal=causal, window=window, scale=scale,
                segments=q_segment_ids is not None, fp32=q.dtype == jnp.float32, platform=platform,
                interpret=bool(interpret))
   if (plan.platform == "tpu" and not plan.interpret and plan.segments and plan.block_k < plan.kv_padded
       and plan.block_k % 128):
     raise ValueError(f"on TPU block_k must be a multiple of 128 or cover the whole key length "
                      f"({plan.kv_padded}) when segment ids are given (Mosaic's (8, 128) tiling), got {plan.block_k}")
-  q = _pad_length(q, plan.q_padded, 1)
-  k = _pad_length(k, plan.kv_padded, 1)
-  v = _pad_length(v, plan.kv_padded, 1)
+  q, k, v = (_pad(x, {1: length, 3: padded_dim}) for x, length in ((q, plan.q_padded), (k, plan.kv_padded),
+                                                                   (v, plan.kv_padded)))
   if plan.heads_major:
     q, k, v = (jnp.swapaxes(x, 1, 2) for x in (q, k, v))
   segments = None
   if plan.segments:
-    segments = (_pad_length(q_segment_ids.astype(jnp.int32), plan.q_padded, 1)[:, :, None],
-                _pad_length(kv_segment_ids.astype(jnp.int32), plan.kv_padded, 1)[:, None, :])
+    segments = (_pad(q_segment_ids.astype(jnp.int32), {1: plan.q_padded})[:, :, None],
+                _pad(kv_segment_ids.astype(jnp.int32), {1: plan.kv_padded})[:, None, :])
   out = _flash(plan, q, k, v, segments)
   if plan.heads_major:
     out = jnp.swapaxes(out, 1, 2)
-  return out[:, :q_len]
+  return out[:, :q_len, :, :head_dim]

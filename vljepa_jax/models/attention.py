@@ -76,7 +76,7 @@ def resolve_impl(impl: str, *, dtype: jnp.dtype = jnp.bfloat16, head_dim: int | 
     raise ValueError(f"attention impl {impl!r} is not available; expected one of {IMPLEMENTATIONS}")
   if impl != "auto":
     return impl
-  backend = backend or jax.default_backend()
+  backend = backend or flash_lib.target_platform()
   if backend == "gpu":
     resolved = "cudnn" if _cudnn_supports(dtype, head_dim) else "pallas"
   elif backend == "tpu":
@@ -186,19 +186,20 @@ def _check_shapes(q: jax.Array, k: jax.Array, v: jax.Array) -> None:
 
 def _kernel_attention(impl: str, q, k, v, *, kv_mask, causal: bool, window: int | None, scale: float):
   _check_shapes(q, k, v)
+  platform = flash_lib.target_platform()
   if impl == "cudnn":
-    if jax.default_backend() != "gpu":
-      raise ValueError(f"attention_impl='cudnn' needs a CUDA GPU; this process runs on {jax.default_backend()!r} "
+    if platform != "gpu":
+      raise ValueError(f"attention_impl='cudnn' needs a CUDA GPU; this process compiles for {platform!r} "
                        "(use 'auto', 'pallas' or 'xla')")
     if not _cudnn_supports(q.dtype, q.shape[-1]):
       raise ValueError(f"attention_impl='cudnn' needs bf16/fp16 inputs and a head_dim that is a multiple of 8 "
                        f"(<= 256 on Hopper, 128 before); got {q.dtype} and head_dim {q.shape[-1]}")
     return dot_product_attention(q, k, v, kv_mask=kv_mask, causal=causal, window=window, scale=scale,
                                  implementation="cudnn")
-  interpret = jax.default_backend() == "cpu"
+  interpret = platform == "cpu"
   if impl == "splash":
-    if jax.default_backend() not in ("tpu", "cpu"):
-      raise ValueError(f"attention_impl='splash' is TPU attention; this process runs on {jax.default_backend()!r}")
+    if platform not in ("tpu", "cpu"):
+      raise ValueError(f"attention_impl='splash' is TPU attention; this process compiles for {platform!r}")
 
     def local(q, k, v, kv_mask):
       return splash_lib.splash_attention(q, k, v, kv_mask=kv_mask, causal=causal, window=window, scale=scale,
