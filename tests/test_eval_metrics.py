@@ -254,7 +254,7 @@ def test_video_without_captions_is_rejected_by_ranks():
 
 
 def test_shape_and_dtype_errors():
-  with pytest.raises(ValueError, match=r"scores must be 2-D .*got shape \(5,\)"):
+  with pytest.raises(ValueError, match=r"scores must be a 2-D \(queries, candidates\) array, got shape \(5,\)"):
     metrics.ranks(np.zeros(5), np.ones(5, bool))
   with pytest.raises(ValueError, match=r"positives must have the same shape as scores \(2, 3\), got \(2, 4\)"):
     metrics.ranks(np.zeros((2, 3)), np.ones((2, 4), bool))
@@ -268,7 +268,7 @@ def test_shape_and_dtype_errors():
     metrics.top_k_accuracy(np.zeros((2, 3)), np.zeros((2, 1), np.int64), ks=(1,))
   with pytest.raises(ValueError, match=r"labels must be integers, got dtype float64"):
     metrics.top_k_accuracy(np.zeros((2, 3)), np.zeros(2), ks=(1,))
-  with pytest.raises(ValueError, match=r"scores must be 2-D"):
+  with pytest.raises(ValueError, match=r"scores must be a 2-D"):
     metrics.recall_at_k(np.zeros((2, 3, 1)), np.ones((2, 3, 1), bool), ks=(1,))
   with pytest.raises(ValueError, match=r"positives must have the same shape"):
     metrics.recall_at_k(np.zeros((2, 3)), np.ones((3, 2), bool), ks=(1,))

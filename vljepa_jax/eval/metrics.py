@@ -45,13 +45,18 @@ def _describe_rows(rows: np.ndarray) -> str:
   return f"[{listed}{more}]"
 
 
+def real_matrix(x: np.ndarray, name: str, axes: str) -> np.ndarray:
+  """`x` as a 2-D array of real numbers, or a ValueError naming `name` and its `axes` ("rows, cols")."""
+  x = np.asarray(x)
+  if x.ndim != 2:
+    raise ValueError(f"{name} must be a 2-D ({axes}) array, got shape {x.shape}")
+  if x.dtype.kind not in "fiu":
+    raise ValueError(f"{name} must be real numbers (float or int), got dtype {x.dtype}")
+  return x
+
+
 def _check_scores(scores: np.ndarray) -> np.ndarray:
-  scores = np.asarray(scores)
-  if scores.ndim != 2:
-    raise ValueError(f"scores must be 2-D (queries, candidates), got shape {scores.shape}")
-  if scores.dtype.kind not in "fiu":
-    raise ValueError(f"scores must be real numbers (float or int), got dtype {scores.dtype}")
-  return scores
+  return real_matrix(scores, "scores", "queries, candidates")
 
 
 def _check_ks(ks: Sequence[int], num_candidates: int, what: str) -> list[int]:

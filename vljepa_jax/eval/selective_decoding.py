@@ -22,6 +22,8 @@ import math
 
 import numpy as np
 
+from vljepa_jax.eval import metrics
+
 
 def _check_int(name: str, value, lo: int, hi: int | None = None) -> int:
   """`value` as an int in [lo, hi]; ValueError naming the argument otherwise."""
@@ -35,11 +37,7 @@ def _check_int(name: str, value, lo: int, hi: int | None = None) -> int:
 
 def _check_embeddings(embeddings: np.ndarray) -> np.ndarray:
   """The stream as a finite float64 (T, D) array with T >= 1."""
-  e = np.asarray(embeddings)
-  if e.ndim != 2:
-    raise ValueError(f"embeddings must be a 2-D (steps, dim) array, got shape {e.shape}")
-  if e.dtype.kind not in "fiu":
-    raise ValueError(f"embeddings must be real numbers, got dtype {e.dtype}")
+  e = metrics.real_matrix(embeddings, "embeddings", "steps, dim")
   if e.shape[0] < 1 or e.shape[1] < 1:
     raise ValueError(f"embeddings must have at least one step and one dimension, got shape {e.shape}")
   e = np.asarray(e, np.float64)  # no copy when already float64: streams can be ~10^4 x 10^3
