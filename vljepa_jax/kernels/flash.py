@@ -43,6 +43,7 @@ import functools
 import jax
 from jax import lax
 from jax.experimental import pallas as pl
+from jax.experimental.pallas import tpu as pltpu
 import jax.numpy as jnp
 import numpy as np
 
@@ -306,7 +307,6 @@ def _compiler_params(plan: _Plan, kernel: str):
   if plan.interpret or plan.platform == "cpu":
     return None
   if plan.platform == "tpu":
-    from jax.experimental.pallas import tpu as pltpu  # pylint: disable=g-import-not-at-top
     return pltpu.CompilerParams(dimension_semantics=("parallel", "parallel", "parallel"))
   try:
     from jax.experimental.pallas import triton as pl_triton  # pylint: disable=g-import-not-at-top
