@@ -81,11 +81,11 @@ class _Plan:
 
   @property
   def q_padded(self) -> int:
-    return _round_up(self.q_len, self.block_q)
+    return round_up(self.q_len, self.block_q)
 
   @property
   def kv_padded(self) -> int:
-    return _round_up(self.kv_len, self.block_k)
+    return round_up(self.kv_len, self.block_k)
 
   @property
   def heads_major(self) -> bool:
@@ -110,7 +110,7 @@ def target_platform() -> str:
   return "gpu" if platform in ("cuda", "rocm") else platform
 
 
-def _round_up(n: int, multiple: int) -> int:
+def round_up(n: int, multiple: int) -> int:
   return -(-n // multiple) * multiple
 
 
@@ -429,7 +429,7 @@ def _flash_bwd(plan: _Plan, residuals, do):
 _flash.defvjp(_flash_fwd, _flash_bwd)
 
 
-def _pad(x, sizes: dict[int, int]):
+def pad_to(x, sizes: dict[int, int]):
   """Zero-pads axis a of x up to sizes[a]."""
   widths = [(0, sizes.get(axis, n) - n) for axis, n in enumerate(x.shape)]
   return x if not any(w for _, w in widths) else jnp.pad(x, widths)
@@ -507,14 +507,14 @@ def flash_attention(
       and plan.block_k % 128):
     raise ValueError(f"on TPU block_k must be a multiple of 128 or cover the whole key length "
                      f"({plan.kv_padded}) when segment ids are given (Mosaic's (8, 128) tiling), got {plan.block_k}")
-  q, k, v = (_pad(x, {1: length, 3: padded_dim}) for x, length in ((q, plan.q_padded), (k, plan.kv_padded),
+  q, k, v = (pad_to(x, {1: length, 3: padded_dim}) for x, length in ((q, plan.q_padded), (k, plan.kv_padded),
                                                                    (v, plan.kv_padded)))
   if plan.heads_major:
     q, k, v = (jnp.swapaxes(x, 1, 2) for x in (q, k, v))
   segments = None
   if plan.segments:
-    segments = (_pad(q_segment_ids.astype(jnp.int32), {1: plan.q_padded})[:, :, None],
-                _pad(kv_segment_ids.astype(jnp.int32), {1: plan.kv_padded})[:, None, :])
+    segments = (pad_to(q_segment_ids.astype(jnp.int32), {1: plan.q_padded})[:, :, None],
+                pad_to(kv_segment_ids.astype(jnp.int32), {1: plan.kv_padded})[:, None, :])
   out = _flash(plan, q, k, v, segments)
   if plan.heads_major:
     out = jnp.swapaxes(out, 1, 2)

@@ -20,12 +20,14 @@ from jax.experimental.pallas.ops.tpu.splash_attention import splash_attention_ke
 from jax.experimental.pallas.ops.tpu.splash_attention import splash_attention_mask as masks
 import jax.numpy as jnp
 
+from vljepa_jax.kernels import flash
+
 _MAX_BLOCK = 512  # splash's usual tile on v4/v5; shorter sequences use one 128-multiple tile
 _LANES = 128
 
 
 def _block(length: int) -> int:
-  return min(_MAX_BLOCK, -(-length // _LANES) * _LANES)
+  return min(_MAX_BLOCK, flash.round_up(length, _LANES))
 
 
 @functools.lru_cache(maxsize=64)
@@ -48,11 +50,6 @@ def _kernel(q_len: int, kv_len: int, heads: int, causal: bool, window: int | Non
                                   q_seq_shards=1, interpret=interpret)
 
 
-def _pad(x: jax.Array, length: int) -> jax.Array:
-  extra = length - x.shape[1]
-  return x if extra == 0 else jnp.pad(x, [(0, 0), (0, extra)] + [(0, 0)] * (x.ndim - 2))
-
-
 def splash_attention(q: jax.Array, k: jax.Array, v: jax.Array, *, kv_mask: jax.Array | None = None,
                      causal: bool = False, window: int | None = None, scale: float, interpret: bool = False
                      ) -> jax.Array:
@@ -60,11 +57,11 @@ def splash_attention(q: jax.Array, k: jax.Array, v: jax.Array, *, kv_mask: jax.A
   batch, q_len, heads, _ = q.shape
   kv_len = k.shape[1]
   block_q, block_kv = _block(q_len), _block(kv_len)
-  q_padded, kv_padded = -(-q_len // block_q) * block_q, -(-kv_len // block_kv) * block_kv
+  q_padded, kv_padded = flash.round_up(q_len, block_q), flash.round_up(kv_len, block_kv)
   kernel = _kernel(q_padded, kv_padded, heads, causal, window, block_q, block_kv, interpret)
   real = jnp.ones((batch, kv_len), jnp.int32) if kv_mask is None else kv_mask.astype(jnp.int32)
-  segments = splash.SegmentIds(q=jnp.ones((batch, q_padded), jnp.int32), kv=_pad(real, kv_padded))
-  heads_major = lambda x, length: jnp.swapaxes(_pad(x, length), 1, 2)
+  segments = splash.SegmentIds(q=jnp.ones((batch, q_padded), jnp.int32), kv=flash.pad_to(real, {1: kv_padded}))
+  heads_major = lambda x, length: jnp.swapaxes(flash.pad_to(x, {1: length}), 1, 2)
   qh = heads_major(q * jnp.asarray(scale, q.dtype), q_padded)
   out = jax.vmap(kernel)(qh, heads_major(k, kv_padded), heads_major(v, kv_padded), segment_ids=segments)
   return jnp.swapaxes(out, 1, 2)[:, :q_len].astype(q.dtype)

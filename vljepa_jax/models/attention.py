@@ -36,7 +36,6 @@ attends its own examples and heads with no communication. cuDNN attention partit
 """
 from __future__ import annotations
 
-import math
 from typing import Callable
 
 from absl import logging
@@ -47,6 +46,7 @@ from jax.sharding import PartitionSpec as P
 
 from vljepa_jax.kernels import flash as flash_lib
 from vljepa_jax.kernels import splash as splash_lib
+from vljepa_jax.models import params as params_lib
 
 # Finite rather than -inf so fully masked rows stay finite (JAX kernels use the same value).
 _MASK_VALUE = flash_lib.MASK_VALUE
@@ -201,11 +201,11 @@ def _kernel_attention(impl: str, q, k, v, *, kv_mask, causal: bool, window: int 
     if platform not in ("tpu", "cpu"):
       raise ValueError(f"attention_impl='splash' is TPU attention; this process compiles for {platform!r}")
 
-    def local(q, k, v, kv_mask):
+    def local(q, k, v, kv_mask=None):
       return splash_lib.splash_attention(q, k, v, kv_mask=kv_mask, causal=causal, window=window, scale=scale,
                                          interpret=interpret)
   else:
-    def local(q, k, v, kv_mask):
+    def local(q, k, v, kv_mask=None):
       segments = {}
       if kv_mask is not None:
         segments = dict(q_segment_ids=jnp.ones(q.shape[:2], jnp.int32), kv_segment_ids=kv_mask.astype(jnp.int32))
@@ -222,34 +222,19 @@ def dot_product_attention(q, k, v, *, kv_mask, causal: bool, window: int | None,
       local_window_size=None if window is None else (window - 1, window - 1), implementation=implementation)
 
 
-def _mesh_axes(mesh, rule_names: tuple[str, ...], sizes: tuple[int, ...]):
-  """Mesh axes the current logical rules give each name, dropped where they do not divide the size."""
-  axes = []
-  for name, size in zip(rule_names, sizes):
-    assigned = nn.logical_to_mesh_axes((name,))[0]
-    names = () if assigned is None else ((assigned,) if isinstance(assigned, str) else tuple(assigned))
-    names = tuple(a for a in names if a in mesh.axis_names)
-    if not names or size % math.prod(mesh.shape[a] for a in names):
-      axes.append(None)
-    else:
-      axes.append(names[0] if len(names) == 1 else names)
-  return axes
-
-
 def _per_shard(local: Callable, q, k, v, kv_mask):
   """Runs `local` on each device's examples and heads under the context mesh, or directly without one."""
   mesh = jax.sharding.get_abstract_mesh()
   if mesh.empty or mesh.size == 1:
     return local(q, k, v, kv_mask)
-  batch_axes, heads_axis, kv_heads_axis = _mesh_axes(
-      mesh, ("activation_batch", "heads", "kv_heads"), (q.shape[0], q.shape[2], k.shape[2]))
-  if heads_axis != kv_heads_axis:  # both split the same way or neither, so each shard keeps whole groups
-    heads_axis = None
-  spec = P(batch_axes, None, heads_axis, None)
-  if kv_mask is None:
-    fn = jax.shard_map(lambda q, k, v: local(q, k, v, None), mesh=mesh, in_specs=(spec, spec, spec), out_specs=spec,
-                       check_vma=False)  # pallas_call's outputs carry no varying-axes type
-    return fn(q, k, v)
-  fn = jax.shard_map(local, mesh=mesh, in_specs=(spec, spec, spec, P(batch_axes, None)), out_specs=spec,
-                     check_vma=False)
-  return fn(q, k, v, kv_mask)
+  q_spec = params_lib.fit_to_shape(nn.logical_to_mesh_axes(("activation_batch", None, "heads", None)), q.shape,
+                                   mesh, "attention queries")
+  kv_spec = params_lib.fit_to_shape(nn.logical_to_mesh_axes(("activation_batch", None, "kv_heads", None)), k.shape,
+                                    mesh, "attention keys")
+  if q_spec != kv_spec:  # heads split the same way for q and k/v, or not at all, so shards keep whole groups
+    q_spec = kv_spec = P(q_spec[0], None, None, None)
+  args, specs = (q, k, v), (q_spec, kv_spec, kv_spec)
+  if kv_mask is not None:
+    args, specs = args + (kv_mask,), specs + (P(q_spec[0], None),)
+  # check_vma=False: pallas_call's outputs carry no varying-axes type.
+  return jax.shard_map(local, mesh=mesh, in_specs=specs, out_specs=q_spec, check_vma=False)(*args)

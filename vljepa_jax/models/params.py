@@ -1,10 +1,13 @@
-"""Parameter-tree helpers: shapes without memory, logical partition specs, counting."""
+"""Parameter-tree helpers: shapes without memory, logical partition specs, fitting specs, counting."""
 from __future__ import annotations
 
+import math
 from typing import Any
 
+from absl import logging
 import flax.linen as nn
 import jax
+from jax.sharding import PartitionSpec as P
 import numpy as np
 
 
@@ -23,6 +26,25 @@ def abstract_params(model: nn.Module, *inputs: Any, method: Any = None) -> Any:
 def logical_partition_specs(model: nn.Module, *inputs: Any, method: Any = None) -> Any:
   """`PartitionSpec`s of logical axis names, one per parameter (mapped to a mesh by rules)."""
   return nn.get_partition_spec(abstract_variables(model, *inputs, method=method))["params"]
+
+
+def fit_to_shape(spec: P, shape: tuple[int, ...], mesh: Any, what: str) -> P:
+  """`spec` with every dimension replicated whose size its mesh axes do not divide (logged).
+
+  `mesh` is a `Mesh` or `AbstractMesh`; `what` names the array in the log line.
+  """
+  fitted = []
+  for dim, axes in zip(shape, tuple(spec) + (None,) * (len(shape) - len(spec))):
+    if axes is None:
+      fitted.append(None)
+      continue
+    size = math.prod(mesh.shape[a] for a in ((axes,) if isinstance(axes, str) else axes))
+    if dim % size:
+      logging.info("replicating a dimension of %s: size %d does not split over %s (%d)", what, dim, axes, size)
+      fitted.append(None)
+    else:
+      fitted.append(axes)
+  return P(*fitted)
 
 
 def unbox(tree: Any) -> Any:

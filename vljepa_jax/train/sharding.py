@@ -23,6 +23,8 @@ from jax.sharding import PartitionSpec as P
 import numpy as np
 import optax
 
+from vljepa_jax.models import params as params_lib
+
 MESH_AXES = ("data", "fsdp", "tensor")
 BATCH_AXES = ("data", "fsdp")
 
@@ -80,22 +82,6 @@ def make_mesh(sizes: Mapping[str, int] | Sequence[tuple[str, int]],
                        devices=devices)
 
 
-def _fit_to_shape(spec: P, shape: tuple[int, ...], mesh: jax.sharding.Mesh, path: str) -> P:
-  """Replicates any dimension whose size the assigned mesh axes do not divide (logged once)."""
-  fitted = []
-  for dim, axes in zip(shape, tuple(spec) + (None,) * (len(shape) - len(spec))):
-    if axes is None:
-      fitted.append(None)
-      continue
-    size = math.prod(mesh.shape[a] for a in ((axes,) if isinstance(axes, str) else axes))
-    if dim % size:
-      logging.info("replicating a dimension of %s: size %d does not split over %s (%d)", path, dim, axes, size)
-      fitted.append(None)
-    else:
-      fitted.append(axes)
-  return P(*fitted)
-
-
 def param_shardings(logical_specs: Any, abstract_params: Any, mesh: jax.sharding.Mesh,
                     rules: Sequence[tuple[str, Any]]) -> Any:
   """`NamedSharding` per parameter from its logical spec, the rules and its shape."""
@@ -103,7 +89,7 @@ def param_shardings(logical_specs: Any, abstract_params: Any, mesh: jax.sharding
   is_spec = lambda x: isinstance(x, P)
 
   def to_sharding(path, spec, leaf):
-    fitted = _fit_to_shape(spec, tuple(leaf.shape), mesh, jax.tree_util.keystr(path))
+    fitted = params_lib.fit_to_shape(spec, tuple(leaf.shape), mesh, jax.tree_util.keystr(path))
     return jax.sharding.NamedSharding(mesh, fitted)
 
   return jax.tree_util.tree_map_with_path(to_sharding, mesh_specs, abstract_params, is_leaf=is_spec)
