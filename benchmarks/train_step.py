@@ -1,7 +1,9 @@
-r"""Train-step throughput, compile time, memory and FLOPs of experiment configs.
+"""Train-step throughput, compile time, memory and FLOPs of experiment configs, against PyTorch.
 
   python benchmarks/train_step.py                                # demo (video stage) and small
-  python benchmarks/train_step.py --configs=configs/small.py --steps=50
+  python benchmarks/train_step.py --compare_torch                # side by side with the PyTorch twin
+  python benchmarks/train_step.py --configs=configs/small.py --dtype=float32 --compare_torch
+  python benchmarks/train_step.py --configs=configs/small.py --dtype=bfloat16   # accelerator: TFLOP/s, MFU
   python benchmarks/train_step.py --aot_paper                   # lower + compile the paper config only
 
 For each config it builds the last stage exactly as `python -m vljepa_jax.main` does
@@ -11,7 +13,18 @@ batch, and times:
   * steps/s and samples/s on that fixed device batch, after 3 warm-up steps;
   * peak host memory of the process (ru_maxrss) and XLA's per-device temp memory estimate;
   * analytic FLOPs per sample (`vljepa_jax.models.flops`; frozen towers count forward only), the
-    FLOP/s they imply, and XLA's own cost-analysis FLOPs of the compiled step for comparison.
+    FLOP/s they imply, and XLA's own cost-analysis FLOPs of the compiled step for comparison;
+  * on an accelerator, MFU: the analytic FLOP/s over the device's dense bf16 peak (`--peak_tflops`,
+    default from a table of known devices).
+
+`--compare_torch` builds the PyTorch twin of the same stage (`benchmarks/torch_reference.py`: Hugging
+Face towers, same sizes, same parameters one to one, same optimizer groups; parameter counts are
+asserted equal), feeds it the same pipeline batch, and times JAX, torch eager and `torch.compile` in
+alternating rounds (`--rounds`, medians), each as the whole step, forward alone and forward +
+backward. It prints one line per config,
+  ratio <config>: X.XX (jax S1 samples/s, torch S2 samples/s [eager|compile])
+against the faster torch variant, and the machine's large-matmul FLOP/s in JAX and torch
+(`--matmul_size`), so each figure can be read as a fraction of what the machine can do.
 
 `--aot_paper` checks that the paper's full model (ViT-L + Llama-3.2-1B layers 8-15 +
 EmbeddingGemma-300M) at the image stage's global batch of 24,000 lowers and compiles for a mesh of
@@ -20,6 +33,7 @@ EmbeddingGemma-300M) at the image stage's global batch of 24,000 lowers and comp
 import os
 import platform
 import resource
+import statistics
 import sys
 import time
 
@@ -27,11 +41,26 @@ from absl import app
 from absl import flags
 
 _CONFIGS = flags.DEFINE_list("configs", ["configs/demo.py:video", "configs/small.py"], "Configs to time.")
-_STEPS = flags.DEFINE_integer("steps", 20, "Timed steps per config.")
+_STEPS = flags.DEFINE_integer("steps", 20, "Timed steps per config (per round with --compare_torch).")
 _DEVICES = flags.DEFINE_integer("devices", 1, "Virtual CPU devices for the timed configs (CPU only).")
+_DTYPE = flags.DEFINE_enum("dtype", None, ["float32", "bfloat16"], "Override the configs' compute dtype.")
+_BATCH_SIZE = flags.DEFINE_integer("batch_size", None, "Override the configs' global batch size.")
+_COMPARE = flags.DEFINE_bool("compare_torch", False, "Time the PyTorch twin side by side (torch_reference.py).")
+_ROUNDS = flags.DEFINE_integer("rounds", 3, "Alternating JAX / torch rounds with --compare_torch (medians).")
+_TORCH_COMPILE = flags.DEFINE_bool("torch_compile", True, "With --compare_torch, also time torch.compile.")
+_PHASES = flags.DEFINE_bool("phases", True, "With --compare_torch, also time forward and forward + backward alone.")
+_MATMUL = flags.DEFINE_integer("matmul_size", 2048, "N of the N x N x N float32 matmul that measures the machine "
+                               "(0: skip).")
+_PEAK = flags.DEFINE_float("peak_tflops", None, "Device peak TFLOP/s for MFU (default: known accelerators, dense "
+                           "bf16).")
 _AOT = flags.DEFINE_bool("aot_paper", False, "Only lower + compile the paper config at batch 24,000.")
 _AOT_DEVICES = flags.DEFINE_integer("aot_devices", 192, "Virtual devices for --aot_paper (the batch must divide by it).")
 _AOT_BATCH = flags.DEFINE_integer("aot_batch", 24_000, "Global batch for --aot_paper.")
+
+_PAUSE_S = 0.5  # between timed runs of different runtimes, see `_compare_rounds`
+# Dense bf16 peak TFLOP/s per device (vendor datasheets), matched as substrings of `device_kind`.
+PEAK_TFLOPS = (("H200", 989.0), ("H100", 989.0), ("A100", 312.0), ("L40S", 362.0), ("L4", 121.0),
+               ("TPU v6", 918.0), ("TPU v5p", 459.0), ("TPU v5", 197.0), ("TPU v4", 275.0))
 
 
 def _load_config(spec: str):
@@ -61,19 +90,71 @@ def _trainable(stage) -> dict:
   return trainable
 
 
-def time_config(spec: str, steps: int) -> dict:
+def _machine_line() -> str:
+  import jax  # pylint: disable=g-import-not-at-top
+  return (f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
+          f"{jax.devices()[0].device_kind} x {jax.device_count()}, python {sys.version.split()[0]}, jax {jax.__version__}")
+
+
+def _median_time(fn, calls: int, sync=lambda out: out) -> float:
+  """Seconds per call of `fn()` over `calls` calls, waiting for the last result."""
+  start = time.perf_counter()
+  out = None
+  for _ in range(calls):
+    out = fn()
+  sync(out)
+  return (time.perf_counter() - start) / calls
+
+
+def matmul_gflops(size: int, torch_too: bool) -> dict[str, float]:
+  """GFLOP/s of a float32 `size`^3 matmul in JAX (and torch): what this machine's matmul units can do."""
+  import jax  # pylint: disable=g-import-not-at-top
+  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
+  import numpy as np  # pylint: disable=g-import-not-at-top
+  flop = 2.0 * size ** 3
+  rng = np.random.default_rng(0)
+  a, b = (rng.standard_normal((size, size), dtype=np.float32) for _ in range(2))
+  mm = jax.jit(jnp.matmul)
+  ja, jb = jnp.asarray(a), jnp.asarray(b)
+  mm(ja, jb).block_until_ready()
+  out = {"jax": flop / min(_median_time(lambda: mm(ja, jb), 3, jax.block_until_ready) for _ in range(5)) / 1e9}
+  if torch_too:
+    import torch  # pylint: disable=g-import-not-at-top
+    ta, tb = torch.from_numpy(a), torch.from_numpy(b)
+    torch.matmul(ta, tb)
+    out["torch"] = flop / min(_median_time(lambda: torch.matmul(ta, tb), 3) for _ in range(5)) / 1e9
+  return out
+
+
+def _peak_tflops(device_kind: str) -> float | None:
+  if _PEAK.value:
+    return _PEAK.value
+  return next((peak for name, peak in PEAK_TFLOPS if name.lower() in device_kind.lower()), None)
+
+
+def _override(config):
+  if _DTYPE.value:
+    config.dtype = _DTYPE.value
+  if _BATCH_SIZE.value:
+    config.batch_size = _BATCH_SIZE.value
+  return config
+
+
+def time_config(spec: str, steps: int, compare_torch: bool = False) -> dict:
+  """Times one config's JAX step (and, with `compare_torch`, its PyTorch twin in alternating rounds)."""
   import jax  # pylint: disable=g-import-not-at-top
   import tempfile  # pylint: disable=g-import-not-at-top
   from vljepa_jax.data import global_batch  # pylint: disable=g-import-not-at-top
   from vljepa_jax.models import flops  # pylint: disable=g-import-not-at-top
   from vljepa_jax.train import train_step  # pylint: disable=g-import-not-at-top
 
-  config = _load_config(spec)
+  config = _override(_load_config(spec))
   with tempfile.TemporaryDirectory() as workdir:
     stage, stage_config = _stage(config, workdir)
     iterator = stage.make_iterator()
     host = next(iterator)
-    batch = global_batch.to_global_batch({k: host[k] for k in train_step.MODEL_INPUTS}, stage.mesh)
+    host = {k: host[k] for k in train_step.MODEL_INPUTS}
+    batch = global_batch.to_global_batch(host, stage.mesh)
     state = stage.init_state(None)
     start = time.perf_counter()
     with jax.set_mesh(stage.mesh):
@@ -82,26 +163,74 @@ def time_config(spec: str, steps: int) -> dict:
     memory = compiled.memory_analysis()
     cost = compiled.cost_analysis()
     cost = cost[0] if isinstance(cost, (list, tuple)) else cost
+    holder = {"state": state}
+
+    def jax_step():
+      holder["state"], metrics = stage.step_fn(holder["state"], batch)
+      return metrics
+
     for _ in range(3):
-      state, metrics = stage.step_fn(state, batch)
-    jax.block_until_ready(metrics)
-    start = time.perf_counter()
-    for _ in range(steps):
-      state, metrics = stage.step_fn(state, batch)
-    jax.block_until_ready(metrics)
-    seconds = time.perf_counter() - start
+      jax.block_until_ready(jax_step())
+    timed = {"jax": [_median_time(jax_step, steps, jax.block_until_ready)]}
+    if compare_torch:
+      timed = _compare_rounds(stage, stage_config, host, batch, holder, jax_step, steps)
   data = stage.data
   arch = stage.setup.model.config
   per_sample = flops.train_flops_per_sample(arch, trainable=_trainable(stage), num_frames=data.num_frames,
                                             crop_size=data.crop_size, query_length=data.query_length,
                                             target_length=data.target_length)
   batch_size = stage_config.batch_size
-  return {"config": spec, "batch": batch_size, "compile_s": compile_s, "steps_per_s": steps / seconds,
-          "samples_per_s": steps * batch_size / seconds, "gflop_per_sample": per_sample / 1e9,
-          "tflops": per_sample * batch_size * steps / seconds / 1e12,
-          "xla_gflop_per_sample": (cost or {}).get("flops", float("nan")) / batch_size / 1e9,
-          "temp_mib": getattr(memory, "temp_size_in_bytes", 0) / 2**20,
-          "peak_host_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
+  seconds = statistics.median(timed["jax"])
+  result = {"config": spec, "dtype": stage_config.dtype, "batch": batch_size, "compile_s": compile_s,
+            "steps_per_s": 1 / seconds, "samples_per_s": batch_size / seconds, "gflop_per_sample": per_sample / 1e9,
+            "tflops": per_sample * batch_size / seconds / 1e12,
+            "xla_gflop_per_sample": (cost or {}).get("flops", float("nan")) / batch_size / 1e9,
+            "temp_mib": getattr(memory, "temp_size_in_bytes", 0) / 2**20,
+            "peak_host_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+            "seconds": {k: statistics.median(v) for k, v in timed.items() if v}}
+  return result
+
+
+def _compare_rounds(stage, stage_config, host, batch, holder, jax_step, steps) -> dict[str, list[float]]:
+  """JAX, torch eager and torch.compile in alternating rounds; seconds per call of each phase."""
+  import jax  # pylint: disable=g-import-not-at-top
+  import torch_reference  # pylint: disable=g-import-not-at-top
+
+  twin = torch_reference.build(stage_config, arch=stage.setup.model.config)
+  jax_total, torch_total = torch_reference.jax_param_counts(stage_config, stage.setup.model.config), twin.param_counts()
+  print(f"  parameters (total, trainable): jax {jax_total}, torch {torch_total}; torch AdamW {twin.optimizer_kind}, "
+        f"{twin.attn_implementation} attention", flush=True)
+  torch_batch = twin.batch_from_numpy(host)
+  forward, forward_backward = stage.phase_fns()
+  # The step donates its state, so the phases read the current parameters at each call.
+  variants = {"jax": {"step": jax_step, "forward": lambda: forward(holder["state"].params, batch),
+                      "forward+backward": lambda: forward_backward(holder["state"].params, batch)}}
+  eager = {"step": lambda: twin.step(torch_batch), "forward": lambda: twin.forward_only(torch_batch),
+           "forward+backward": lambda: twin.forward_backward(torch_batch)}
+  variants["torch eager"] = eager
+  if _TORCH_COMPILE.value:
+    fast = twin.compiled()
+    start = time.perf_counter()
+    for fn in (fast.step, fast.forward_only):
+      fn(torch_batch)
+    print(f"  torch.compile: first calls (compilation) {time.perf_counter() - start:.1f} s", flush=True)
+    variants["torch compile"] = {"step": lambda: fast.step(torch_batch),
+                                 "forward": lambda: fast.forward_only(torch_batch),
+                                 "forward+backward": lambda: fast.forward_backward(torch_batch)}
+  phases = ("step", "forward", "forward+backward") if _PHASES.value else ("step",)
+  for name, fns in variants.items():  # warm-up: compile every phase once, outside the timed rounds
+    for phase in phases:
+      jax.block_until_ready(fns[phase]())
+  timed = {f"{name}/{phase}" if phase != "step" else name: [] for name in variants for phase in phases}
+  for _ in range(_ROUNDS.value):
+    for name, fns in variants.items():
+      for phase in phases:
+        key = f"{name}/{phase}" if phase != "step" else name
+        # Both runtimes keep their worker threads spinning for a moment after a call (XLA's pool,
+        # torch's OpenMP team); a pause lets them sleep before the other side is timed.
+        time.sleep(_PAUSE_S)
+        timed[key].append(_median_time(fns[phase], steps, jax.block_until_ready))
+  return timed
 
 
 def aot_paper(num_devices: int, batch_size: int) -> None:
@@ -161,20 +290,64 @@ def main(argv):
     import jax  # pylint: disable=g-import-not-at-top
     jax.config.update("jax_num_cpu_devices", devices)
   import jax  # pylint: disable=g-import-not-at-top
-  print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
-        f"{jax.devices()[0].device_kind} x {jax.device_count()}, python {sys.version.split()[0]}, jax {jax.__version__}")
+  sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # torch_reference
+  print(_machine_line())
   if _AOT.value:
     aot_paper(devices, _AOT_BATCH.value)
     return
-  header = ("config", "batch", "compile s", "steps/s", "samples/s", "GFLOP/sample", "TFLOP/s", "XLA GFLOP/sample",
-            "XLA temp MiB", "peak host MiB")
+  device_kind = jax.devices()[0].device_kind
+  on_cpu = jax.devices()[0].platform == "cpu"
+  matmul = {}
+  if _MATMUL.value:
+    if _COMPARE.value:
+      import torch  # pylint: disable=g-import-not-at-top
+      print(f"torch {torch.__version__}, {torch.get_num_threads()} threads", flush=True)
+    matmul = matmul_gflops(_MATMUL.value, torch_too=_COMPARE.value)
+    print(f"large matmul (float32, {_MATMUL.value}^3): " + ", ".join(f"{k} {v:.0f} GFLOP/s" for k, v in matmul.items()),
+          flush=True)
+  peak = None if on_cpu else _peak_tflops(device_kind)
+  header = ["config", "dtype", "batch", "compile s", "steps/s", "samples/s", "GFLOP/sample", "TFLOP/s"]
+  if matmul:
+    header.append("of matmul peak")
+  if peak:
+    header.append("MFU")
+  header += ["XLA GFLOP/sample", "XLA temp MiB", "peak host MiB"]
+  rows, ratios, phase_rows = [], [], []
+  for spec in _CONFIGS.value:
+    r = time_config(spec, _STEPS.value, compare_torch=_COMPARE.value)
+    row = [r["config"], r["dtype"], r["batch"], f"{r['compile_s']:.1f}", f"{r['steps_per_s']:.2f}",
+           f"{r['samples_per_s']:.1f}", f"{r['gflop_per_sample']:.2f}", f"{r['tflops']:.3f}"]
+    if matmul:
+      row.append(f"{r['tflops'] * 1e3 / max(matmul.values()):.0%}")
+    if peak:
+      row.append(f"{r['tflops'] / peak:.1%}")
+    row += [f"{r['xla_gflop_per_sample']:.2f}", f"{r['temp_mib']:.0f}", f"{r['peak_host_mib']:.0f}"]
+    rows.append(row)
+    if _COMPARE.value:
+      sec, batch = r["seconds"], r["batch"]
+      torch_variants = [v for v in ("torch eager", "torch compile") if v in sec]
+      best = min(torch_variants, key=lambda v: sec[v])
+      jax_sps, torch_sps = batch / sec["jax"], batch / sec[best]
+      ratios.append(f"ratio {spec}: {jax_sps / torch_sps:.2f} (jax {jax_sps:.1f} samples/s, torch {torch_sps:.1f} "
+                    f"samples/s [{best.split()[1]}])")
+      for name in ["jax"] + torch_variants:
+        phase_rows.append([spec, name] + [f"{sec[f'{name}/{p}'] * 1e3:.0f}" if f"{name}/{p}" in sec else "-"
+                                          for p in ("forward", "forward+backward")] + [f"{sec[name] * 1e3:.0f}",
+                                                                                         f"{batch / sec[name]:.1f}"])
+    print(f"  {spec}: {r['samples_per_s']:.1f} samples/s", flush=True)
+  _print_table(header, rows)
+  if phase_rows:
+    print()
+    _print_table(["config", "side", "forward ms", "forward+backward ms", "step ms", "samples/s"], phase_rows)
+  for line in ratios:
+    print(line)
+
+
+def _print_table(header, rows) -> None:
   print("| " + " | ".join(header) + " |")
   print("|" + "---|" * len(header))
-  for spec in _CONFIGS.value:
-    r = time_config(spec, _STEPS.value)
-    print(f"| {r['config']} | {r['batch']} | {r['compile_s']:.1f} | {r['steps_per_s']:.2f} | {r['samples_per_s']:.0f} | "
-          f"{r['gflop_per_sample']:.2f} | {r['tflops']:.3f} | {r['xla_gflop_per_sample']:.2f} | {r['temp_mib']:.0f} | "
-          f"{r['peak_host_mib']:.0f} |", flush=True)
+  for row in rows:
+    print("| " + " | ".join(str(c) for c in row) + " |", flush=True)
 
 
 if __name__ == "__main__":

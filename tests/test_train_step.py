@@ -187,7 +187,8 @@ def test_frozen_towers_are_stop_gradient_and_the_rest_trains_as_without_the_mask
     state, metrics = step(train_step_lib.TrainState.create(jax.tree.map(jnp.copy, params), masked_tx), batch)
     runs.append((jax.device_get(state.params), float(metrics["loss"])))
   (plain, plain_loss), (masked, masked_loss) = runs
-  assert plain_loss == masked_loss
+  # Two different compiled programs (one skips the frozen backward): equal up to the last bits.
+  np.testing.assert_allclose(masked_loss, plain_loss, rtol=1e-6)
   jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7), masked, plain)
   jax.tree.map(np.testing.assert_array_equal, masked["y_encoder"], jax.device_get(params["y_encoder"]))
   assert not np.array_equal(masked["y_head"]["kernel"], np.asarray(params["y_head"]["kernel"]))

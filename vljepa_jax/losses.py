@@ -20,6 +20,7 @@ the single-device form.
 """
 from __future__ import annotations
 
+import math
 from typing import Sequence
 
 import jax
@@ -47,13 +48,22 @@ def bidirectional_infonce(pred: jax.Array, target: jax.Array, temperature: float
   """
   if pred.ndim != 2 or pred.shape != target.shape:
     raise ValueError(f"pred and target must both be (N, D); got {pred.shape} and {target.shape}")
-  if mesh is not None:
+  if mesh is not None and _num_batch_shards(mesh, batch_axes) > 1:
     return _sharded_infonce(pred, target, temperature, mesh, batch_axes, chunk_size)
+  # One batch shard (a single device, as on a laptop): the dense form is the same loss without the
+  # shard_map, the column scan and its rematerialisation.
   logits = l2_normalize(pred) @ l2_normalize(target).T / temperature
   diagonal = jnp.diagonal(logits)
   pred_to_target = jax.nn.logsumexp(logits, axis=1) - diagonal
   target_to_pred = jax.nn.logsumexp(logits, axis=0) - diagonal
   return 0.5 * (pred_to_target.mean() + target_to_pred.mean())
+
+
+def _num_batch_shards(mesh: jax.sharding.Mesh, batch_axes: Sequence[str]) -> int:
+  axes = tuple(a for a in batch_axes if a in mesh.axis_names)
+  if not axes:
+    raise ValueError(f"mesh axes {mesh.axis_names} contain none of the batch axes {tuple(batch_axes)}")
+  return math.prod(mesh.shape[a] for a in axes)
 
 
 def _largest_divisor_at_most(n: int, limit: int) -> int:

@@ -157,7 +157,20 @@ def attention(
 
 
 def reference_attention(q, k, v, *, kv_mask=None, causal=False, window=None, scale=None, q_offset=0):
-  """The `"xla"` implementation: explicit logits, float32 softmax, grouped heads without repeats."""
+  """The `"xla"` implementation: explicit logits, float32 softmax, grouped heads without repeats.
+
+  Laid out for XLA's batched matmuls, which want the batch dimensions leading: q, k and v are
+  moved head-major once, `(B, Hkv, G*Lq, D)` for q (its G = Hq/Hkv heads of a group stacked along
+  the rows, so grouped-query attention is one batched matmul per kv head without repeating k/v)
+  and `(B, Hkv, Lk, D)` for k and v. Then the logits are a plain `bhqd,bhkd->bhqk` product and
+  the output `bhqk,bhkd->bhqd`, both in the layout they produce. Written with the head axis in
+  the middle (`bqhd`), XLA:CPU materialised transposed copies of the (Lq, Lk) logits and
+  probabilities instead, in the forward and the backward pass.
+
+  The mask is one additive bias (0 or a large negative, finite value), and the softmax divides
+  the output `(..., Lq, D)` rather than the probabilities `(..., Lq, Lk)`: `exp(s - max) @ v / sum`
+  equals `softmax(s) @ v` and saves a pass over the (Lq, Lk) block (as flash attention does).
+  """
   _check_shapes(q, k, v)
   batch, q_len, q_heads, head_dim = q.shape
   kv_len, kv_heads = k.shape[1], k.shape[2]
@@ -165,16 +178,25 @@ def reference_attention(q, k, v, *, kv_mask=None, causal=False, window=None, sca
     scale = head_dim ** -0.5
   groups = q_heads // kv_heads
 
-  # Query head h uses key/value head h // groups (the Hugging Face `repeat_kv` order).
-  qg = q.reshape(batch, q_len, kv_heads, groups, head_dim)
-  logits = jnp.einsum("bqhgd,bkhd->bhgqk", qg, k, preferred_element_type=jnp.float32)
-  logits = logits * jnp.float32(scale)
+  # Query head h uses key/value head h // groups (the Hugging Face `repeat_kv` order), so the G
+  # heads of group j are contiguous in a head-major q.
+  qh = jnp.swapaxes(q, 1, 2).reshape(batch, kv_heads, groups * q_len, head_dim)
+  kh, vh = jnp.swapaxes(k, 1, 2), jnp.swapaxes(v, 1, 2)
+  logits = jnp.einsum("bhqd,bhkd->bhqk", qh, kh, preferred_element_type=jnp.float32)
+  logits = logits.reshape(batch, kv_heads, groups, q_len, kv_len) * jnp.float32(scale)
   mask = attention_mask(q_len, kv_len, kv_mask=kv_mask, causal=causal, window=window, q_offset=q_offset)
   if mask is not None:
-    logits = jnp.where(mask[:, None, None], logits, _MASK_VALUE)
-  probs = jax.nn.softmax(logits, axis=-1).astype(v.dtype)
-  out = jnp.einsum("bhgqk,bkhd->bqhgd", probs, v, preferred_element_type=jnp.float32)
-  return out.reshape(batch, q_len, q_heads, head_dim).astype(q.dtype)
+    # (B or 1, Lq or 1, Lk) -> broadcast over kv heads and groups. One bias, so masks combined
+    # above never add two large negatives (which would overflow to -inf).
+    logits = logits + jnp.where(mask, 0.0, _MASK_VALUE).astype(jnp.float32)[:, None, None]
+  row_max = jax.lax.stop_gradient(jnp.max(logits, axis=-1, keepdims=True))
+  weights = jnp.exp(logits - row_max)
+  denominator = jnp.sum(weights, axis=-1, keepdims=True)  # >= 1: the max term is exp(0)
+  out = jnp.einsum("bhqk,bhkd->bhqd", weights.reshape(batch, kv_heads, groups * q_len, kv_len).astype(v.dtype), vh,
+                   preferred_element_type=jnp.float32)
+  out = out.reshape(batch, kv_heads, groups, q_len, head_dim) / denominator
+  out = out.reshape(batch, q_heads, q_len, head_dim)
+  return jnp.swapaxes(out, 1, 2).astype(q.dtype)
 
 
 def _check_shapes(q: jax.Array, k: jax.Array, v: jax.Array) -> None:

@@ -23,6 +23,7 @@ from typing import Any, Mapping
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from vljepa_jax.models import layers
 from vljepa_jax.models import rope
@@ -174,7 +175,7 @@ class Gemma3Layer(nn.Module):
         attention_impl=cfg.attention_impl, name="attention", **kw)
     h = attn(norm("input_layernorm")(x), kv_mask=kv_mask, causal=not cfg.bidirectional,
              window=cfg.window(self.index),
-             positions=rope.rotary_positions(jnp.arange(x.shape[1]), inv_freq))
+             positions=rope.rotary_positions(np.arange(x.shape[1]), inv_freq))
     x = x + norm("post_attention_layernorm")(h)
     mlp = layers.Mlp(cfg.intermediate_size, activation=cfg.hidden_activation, gated=True, use_bias=False,
                      name="mlp", **kw)

@@ -29,6 +29,7 @@ import dataclasses
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from vljepa_jax.models import layers
 from vljepa_jax.models import rope
@@ -151,7 +152,7 @@ class LlamaLayer(nn.Module):
     cfg = self.config
     kw = dict(dtype=cfg.compute_dtype, param_dtype=cfg.weight_dtype)
     inv_freq = rope.inverse_frequencies(cfg.head_dim, cfg.rope_theta, cfg.llama3_scaling)
-    positions = jnp.arange(x.shape[1])
+    positions = np.arange(x.shape[1])  # static: RoPE tables become constants (rope.rope_tables)
     cache_index = None
     if decode:
       # The write position is the absolute position of x's first token: RoPE and the causal mask

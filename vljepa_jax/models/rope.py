@@ -6,6 +6,7 @@ tensor is cast back to its input dtype.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 
 import jax
@@ -40,24 +41,56 @@ def inverse_frequencies(rotary_dim: int, theta: float, llama3: Llama3Scaling | N
   return np.where(is_medium, blended, scaled).astype(np.float32)
 
 
-def apply_rope(x: jax.Array, positions: jax.Array, inv_freq: np.ndarray | jax.Array) -> jax.Array:
-  """Half-split RoPE (HF `rotate_half`): dims i and i + D/2 form a rotated pair.
+def rope_tables(positions: np.ndarray | jax.Array, inv_freq: np.ndarray | jax.Array
+                ) -> tuple[np.ndarray | jax.Array, np.ndarray | jax.Array]:
+  """`(cos, sin)` of the half-split rotation, each `(B or 1, L, 1, D)` float32.
 
-  x: `(B, L, H, D)`; positions: `(B, L)` or `(L,)` integer positions.
-  Because the pairing matches Hugging Face's, converted q/k weights need no permutation.
+  Positions known at trace time (a NumPy array: every forward pass that does not decode) give
+  NumPy tables, which enter the compiled program as constants. Computed inside the program
+  instead, XLA fuses `cos`/`sin` into each consumer and re-evaluates them for every batch row and
+  head, in the forward and again in the backward pass: on CPU that was a visible share of the
+  step. Traced positions (KV-cache decoding) are computed in the program.
   """
-  positions = jnp.asarray(positions, jnp.float32)
+  if isinstance(positions, np.ndarray) and not isinstance(inv_freq, jax.Array):
+    positions = positions.astype(np.int64)
+    return _host_rope_tables(positions.tobytes(), positions.shape, np.asarray(inv_freq, np.float32).tobytes())
+  return _rope_tables(jnp, positions, inv_freq)
+
+
+def _rope_tables(xp, positions, inv_freq):
+  positions = xp.asarray(positions, xp.float32)
   if positions.ndim == 1:
     positions = positions[None]
-  angles = positions[..., None] * jnp.asarray(inv_freq, jnp.float32)  # (B, L, D/2)
-  angles = jnp.concatenate([angles, angles], axis=-1)[:, :, None, :]  # (B, L, 1, D)
+  angles = positions[..., None] * xp.asarray(inv_freq, xp.float32)  # (B, L, D/2)
+  angles = xp.concatenate([angles, angles], axis=-1)[:, :, None, :]  # (B, L, 1, D)
+  return xp.cos(angles), xp.sin(angles)
+
+
+@functools.lru_cache(maxsize=64)
+def _host_rope_tables(positions: bytes, shape: tuple[int, ...], inv_freq: bytes) -> tuple[np.ndarray, np.ndarray]:
+  # Cached on the values, so every layer (and q and k) gets the same arrays: JAX traces one
+  # NumPy object used many times as one constant.
+  tables = _rope_tables(np, np.frombuffer(positions, np.int64).reshape(shape), np.frombuffer(inv_freq, np.float32))
+  for table in tables:
+    table.flags.writeable = False
+  return tables
+
+
+def apply_rope(x: jax.Array, positions: np.ndarray | jax.Array, inv_freq: np.ndarray | jax.Array) -> jax.Array:
+  """Half-split RoPE (HF `rotate_half`): dims i and i + D/2 form a rotated pair.
+
+  x: `(B, L, H, D)`; positions: `(B, L)` or `(L,)` integer positions (NumPy when static, see
+  `rope_tables`). Because the pairing matches Hugging Face's, converted q/k weights need no
+  permutation.
+  """
+  cos, sin = rope_tables(positions, inv_freq)
   xf = x.astype(jnp.float32)
   x1, x2 = jnp.split(xf, 2, axis=-1)
   rotated = jnp.concatenate([-x2, x1], axis=-1)
-  return (xf * jnp.cos(angles) + rotated * jnp.sin(angles)).astype(x.dtype)
+  return (xf * cos + rotated * sin).astype(x.dtype)
 
 
-def rotary_positions(positions: jax.Array, inv_freq: np.ndarray | jax.Array):
+def rotary_positions(positions: np.ndarray | jax.Array, inv_freq: np.ndarray | jax.Array):
   """`(q, k) -> (q, k)` applying half-split RoPE to both: a `SelfAttention` position function."""
   return lambda q, k: (apply_rope(q, positions, inv_freq), apply_rope(k, positions, inv_freq))
 
@@ -80,38 +113,47 @@ def vjepa_axis_dim(head_dim: int) -> int:
   return 2 * ((head_dim // 3) // 2)
 
 
-def _rotate_interleaved_pairs(x: jax.Array, positions: jax.Array, layout: str) -> jax.Array:
-  """x: `(B, L, H, d)` float32; positions `(L,)` float32."""
-  d = x.shape[-1]
-  omega = 1.0 / (10000.0 ** (jnp.arange(d // 2, dtype=jnp.float32) / (d / 2.0)))
-  freq = positions[:, None] * omega  # (L, d/2)
-  if layout == "tiled":
-    freq = jnp.concatenate([freq, freq], axis=-1)
-  elif layout == "interleaved":
-    freq = jnp.repeat(freq, 2, axis=-1)
-  else:
+@functools.lru_cache(maxsize=32)
+def rope_3d_tables(grid: tuple[int, int, int], head_dim: int, layout: str = "tiled") -> tuple[np.ndarray, np.ndarray]:
+  """`(cos, sin)` of V-JEPA 2's 3D rotation over a time-major grid, each `(T'H'W', 1, 3d)` float32.
+
+  Built on the host once per (grid, head_dim, layout): the grid is static, so the tables are
+  constants of the compiled program (see `rope_tables` for why that matters), and the cache
+  hands every layer the same array, which JAX traces as one constant.
+  """
+  if layout not in ROPE_LAYOUTS:
     raise ValueError(f"unknown V-JEPA RoPE layout {layout!r}; expected one of {ROPE_LAYOUTS}")
-  freq = freq[None, :, None, :]
-  pairs = x.reshape(*x.shape[:-1], d // 2, 2)
-  rotated = jnp.stack([-pairs[..., 1], pairs[..., 0]], axis=-1).reshape(x.shape)
-  return x * jnp.cos(freq) + rotated * jnp.sin(freq)
+  t, h, w = grid
+  d = vjepa_axis_dim(head_dim)
+  ids = np.arange(t * h * w)
+  omega = 1.0 / (10000.0 ** (np.arange(d // 2, dtype=np.float32) / np.float32(d / 2.0)))
+  freqs = []
+  for pos in (ids // (h * w), (ids % (h * w)) // w, ids % w):  # time, row, column
+    freq = pos.astype(np.float32)[:, None] * omega  # (N, d/2)
+    freqs.append(np.concatenate([freq, freq], -1) if layout == "tiled" else np.repeat(freq, 2, axis=-1))
+  angles = np.concatenate(freqs, axis=-1)[:, None, :]  # (N, 1, 3d)
+  cos, sin = np.cos(angles), np.sin(angles)
+  cos.flags.writeable = sin.flags.writeable = False  # shared by every caller
+  return cos, sin
 
 
 def apply_rope_3d(x: jax.Array, grid: tuple[int, int, int], layout: str = "tiled") -> jax.Array:
   """V-JEPA 2 RoPE over a time-major token grid. x: `(B, T'*H'*W', H, D)`.
 
-  Token index n sits at (t, h, w) = (n // (H'W'), (n mod H'W') // W', n mod W').
+  Token index n sits at (t, h, w) = (n // (H'W'), (n mod H'W') // W', n mod W'). The three
+  rotated chunks are one elementwise pass over the first 3d dims; the rest pass through.
   """
   t, h, w = grid
   if x.shape[1] != t * h * w:
     raise ValueError(f"{x.shape[1]} tokens do not match the grid {grid}")
-  d = vjepa_axis_dim(x.shape[-1])
-  ids = jnp.arange(t * h * w)
-  axis_positions = (ids // (h * w), (ids % (h * w)) // w, ids % w)
+  d3 = 3 * vjepa_axis_dim(x.shape[-1])
+  cos, sin = rope_3d_tables(tuple(grid), x.shape[-1], layout)
   xf = x.astype(jnp.float32)
-  chunks = [
-      _rotate_interleaved_pairs(xf[..., i * d:(i + 1) * d], pos.astype(jnp.float32), layout)
-      for i, pos in enumerate(axis_positions)
-  ]
-  chunks.append(xf[..., 3 * d:])
-  return jnp.concatenate(chunks, axis=-1).astype(x.dtype)
+  rot = xf[..., :d3]
+  pairs = rot.reshape(*rot.shape[:-1], d3 // 2, 2)
+  # r(x)[2i] = -x[2i+1], r(x)[2i+1] = x[2i]
+  partner = jnp.stack([-pairs[..., 1], pairs[..., 0]], axis=-1).reshape(rot.shape)
+  rotated = rot * cos + partner * sin
+  if d3 == x.shape[-1]:
+    return rotated.astype(x.dtype)
+  return jnp.concatenate([rotated, xf[..., d3:]], axis=-1).astype(x.dtype)

@@ -24,6 +24,7 @@ import time
 from typing import Any
 
 from absl import logging
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import ml_collections
@@ -165,11 +166,41 @@ class Stage:
     self.abstract_state = _with_shardings(abstract_state, self.state_shardings)
     self.batch_sharding = global_batch.batch_sharding(mesh)
     frozen = jax.tree.map(lambda m: m == 0.0, optimizer_lib.lr_multipliers(self.abstract_params, lr_rules))
+    self.frozen = frozen
     step = train_step_lib.make_train_step(model, self.tx, self.loss, num_microbatches=config.num_microbatches,
                                           rules=self.rules, frozen=frozen, objective=config.objective,
                                           decoder_condition=config.y_decoder_condition)
     self.step_fn = train_step_lib.jit_train_step(step, mesh=mesh, state_shardings=self.state_shardings,
                                                  batch_shardings=self.batch_sharding)
+
+  def phase_fns(self):
+    """`(forward, forward_backward)`: the contrastive step's loss alone and with its gradients, jitted.
+
+    `forward(params, batch) -> loss`, `forward_backward(params, batch) -> (loss, trainable grads)`, with the
+    step's frozen parameters, logical rules and mesh; what benchmarks time to split a step into
+    its phases.
+    """
+    if self.config.objective != "contrastive":
+      raise ValueError(f"phase_fns: objective {self.config.objective!r} is not 'contrastive'")
+    loss = train_step_lib.contrastive_loss(self.setup.model, self.loss, self.frozen)
+
+    def in_context(fn):
+      def call(params, batch):
+        with nn.logical_axis_rules(self.rules):
+          return fn(params, train_step_lib.model_inputs(batch))
+      jitted = jax.jit(call)
+
+      def run(params, batch):
+        with jax.set_mesh(self.mesh):
+          return jitted(params, batch)
+      return run
+
+    def loss_and_trainable_grads(params, inputs):
+      # As in the step, frozen parameters get no gradient: leave their zeros out of the output.
+      value, grads = jax.value_and_grad(loss)(params, inputs)
+      return value, jax.tree.map(lambda g, f: None if f else g, grads, self.frozen)
+
+    return in_context(loss), in_context(loss_and_trainable_grads)
 
   def init_state(self, init_params: Any | None) -> train_step_lib.TrainState:
     """A fresh state: random init, then pretrained towers or the previous stage's params on top."""

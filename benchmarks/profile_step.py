@@ -1,0 +1,179 @@
+r"""Where a train step's time goes, in JAX and in the PyTorch twin: per-op breakdowns side by side.
+
+  python benchmarks/profile_step.py                                   # configs/demo.py:video
+  python benchmarks/profile_step.py --config=configs/small.py --dtype=float32 --batch_size=8 --top=30
+
+JAX: the jitted step (`trainer.Stage`, as the main job builds it) runs under `jax.profiler` with a
+Perfetto trace; every XLA:CPU thunk event is matched to its instruction in the compiled HLO, and
+its time is summed by phase (forward `jvp`, backward `transpose(jvp)`, or the update and metrics
+outside both), tower (x_encoder, predictor, y_encoder) and kind (matmul: a YNNPACK/oneDNN/Eigen
+dot; copy/transpose: a layout change; broadcast; other fusion). The top single ops follow, with
+their JAX source op.
+
+torch: the same step of `benchmarks/torch_reference.py` (eager) under `torch.profiler`, its ops
+summed by self CPU time (forward and backward ops alike; autograd's `...Backward` nodes name the
+backward ones).
+
+Thunk times are summed over ops, and XLA runs independent thunks concurrently on the CPU's
+threads, so on a busy step the JAX sum exceeds the wall time and each op's figure includes time it
+shared a core: read the table as shares, and the wall-clock step time printed above it as the
+truth (`benchmarks/train_step.py --compare_torch` times both properly, in alternating rounds).
+"""
+import collections
+import glob
+import gzip
+import json
+import os
+import re
+import shutil
+import sys
+import tempfile
+import time
+
+from absl import app
+from absl import flags
+
+_CONFIG = flags.DEFINE_string("config", "configs/demo.py:video", "Config (last stage) to profile.")
+_DTYPE = flags.DEFINE_enum("dtype", None, ["float32", "bfloat16"], "Override the config's compute dtype.")
+_BATCH_SIZE = flags.DEFINE_integer("batch_size", None, "Override the config's global batch size.")
+_STEPS = flags.DEFINE_integer("steps", 3, "Profiled steps (after 3 warm-up steps); figures are per step.")
+_TOP = flags.DEFINE_integer("top", 20, "How many single ops to list on each side.")
+_TORCH = flags.DEFINE_bool("torch", True, "Also profile the PyTorch twin.")
+
+TOWERS = ("x_encoder", "predictor", "y_encoder", "y_head")
+_INSTRUCTION = re.compile(r"^\s*(?:ROOT )?%([\w.\-]+) = (\S+) ([\w\-]+)\((.*)$", re.M)
+
+
+def hlo_instructions(hlo_text: str) -> dict[str, tuple[str, str]]:
+  """Instruction name -> (shape, JAX op_name metadata) of a compiled module's text."""
+  out = {}
+  for match in _INSTRUCTION.finditer(hlo_text):
+    name, shape, _, rest = match.groups()
+    op_name = re.search(r'op_name="([^"]*)"', rest)
+    out[name] = (shape, op_name.group(1) if op_name else "")
+  return out
+
+
+def classify(name: str, op_name: str) -> tuple[str, str, str]:
+  """(phase, tower, kind) of one XLA instruction."""
+  phase = "backward" if "transpose(jvp" in op_name else ("forward" if "jvp(" in op_name else "update/metrics")
+  tower = next((t for t in TOWERS if f"{t}/" in op_name or f"{t}." in op_name), "-")
+  if name.startswith(("ynn_fusion", "onednn", "xnn_fusion", "dot")):
+    kind = "matmul"
+  elif name.startswith(("copy", "transpose")):
+    kind = "copy/transpose"
+  elif "broadcast" in name:
+    kind = "broadcast"
+  elif name.startswith(("scatter", "gather")):
+    kind = name.split("_")[0].split(".")[0]
+  else:
+    kind = "fusion"
+  return phase, tower, kind
+
+
+def thunk_times(trace_dir: str, instructions: dict, steps: int) -> dict[str, float]:
+  """Milliseconds per step of every instruction in a `jax.profiler` Perfetto trace."""
+  path = glob.glob(os.path.join(trace_dir, "**", "*.trace.json.gz"), recursive=True)[0]
+  with gzip.open(path) as f:
+    events = json.load(f)["traceEvents"]
+  per = collections.Counter()
+  for event in events:
+    if event.get("ph") == "X" and event.get("name") in instructions:
+      per[event["name"]] += event["dur"] / 1e3 / steps
+  return per
+
+
+def profile_jax(stage, batch, steps: int, top: int) -> float:
+  import jax  # pylint: disable=g-import-not-at-top
+  state = stage.init_state(None)
+  with jax.set_mesh(stage.mesh):
+    instructions = hlo_instructions(stage.step_fn.jitted.lower(state, batch).compile().as_text())
+  for _ in range(3):
+    state, metrics = stage.step_fn(state, batch)
+  jax.block_until_ready(metrics)
+  start = time.perf_counter()
+  for _ in range(steps):
+    state, metrics = stage.step_fn(state, batch)
+  jax.block_until_ready(metrics)
+  wall = (time.perf_counter() - start) / steps * 1e3
+  trace_dir = tempfile.mkdtemp(prefix="vljepa-profile-")
+  try:
+    jax.profiler.start_trace(trace_dir, create_perfetto_trace=True)
+    for _ in range(steps):
+      state, metrics = stage.step_fn(state, batch)
+    jax.block_until_ready(metrics)
+    jax.profiler.stop_trace()
+    per = thunk_times(trace_dir, instructions, steps)
+  finally:
+    shutil.rmtree(trace_dir, ignore_errors=True)
+  groups = collections.Counter()
+  for name, ms in per.items():
+    groups[classify(name, instructions[name][1])] += ms
+  print(f"\n## JAX step: {wall:.1f} ms wall per step; {sum(per.values()):.1f} ms of XLA thunks summed\n")
+  print("| phase | tower | kind | ms/step | share |")
+  print("|---|---|---|---|---|")
+  total = sum(groups.values())
+  for (phase, tower, kind), ms in groups.most_common():
+    if ms >= 0.005 * total:
+      print(f"| {phase} | {tower} | {kind} | {ms:.1f} | {ms / total:.1%} |")
+  print("\n| ms/step | XLA instruction | shape | JAX op |")
+  print("|---|---|---|---|")
+  for name, ms in per.most_common(top):
+    shape, op_name = instructions[name]
+    print(f"| {ms:.2f} | {name} | {shape.split('{')[0]} | {op_name.replace('jit(step)/', '')[-80:]} |")
+  return wall
+
+
+def profile_torch(twin, host, steps: int, top: int) -> float:
+  import torch  # pylint: disable=g-import-not-at-top
+  from torch import profiler as torch_profiler  # pylint: disable=g-import-not-at-top
+  batch = twin.batch_from_numpy(host)
+  for _ in range(3):
+    twin.step(batch)
+  start = time.perf_counter()
+  for _ in range(steps):
+    twin.step(batch)
+  wall = (time.perf_counter() - start) / steps * 1e3
+  with torch_profiler.profile(activities=[torch_profiler.ProfilerActivity.CPU]) as prof:
+    for _ in range(steps):
+      twin.step(batch)
+  averages = sorted(prof.key_averages(), key=lambda e: -e.self_cpu_time_total)
+  total = sum(e.self_cpu_time_total for e in averages) / 1e3 / steps
+  print(f"\n## torch eager step: {wall:.1f} ms wall per step; {total:.1f} ms of op self time summed "
+        f"({torch.get_num_threads()} threads)\n")
+  print("| ms/step | calls/step | op |")
+  print("|---|---|---|")
+  for event in averages[:top]:
+    print(f"| {event.self_cpu_time_total / 1e3 / steps:.2f} | {event.count // steps} | {event.key} |")
+  return wall
+
+
+def main(argv):
+  del argv
+  repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  sys.path.insert(0, os.path.join(repo, "benchmarks"))
+  import train_step as train_step_benchmark  # pylint: disable=g-import-not-at-top
+  from vljepa_jax.data import global_batch  # pylint: disable=g-import-not-at-top
+  from vljepa_jax.train import train_step  # pylint: disable=g-import-not-at-top
+
+  print(train_step_benchmark._machine_line())  # pylint: disable=protected-access
+  config = train_step_benchmark._load_config(_CONFIG.value)  # pylint: disable=protected-access
+  if _DTYPE.value:
+    config.dtype = _DTYPE.value
+  if _BATCH_SIZE.value:
+    config.batch_size = _BATCH_SIZE.value
+  with tempfile.TemporaryDirectory() as workdir:
+    stage, stage_config = train_step_benchmark._stage(config, workdir)  # pylint: disable=protected-access
+    host = next(stage.make_iterator())
+    host = {k: host[k] for k in train_step.MODEL_INPUTS}
+    batch = global_batch.to_global_batch(host, stage.mesh)
+    print(f"config {_CONFIG.value}, batch {stage_config.batch_size}, dtype {stage_config.dtype}")
+    profile_jax(stage, batch, _STEPS.value, _TOP.value)
+    if _TORCH.value:
+      import torch_reference  # pylint: disable=g-import-not-at-top
+      profile_torch(torch_reference.build(stage_config, arch=stage.setup.model.config), host, _STEPS.value,
+                    _TOP.value)
+
+
+if __name__ == "__main__":
+  app.run(main)

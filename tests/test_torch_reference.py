@@ -1,0 +1,121 @@
+"""The PyTorch twin of the train step (benchmarks/torch_reference.py) and the speed benchmarks' plumbing.
+
+The twin is built from stock Hugging Face towers, so it is an independent implementation of the
+contrastive step: on the same parameters and batch its loss, gradients and optimizer updates must
+match ours. That is what makes the side-by-side timings in `benchmarks/train_step.py` a comparison
+of the same work, and it also checks `Stage.phase_fns` (what the benchmark times as the forward and
+forward + backward phases) against a reference. The benchmark scripts themselves run end to end at
+toy sizes (flags, table, ratio line, the accelerator suite's report), never timing anything here.
+"""
+import os
+import subprocess
+import sys
+
+import jax
+import numpy as np
+import optax
+import pytest
+
+from conftest import REPO
+
+sys.path.insert(0, os.path.join(REPO, "benchmarks"))
+import torch_reference  # pylint: disable=g-import-not-at-top,wrong-import-position
+import train_step as train_step_benchmark  # pylint: disable=g-import-not-at-top,wrong-import-position
+
+from vljepa_jax.data import global_batch  # pylint: disable=g-import-not-at-top,wrong-import-position
+from vljepa_jax.train import train_step  # pylint: disable=g-import-not-at-top,wrong-import-position
+
+TINY = os.path.join(REPO, "tests", "tiny_train_config.py")
+
+
+@pytest.fixture(scope="module")
+def stage_and_twin(tmp_path_factory):
+  config = train_step_benchmark._load_config(TINY)  # pylint: disable=protected-access
+  config.optimizer.grad_clip_norm = 0.5  # clipping must act: the step's gradient norms are ~1
+  stage, stage_config = train_step_benchmark._stage(config, str(tmp_path_factory.mktemp("stage")))  # pylint: disable=protected-access
+  host = next(stage.make_iterator())
+  host = {k: host[k] for k in train_step.MODEL_INPUTS}
+  twin = torch_reference.build(stage_config, arch=stage.setup.model.config)
+  return stage, stage_config, host, twin
+
+
+def test_parameter_counts_are_equal_and_frozen_towers_match(stage_and_twin):
+  stage, stage_config, _, twin = stage_and_twin
+  total, trainable = torch_reference.jax_param_counts(stage_config, stage.setup.model.config)
+  assert twin.param_counts() == (total, trainable)
+  # The tiny config trains the Y-encoder at 0.05x: everything is trainable, in two LR groups.
+  assert trainable == total
+  assert sorted({g["multiplier"] for g in twin.optimizer.param_groups}) == [0.05, 1.0]
+
+
+def test_forward_and_gradients_match_the_hf_twin(stage_and_twin):
+  stage, _, host, twin = stage_and_twin
+  state = stage.init_state(None)
+  twin.load_jax_params(state.params)
+  batch = global_batch.to_global_batch(host, stage.mesh)
+  forward, forward_backward = stage.phase_fns()
+  jax_loss = float(forward(state.params, batch))
+  torch_batch = twin.batch_from_numpy(host)
+  assert abs(jax_loss - twin.forward_only(torch_batch)) < 1e-4
+  loss, grads = forward_backward(state.params, batch)
+  assert abs(float(loss) - jax_loss) < 1e-6
+  twin.forward_backward(torch_batch)
+  torch_norm = float(np.sqrt(sum(float((p.grad.double() ** 2).sum()) for p in twin.trainable)))
+  np.testing.assert_allclose(float(optax.tree.norm(grads)), torch_norm, rtol=1e-4)
+
+
+def test_train_steps_track_the_hf_twin(stage_and_twin):
+  """Three steps of our jitted step and of the twin's AdamW (LR groups, decay mask, clipping) stay together."""
+  stage, _, host, twin = stage_and_twin
+  state = stage.init_state(None)
+  twin.load_jax_params(state.params)
+  twin.num_updates = 0
+  batch = global_batch.to_global_batch(host, stage.mesh)
+  torch_batch = twin.batch_from_numpy(host)
+  jax_losses, torch_losses = [], []
+  for _ in range(3):
+    state, metrics = stage.step_fn(state, batch)
+    assert bool(metrics["finite"])
+    jax_losses.append(float(metrics["loss"]))
+    torch_losses.append(twin.step(torch_batch))
+  np.testing.assert_allclose(jax_losses, torch_losses, rtol=1e-4)
+  assert jax_losses[2] < jax_losses[0]  # the updates did something
+  # The parameters after three updates, through the same name mapping the twin is built on.
+  ours = jax.device_get(state.params)
+  theirs = twin.to_jax_params()
+  for tower in ("predictor", "y_head"):
+    for a, b in zip(jax.tree.leaves(ours[tower]), jax.tree.leaves(theirs[tower])):
+      np.testing.assert_allclose(np.asarray(a), np.asarray(b), atol=5e-5)
+
+
+def _run(args, env=None):
+  return subprocess.run(args, cwd=REPO, capture_output=True, text=True, timeout=600,
+                        env={**os.environ, "JAX_PLATFORMS": "cpu", **(env or {})})
+
+
+def test_train_step_benchmark_compares_against_torch():
+  proc = _run([sys.executable, "benchmarks/train_step.py", f"--configs={TINY}", "--compare_torch", "--torch_compile=false",
+               "--rounds=1", "--steps=1", "--matmul_size=64", "--batch_size=4", "--dtype=float32"])
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  out = proc.stdout
+  assert "large matmul (float32, 64^3): jax" in out and "torch" in out
+  rows = [line for line in out.splitlines() if line.startswith(f"| {TINY} |")]
+  # The throughput table (with the batch override) and the phase table (jax and torch eager).
+  assert rows[0].split(" | ")[1:3] == ["float32", "4"]
+  assert [r.split(" | ")[1] for r in rows[1:]] == ["jax", "torch eager"]
+  ratio = [line for line in out.splitlines() if line.startswith(f"ratio {TINY}: ")]
+  assert len(ratio) == 1 and ratio[0].endswith("samples/s [eager])"), out
+
+
+def test_accelerator_suite_writes_one_report(tmp_path):
+  """The suite's plumbing on CPU at toy sizes: three parts, one markdown report, exit 0."""
+  report = tmp_path / "report.md"
+  proc = _run(["bash", "benchmarks/accelerator_suite.sh", str(report)], env={
+      "ATTENTION_FLAGS": "--impls=xla --head_dims=16 --lengths=32 --tokens=64 --width=32 --repeats=1",
+      "TRAIN_FLAGS": f"--configs={TINY} --steps=1 --matmul_size=0 --batch_size=4",
+      "DECODING_FLAGS": "--decoders=demo --beams=1 --batch=2 --new_tokens=2 --repeats=1"})
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  text = report.read_text()
+  for title in ("## Attention kernels", "## Train step", "## Y-decoder generation"):
+    assert title in text
+  assert text.count("exit 0)") == 3 and "FAILED" not in text
