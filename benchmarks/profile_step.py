@@ -3,6 +3,8 @@ r"""Where a train step's time goes, in JAX and in the PyTorch twin: per-op break
   python benchmarks/profile_step.py                                   # configs/demo.py:video
   python benchmarks/profile_step.py --config=configs/small.py --dtype=float32 --batch_size=8 --top=30
 
+(`--steps`, at most 5, is how many steps are profiled after 3 warm-up steps; figures are per step.)
+
 JAX: the jitted step (`trainer.Stage`, as the main job builds it) runs under `jax.profiler` with a
 Perfetto trace; every XLA:CPU thunk event is matched to its instruction in the compiled HLO, and
 its time is summed by phase (forward `jvp`, backward `transpose(jvp)`, or the update and metrics
@@ -33,12 +35,13 @@ import time
 from absl import app
 from absl import flags
 
+# --dtype, --batch_size and --steps are train_step.py's flags (imported below): one definition each.
 _CONFIG = flags.DEFINE_string("config", "configs/demo.py:video", "Config (last stage) to profile.")
-_DTYPE = flags.DEFINE_enum("dtype", None, ["float32", "bfloat16"], "Override the config's compute dtype.")
-_BATCH_SIZE = flags.DEFINE_integer("batch_size", None, "Override the config's global batch size.")
-_STEPS = flags.DEFINE_integer("steps", 3, "Profiled steps (after 3 warm-up steps); figures are per step.")
 _TOP = flags.DEFINE_integer("top", 20, "How many single ops to list on each side.")
 _TORCH = flags.DEFINE_bool("torch", True, "Also profile the PyTorch twin.")
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import train_step as train_step_benchmark  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 TOWERS = ("x_encoder", "predictor", "y_encoder", "y_head")
 _INSTRUCTION = re.compile(r"^\s*(?:ROOT )?%([\w.\-]+) = (\S+) ([\w\-]+)\((.*)$", re.M)
@@ -150,29 +153,23 @@ def profile_torch(twin, host, steps: int, top: int) -> float:
 
 def main(argv):
   del argv
-  repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-  sys.path.insert(0, os.path.join(repo, "benchmarks"))
-  import train_step as train_step_benchmark  # pylint: disable=g-import-not-at-top
   from vljepa_jax.data import global_batch  # pylint: disable=g-import-not-at-top
   from vljepa_jax.train import train_step  # pylint: disable=g-import-not-at-top
 
   print(train_step_benchmark._machine_line())  # pylint: disable=protected-access
   config = train_step_benchmark._load_config(_CONFIG.value)  # pylint: disable=protected-access
-  if _DTYPE.value:
-    config.dtype = _DTYPE.value
-  if _BATCH_SIZE.value:
-    config.batch_size = _BATCH_SIZE.value
+  config = train_step_benchmark._override(config)  # pylint: disable=protected-access
   with tempfile.TemporaryDirectory() as workdir:
     stage, stage_config = train_step_benchmark._stage(config, workdir)  # pylint: disable=protected-access
     host = next(stage.make_iterator())
     host = {k: host[k] for k in train_step.MODEL_INPUTS}
     batch = global_batch.to_global_batch(host, stage.mesh)
     print(f"config {_CONFIG.value}, batch {stage_config.batch_size}, dtype {stage_config.dtype}")
-    profile_jax(stage, batch, _STEPS.value, _TOP.value)
+    steps = max(1, min(flags.FLAGS.steps, 5))
+    profile_jax(stage, batch, steps, _TOP.value)
     if _TORCH.value:
       import torch_reference  # pylint: disable=g-import-not-at-top
-      profile_torch(torch_reference.build(stage_config, arch=stage.setup.model.config), host, _STEPS.value,
-                    _TOP.value)
+      profile_torch(torch_reference.build(stage_config, arch=stage.setup.model.config), host, steps, _TOP.value)
 
 
 if __name__ == "__main__":
