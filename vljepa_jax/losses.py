@@ -59,11 +59,15 @@ def bidirectional_infonce(pred: jax.Array, target: jax.Array, temperature: float
   return 0.5 * (pred_to_target.mean() + target_to_pred.mean())
 
 
-def _num_batch_shards(mesh: jax.sharding.Mesh, batch_axes: Sequence[str]) -> int:
+def _mesh_batch_axes(mesh: jax.sharding.Mesh, batch_axes: Sequence[str]) -> tuple[str, ...]:
   axes = tuple(a for a in batch_axes if a in mesh.axis_names)
   if not axes:
     raise ValueError(f"mesh axes {mesh.axis_names} contain none of the batch axes {tuple(batch_axes)}")
-  return math.prod(mesh.shape[a] for a in axes)
+  return axes
+
+
+def _num_batch_shards(mesh: jax.sharding.Mesh, batch_axes: Sequence[str]) -> int:
+  return math.prod(mesh.shape[a] for a in _mesh_batch_axes(mesh, batch_axes))
 
 
 def _largest_divisor_at_most(n: int, limit: int) -> int:
@@ -71,12 +75,8 @@ def _largest_divisor_at_most(n: int, limit: int) -> int:
 
 
 def _sharded_infonce(pred, target, temperature, mesh, batch_axes, chunk_size):
-  axes = tuple(a for a in batch_axes if a in mesh.axis_names)
-  if not axes:
-    raise ValueError(f"mesh axes {mesh.axis_names} contain none of the batch axes {tuple(batch_axes)}")
-  num_shards = 1
-  for a in axes:
-    num_shards *= mesh.shape[a]
+  axes = _mesh_batch_axes(mesh, batch_axes)
+  num_shards = _num_batch_shards(mesh, axes)
   n_global = pred.shape[0]
   if n_global % num_shards:
     raise ValueError(f"batch {n_global} does not split over the {num_shards} devices of mesh axes {axes}")
