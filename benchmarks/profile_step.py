@@ -35,7 +35,7 @@ import time
 from absl import app
 from absl import flags
 
-# --dtype, --batch_size and --steps are train_step.py's flags (imported below): one definition each.
+# --dtype, --batch_size, --steps and --host_memory are train_step.py's flags (imported below): one definition each.
 _CONFIG = flags.DEFINE_string("config", "configs/demo.py:video", "Config (last stage) to profile.")
 _TOP = flags.DEFINE_integer("top", 20, "How many single ops to list on each side.")
 _TORCH = flags.DEFINE_bool("torch", True, "Also profile the PyTorch twin.")
@@ -153,10 +153,12 @@ def profile_torch(twin, host, steps: int, top: int) -> float:
 
 def main(argv):
   del argv
+  from vljepa_jax import host_memory  # pylint: disable=g-import-not-at-top
   from vljepa_jax.data import global_batch  # pylint: disable=g-import-not-at-top
   from vljepa_jax.train import train_step  # pylint: disable=g-import-not-at-top
 
-  print(train_step_benchmark._machine_line())  # pylint: disable=protected-access
+  retained = host_memory.retain_freed_memory(flags.FLAGS.host_memory)  # before any backend starts
+  print(train_step_benchmark._machine_line() + f", host memory {'retained' if retained else 'system malloc'}")  # pylint: disable=protected-access
   config = train_step_benchmark._load_config(_CONFIG.value)  # pylint: disable=protected-access
   config = train_step_benchmark._override(config)  # pylint: disable=protected-access
   with tempfile.TemporaryDirectory() as workdir:

@@ -53,6 +53,8 @@ _MATMUL = flags.DEFINE_integer("matmul_size", 2048, "N of the N x N x N float32 
                                "(0: skip).")
 _PEAK = flags.DEFINE_float("peak_tflops", None, "Device peak TFLOP/s for MFU (default: known accelerators, dense "
                            "bf16).")
+_HOST_MEMORY = flags.DEFINE_enum("host_memory", "auto", ["auto", "retain", "system"], "As the main job's flag "
+                                  "(vljepa_jax/host_memory.py); one process, so the torch side runs with it too.")
 _AOT = flags.DEFINE_bool("aot_paper", False, "Only lower + compile the paper config at batch 24,000.")
 _AOT_DEVICES = flags.DEFINE_integer("aot_devices", 192, "Virtual devices for --aot_paper (the batch must divide by it).")
 _AOT_BATCH = flags.DEFINE_integer("aot_batch", 24_000, "Global batch for --aot_paper.")
@@ -285,13 +287,15 @@ def aot_paper(num_devices: int, batch_size: int) -> None:
 
 def main(argv):
   del argv
+  from vljepa_jax import host_memory  # pylint: disable=g-import-not-at-top
+  retained = host_memory.retain_freed_memory(_HOST_MEMORY.value)  # before any backend starts, as main.py does
   devices = _AOT_DEVICES.value if _AOT.value else _DEVICES.value
   if devices > 1:
     import jax  # pylint: disable=g-import-not-at-top
     jax.config.update("jax_num_cpu_devices", devices)
   import jax  # pylint: disable=g-import-not-at-top
   sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # torch_reference
-  print(_machine_line())
+  print(_machine_line() + f", host memory {'retained' if retained else 'system malloc'}")
   if _AOT.value:
     aot_paper(devices, _AOT_BATCH.value)
     return

@@ -99,6 +99,8 @@ def test_train_step_benchmark_compares_against_torch():
   assert proc.returncode == 0, proc.stderr[-3000:]
   out = proc.stdout
   assert "large matmul (float32, 64^3): jax" in out and "torch" in out
+  # JAX_PLATFORMS=cpu: the default --host_memory=auto keeps freed host memory, as main.py does.
+  assert "host memory retained" in out.splitlines()[0], out.splitlines()[0]
   rows = [line for line in out.splitlines() if line.startswith(f"| {TINY} |")]
   # The throughput table (with the batch override) and the phase table (jax and torch eager).
   assert rows[0].split(" | ")[1:3] == ["float32", "4"]

@@ -30,6 +30,8 @@ from absl import logging
 import jax
 from ml_collections import config_flags
 
+from vljepa_jax import host_memory
+
 _CONFIG = config_flags.DEFINE_config_file(
     "config", None, "Experiment config: path/to/config.py[:ARG], e.g. configs/demo.py or "
     "configs/vljepa_pretrain.py:video8. Override keys with --config.KEY=VALUE.", lock_config=True)
@@ -50,6 +52,11 @@ _PROCESS_ID = flags.DEFINE_integer("process_id", None, "This process's index (mu
 # Libraries whose INFO lines (hundreds per run from Orbax alone) would bury the run's own output.
 # Their warnings and errors still show; `--library_info` shows everything.
 _QUIET_LIBRARIES = ("/orbax/", "/grain/", "/jax/", "/jaxlib/", "/tensorstore/")
+_HOST_MEMORY = flags.DEFINE_enum(
+    "host_memory", "auto", ["auto", "retain", "system"],
+    "How the C allocator treats the step's host buffers (vljepa_jax/host_memory.py): 'retain' keeps freed memory "
+    "mapped so XLA:CPU's per-step temporaries are not page-faulted in again every step; 'auto' = 'retain' in a "
+    "CPU-only process; 'system' leaves glibc's defaults.")
 _LIBRARY_INFO = flags.DEFINE_bool("library_info", False, "Show INFO logs of Orbax, Grain and JAX too.")
 
 
@@ -100,6 +107,8 @@ def main(argv):
     raise app.UsageError("--workdir is required: where checkpoints and results go")
   if not _LIBRARY_INFO.value:
     logging.get_absl_handler().addFilter(_QuietLibraries())
+  # Before anything starts a JAX backend: its threads choose their malloc arena on first use.
+  host_memory.retain_freed_memory(_HOST_MEMORY.value)
   initialize_distributed()
   # Imported after jax.distributed is up: nothing may touch the backend before it.
   from vljepa_jax.train import trainer  # pylint: disable=g-import-not-at-top

@@ -21,6 +21,7 @@ import jax
 import jax.numpy as jnp
 
 from vljepa_jax.models import attention as attention_lib
+from vljepa_jax.models import projection
 
 Dtype = Any
 Initializer = Callable[..., jax.Array]
@@ -89,7 +90,10 @@ class DenseGeneral(nn.Module):
                                                              tuple(self.kernel_axes[-len(features):])),
                         features, self.param_dtype)
     x, kernel, bias = nn.dtypes.promote_dtype(x, kernel, bias, dtype=self.dtype)
-    y = jax.lax.dot_general(x, kernel, ((axes, tuple(range(len(axes)))), ((), ())))
+    if axes == tuple(range(x.ndim - len(axes), x.ndim)):  # trailing dims: the projection of every tower
+      y = projection.project(x, kernel, len(axes))
+    else:
+      y = jax.lax.dot_general(x, kernel, ((axes, tuple(range(len(axes)))), ((), ())))
     return y if bias is None else y + bias
 
 
