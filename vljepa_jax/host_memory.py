@@ -51,8 +51,10 @@ def _glibc() -> ctypes.CDLL | None:
 
 
 def _backend_started() -> bool:
+  # JAX has no public "has a backend started?"; xla_bridge has answered it since 0.4.
   from jax._src import xla_bridge  # pylint: disable=g-import-not-at-top
-  return xla_bridge.backends_are_initialized()
+  started = getattr(xla_bridge, "backends_are_initialized", None)
+  return started() if started is not None else bool(getattr(xla_bridge, "_backends", None))
 
 
 def cpu_only_process(platforms: str | None = None) -> bool:
