@@ -89,11 +89,11 @@ def _flatten_microbatches(x: jax.Array) -> jax.Array:
   return x.reshape((-1,) + x.shape[2:])
 
 
-def _stop_frozen(params: Any, frozen: Any) -> Any:
-  """Frozen parameters enter the model through `stop_gradient` (see `make_train_step`)."""
-  if frozen is None:
-    return params
-  return jax.tree.map(lambda p, f: jax.lax.stop_gradient(p) if f else p, params, frozen)
+def _model_variables(params: Any, frozen: Any) -> dict[str, Any]:
+  """The model's variables from the train state's params; frozen ones enter through `stop_gradient`."""
+  if frozen is not None:
+    params = jax.tree.map(lambda p, f: jax.lax.stop_gradient(p) if f else p, params, frozen)
+  return {"params": model_params(params)}
 
 
 def contrastive_loss(model: nn.Module, loss_fn: Callable, frozen: Any = None) -> Callable[[Any, Batch], jax.Array]:
@@ -103,7 +103,7 @@ def contrastive_loss(model: nn.Module, loss_fn: Callable, frozen: Any = None) ->
   and profiles time it alone (forward) and under `jax.value_and_grad` (forward + backward).
   """
   def loss(params, inputs):
-    pred, target = model.apply({"params": model_params(_stop_frozen(params, frozen))}, **inputs)
+    pred, target = model.apply(_model_variables(params, frozen), **inputs)
     return loss_fn(pred, target, params.get(LOSS_PARAMS))
   return loss
 
@@ -135,15 +135,12 @@ def make_train_step(model: nn.Module, tx: optax.GradientTransformation,
   if decoder_condition not in ("target", "predictor"):
     raise ValueError(f"decoder_condition must be 'target' or 'predictor', got {decoder_condition!r}")
 
-  def model_variables(params):
-    return {"params": model_params(_stop_frozen(params, frozen))}
-
   def embed(params, inputs):
-    return model.apply(model_variables(params), **inputs)
+    return model.apply(_model_variables(params, frozen), **inputs)
 
   def token_loss_and_grads(params, inputs):
     def loss_sum(p, mb):
-      return model.apply(model_variables(p), **mb, condition=decoder_condition, method="y_decoder_loss")
+      return model.apply(_model_variables(p, frozen), **mb, condition=decoder_condition, method="y_decoder_loss")
 
     def accumulate(carry, mb):
       grads, total, count = carry
