@@ -2,14 +2,22 @@ r"""Minimal, standalone reproductions of the XLA:CPU gaps behind the train-step 
 
   python benchmarks/xla_cpu_repro.py                 # matmuls, batched matmuls, attention blocks
   taskset -c 0 python benchmarks/xla_cpu_repro.py    # the same on one core
+  python benchmarks/xla_cpu_repro.py --parts=step --step_config=configs/small.py --dtype=float32
 
-Three parts, each JAX against torch on the same float32 random inputs, median of 5 rounds:
+Four parts, each JAX against torch on the same float32 random inputs, median of `--rounds` rounds:
   1. plain 2-D GEMMs at the towers' shapes (the machine's matmul speed: equal in both);
   2. batched matmuls at attention shapes (`einsum("bmk,bkn->bmn")` vs `torch.bmm`): with several
      threads XLA:CPU's batched dot runs at about its one-core speed, torch's scales;
   3. one attention block (q/k/v/o projections + masked softmax attention), forward and forward +
-     backward: `models.attention.attention` (impl "xla") against `F.scaled_dot_product_attention`.
-Nothing from the library is timed except the attention function in part 3.
+     backward: `models.attention.attention` (impl "xla") against `F.scaled_dot_product_attention`;
+  4. `step`: every matrix product of one config's train step (forward, backward, frozen towers),
+     read from the step's jaxpr with its operand shapes and dimension numbers, and timed alone on
+     row-major operands: `lax.dot_general` as the jaxpr has it, against `torch.matmul` of permuted
+     views of the same buffers. The sums, weighted by how often each product occurs, are what the
+     step's products cost each library with nothing else running.
+Nothing from the library is timed except the attention function in part 3. Like the train step,
+both sides run with XLA's temporaries kept mapped (`host_memory.retain_freed_memory`, set before
+JAX starts; process-wide, so torch's allocations are kept as well).
 """
 import os
 import statistics
@@ -19,8 +27,12 @@ import time
 from absl import app
 from absl import flags
 
-_ROUNDS = flags.DEFINE_integer("rounds", 5, "Timed rounds (median).")
-_PARTS = flags.DEFINE_list("parts", ["gemm", "bmm", "attention"], "Which parts to run.")
+_PARTS = flags.DEFINE_list("parts", ["gemm", "bmm", "attention"], "Which parts to run (also: step).")
+_STEP_CONFIG = flags.DEFINE_string("step_config", "configs/small.py", "Config (last stage) whose step's products "
+                                   "--parts=step times; --dtype and --batch_size apply.")
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import train_step as train_step_benchmark  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 GEMMS = ((2048, 2048, 2048), (8192, 384, 384), (8192, 384, 1536), (8192, 1536, 384), (768, 384, 1536))
 BMMS = ((192, 256, 64, 256), (192, 256, 256, 64), (256, 44, 32, 44), (256, 44, 44, 32))
@@ -31,7 +43,7 @@ BLOCKS = ((32, 256, 384, 6, 6), (32, 272, 512, 8, 2), (64, 44, 128, 4, 2))
 def _seconds(fn, calls: int = 5) -> float:
   fn()
   times = []
-  for _ in range(_ROUNDS.value):
+  for _ in range(flags.FLAGS.rounds):  # train_step.py's flag: one definition
     start = time.perf_counter()
     for _ in range(calls):
       out = fn()
@@ -122,9 +134,95 @@ def attention_blocks():
           f"{_seconds(torch_backward) * 1e3:.1f} |", flush=True)
 
 
+def _jaxpr_products(jaxpr, multiplier: int, out: dict) -> None:
+  """Counts every dot_general of `jaxpr` (and of the jaxprs inside it) in `out[(lhs, rhs, dimension numbers)]`."""
+  from jax.extend import core  # pylint: disable=g-import-not-at-top
+  for eqn in jaxpr.eqns:
+    if eqn.primitive.name == "dot_general":
+      (lhs_contract, rhs_contract), (lhs_batch, rhs_batch) = eqn.params["dimension_numbers"]
+      key = (*(tuple(v.aval.shape) for v in eqn.invars),
+             ((tuple(lhs_contract), tuple(rhs_contract)), (tuple(lhs_batch), tuple(rhs_batch))))
+      out[key] = out.get(key, 0) + multiplier
+    inner = multiplier * (eqn.params["length"] if eqn.primitive.name == "scan" else 1)
+    for param in eqn.params.values():
+      for sub in param if isinstance(param, (tuple, list)) else (param,):
+        if isinstance(sub, core.ClosedJaxpr):
+          _jaxpr_products(sub.jaxpr, inner, out)
+        elif isinstance(sub, core.Jaxpr):
+          _jaxpr_products(sub, inner, out)
+
+
+def _bmk(shape, batch, contract):
+  """(permutation to batch, free, contracted dims; b, m, k) of one dot_general operand."""
+  import math  # pylint: disable=g-import-not-at-top
+  free = tuple(d for d in range(len(shape)) if d not in batch and d not in contract)
+  size = lambda dims: math.prod(shape[d] for d in dims)
+  return (*batch, *free, *contract), (size(batch), size(free), size(contract))
+
+
+def step_products():
+  """Part 4: the step's matrix products, each timed alone in JAX and in torch, summed by count."""
+  import tempfile  # pylint: disable=g-import-not-at-top
+  import jax  # pylint: disable=g-import-not-at-top
+  import numpy as np  # pylint: disable=g-import-not-at-top
+  import torch  # pylint: disable=g-import-not-at-top
+  from vljepa_jax.data import global_batch  # pylint: disable=g-import-not-at-top
+  from vljepa_jax.train import train_step  # pylint: disable=g-import-not-at-top
+
+  config = train_step_benchmark._override(train_step_benchmark._load_config(_STEP_CONFIG.value))  # pylint: disable=protected-access
+  with tempfile.TemporaryDirectory() as workdir:
+    stage, stage_config = train_step_benchmark._stage(config, workdir)  # pylint: disable=protected-access
+    host = next(stage.make_iterator())
+    batch = global_batch.to_global_batch({k: host[k] for k in train_step.MODEL_INPUTS}, stage.mesh)
+    with jax.set_mesh(stage.mesh):
+      closed = jax.make_jaxpr(stage.step_fn.jitted)(stage.abstract_state, batch)
+  products: dict = {}
+  _jaxpr_products(closed.jaxpr, 1, products)
+  print(f"\n{_STEP_CONFIG.value}, batch {stage_config.batch_size}, {stage_config.dtype}: "
+        f"{sum(products.values())} products of {len(products)} kinds, timed in float32 (operands row-major, as the "
+        "jaxpr has them; torch multiplies the same buffers through permuted views)\n")
+  print("| lhs · rhs (contracted lhs/rhs dims) | b, m×k×n | per step | JAX ms | torch ms | JAX GFLOP/s | "
+        "torch GFLOP/s |\n|---|---|---|---|---|---|---|")
+  rng = np.random.default_rng(0)
+  totals = {"jax": 0.0, "torch": 0.0, "gflop": 0.0}
+  rows = []
+  for (lhs, rhs, dims), count in products.items():
+    (lhs_contract, rhs_contract), (lhs_batch, rhs_batch) = dims
+    lhs_perm, (b, m, k) = _bmk(lhs, lhs_batch, lhs_contract)
+    rhs_perm, (_, n, _) = _bmk(rhs, rhs_batch, rhs_contract)
+    x, y = rng.random(lhs, np.float32), rng.random(rhs, np.float32)
+    jx, jy = jax.numpy.asarray(x), jax.numpy.asarray(y)
+    product = jax.jit(lambda a, c, dims=dims: jax.lax.dot_general(a, c, dims))
+    tx, ty = torch.from_numpy(x), torch.from_numpy(y)
+
+    def torch_product(tx=tx, ty=ty, lhs_perm=lhs_perm, rhs_perm=rhs_perm, b=b, m=m, k=k, n=n):
+      # (b, m, k) x (b, n, k)^T: the library picks the kernel for these strides, as torch code would.
+      return torch.matmul(tx.permute(lhs_perm).reshape(b, m, k), ty.permute(rhs_perm).reshape(b, n, k).transpose(1, 2))
+
+    np.testing.assert_allclose(np.asarray(product(jx, jy)).reshape(b, m, n), torch_product().numpy(), rtol=1e-3)
+    gflop = 2 * b * m * k * n / 1e9
+    calls = max(3, min(50, int(10 / gflop)))  # ~10 GFLOP a round, so dispatch and pool wake-up amortise
+    seconds = {"jax": _seconds(lambda product=product, jx=jx, jy=jy: product(jx, jy), calls),
+               "torch": _seconds(torch_product, calls)}
+    for side in ("jax", "torch"):
+      totals[side] += count * seconds[side]
+    totals["gflop"] += count * gflop
+    rows.append((count * (seconds["jax"] - seconds["torch"]),
+                 f"| {lhs}·{rhs} ({lhs_contract}/{rhs_contract}) | {b}, {m}×{k}×{n} | {count} | "
+                 f"{seconds['jax'] * 1e3:.2f} | {seconds['torch'] * 1e3:.2f} | {gflop / seconds['jax']:.0f} | "
+                 f"{gflop / seconds['torch']:.0f} |"))
+  for _, row in sorted(rows, reverse=True):  # largest JAX deficit per step first
+    print(row)
+  print(f"\nproducts of one step, timed alone: JAX {totals['jax']:.2f} s ({totals['gflop'] / totals['jax']:.0f} "
+        f"GFLOP/s), torch {totals['torch']:.2f} s ({totals['gflop'] / totals['torch']:.0f} GFLOP/s), "
+        f"{totals['gflop']:.0f} GFLOP; JAX − torch: {totals['jax'] - totals['torch']:+.2f} s per step")
+
+
 def main(argv):
   del argv
   sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+  from vljepa_jax import host_memory  # pylint: disable=g-import-not-at-top
+  host_memory.retain_freed_memory(flags.FLAGS.host_memory)  # before JAX's backend starts
   import jax  # pylint: disable=g-import-not-at-top
   import torch  # pylint: disable=g-import-not-at-top
   print(f"cores available: {len(os.sched_getaffinity(0))}, torch threads {torch.get_num_threads()}, "
@@ -132,6 +230,8 @@ def main(argv):
   gemm_and_bmm(_PARTS.value)
   if "attention" in _PARTS.value:
     attention_blocks()
+  if "step" in _PARTS.value:
+    step_products()
 
 
 if __name__ == "__main__":

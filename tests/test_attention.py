@@ -1,4 +1,6 @@
 """The shared attention function and norms against loop-free NumPy references written from the math."""
+import os
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -101,3 +103,51 @@ def test_masked_mean_ignores_padding():
   out = np.asarray(layers.masked_mean(jnp.asarray(x), jnp.asarray(mask)))
   np.testing.assert_allclose(out[0], x[0, :2].mean(0))
   np.testing.assert_array_equal(out[1], np.zeros(4))  # all-padding row: zeros, not NaN
+
+
+def _logits_batches(fn, *args, platform: str | None = None) -> list[int]:
+  """Batch sizes of the `bhqd,bhkd->bhqk` logits products in `fn`'s jaxpr."""
+  def trace():
+    return jax.make_jaxpr(fn)(*args)
+  if platform is None:
+    closed = trace()
+  else:
+    device = jax.sharding.AbstractDevice(device_kind="NVIDIA H100 80GB HBM3", num_cores=132, platform=platform)
+    with jax.sharding.use_abstract_mesh(jax.sharding.AbstractMesh((1,), ("x",), abstract_device=device)):
+      closed = trace()
+  return [eqn.invars[0].aval.shape[0] for eqn in closed.jaxpr.eqns
+          if eqn.primitive.name == "dot_general" and eqn.outvars[0].aval.shape[-1] == args[1].shape[1]
+          and eqn.params["dimension_numbers"][0] == ((3,), (3,))]
+
+
+def test_cpu_attention_runs_one_slice_of_the_batch_per_core(monkeypatch):
+  """On a one-device CPU process the "xla" attention is one independent product per core (XLA:CPU's
+  batched matmuls are single-threaded), uneven slices included; the result is unchanged. Compiled for
+  a GPU, under a mesh of several devices, or while decoding, it is one batched product."""
+  monkeypatch.setattr(attention_lib.os, "sched_getaffinity", lambda pid: {0, 1, 2}, raising=False)
+  monkeypatch.setattr(attention_lib, "_MIN_SLICED_WORK", 0)  # slice even these tiny shapes
+  rng = np.random.default_rng(7)
+  b, l, d = 5, 6, 8
+  q = rng.normal(size=(b, l, 4, d)).astype(np.float32)
+  k = rng.normal(size=(b, l, 2, d)).astype(np.float32)
+  v = rng.normal(size=(b, l, 2, d)).astype(np.float32)
+  kv_mask = (np.arange(l)[None] < np.array([6, 3, 6, 1, 4])[:, None]).astype(np.int32)
+  fn = lambda q, k, v, m: attention_lib.attention(q, k, v, kv_mask=m, causal=True, scale=0.3)
+  assert attention_lib.cpu_batch_slices(b, 1) == 3
+  assert _logits_batches(fn, q, k, v, kv_mask) == [2, 2, 1]
+  np.testing.assert_allclose(np.asarray(jax.jit(fn)(q, k, v, kv_mask)),
+                             reference_attention(q, k, v, kv_mask, True, None, 0.3), atol=1e-5)
+  assert _logits_batches(fn, q, k, v, kv_mask, platform="gpu") == [b]
+  with jax.set_mesh(jax.make_mesh((1,), ("data",))):
+    assert attention_lib.cpu_batch_slices(b, 1) == 3
+  with jax.set_mesh(jax.make_mesh((2,), ("data",))):
+    assert attention_lib.cpu_batch_slices(b, 1) == 1
+  decode = lambda q, k, v, m: attention_lib.attention(q, k, v, kv_mask=m, causal=True, scale=0.3,
+                                                      q_offset=jnp.int32(0))
+  assert _logits_batches(decode, q, k, v, kv_mask) == [b]
+  monkeypatch.setattr(attention_lib.os, "sched_getaffinity", lambda pid: set(range(64)), raising=False)
+  assert attention_lib.cpu_batch_slices(32, 1) == attention_lib._MAX_CPU_SLICES
+  monkeypatch.undo()
+  # Small products (the demo's attention: 8-16 M multiply-adds) stay whole; small's ViT (0.8 G) is sliced.
+  assert attention_lib.cpu_batch_slices(64, 64 * 4 * 44 * 44 * 32) == 1
+  assert attention_lib.cpu_batch_slices(32, 32 * 6 * 256 * 256 * 64) == min(32, len(os.sched_getaffinity(0)), 8)

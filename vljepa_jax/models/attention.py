@@ -14,7 +14,10 @@ gives the queries' absolute position so that the causal (and window) masks are m
 there, and keys not yet written (beyond the queries' positions) are hidden by the causal mask.
 
 `impl` (a model config's `attention_impl`) selects the implementation:
-- `"xla"`: the reference below, materialising the (Lq, Lk) logits. Runs everywhere.
+- `"xla"`: the reference below, materialising the (Lq, Lk) logits. Runs everywhere. On a CPU,
+  outside a mesh of several devices and where the products are large, it runs as one independent
+  attention per core over slices of the batch (`cpu_batch_slices`): XLA:CPU's batched matmuls run
+  on one thread each.
 - `"pallas"`: `kernels.flash_attention` (O(L) memory; Triton on GPU, Mosaic on TPU, interpret
   mode on CPU). `kv_mask` becomes segment ids (queries 1, keys 1/0), so every query attends to the
   real keys exactly as here.
@@ -36,6 +39,7 @@ attends its own examples and heads with no communication. cuDNN attention partit
 """
 from __future__ import annotations
 
+import os
 from typing import Callable
 
 from absl import logging
@@ -152,8 +156,44 @@ def attention(
   if impl != "xla" and not decoding:
     return _kernel_attention(impl, q, k, v, kv_mask=kv_mask, causal=causal, window=window,
                              scale=q.shape[-1] ** -0.5 if scale is None else scale)
-  return reference_attention(q, k, v, kv_mask=kv_mask, causal=causal, window=window, scale=scale,
-                             q_offset=q_offset)
+  batch, q_len, q_heads, head_dim = q.shape
+  slices = 1 if decoding else cpu_batch_slices(batch, batch * q_heads * q_len * k.shape[1] * head_dim)
+  if slices == 1:
+    return reference_attention(q, k, v, kv_mask=kv_mask, causal=causal, window=window, scale=scale,
+                               q_offset=q_offset)
+  masks = [None] * slices if kv_mask is None else jnp.array_split(kv_mask, slices)
+  outs = [reference_attention(qs, ks, vs, kv_mask=ms, causal=causal, window=window, scale=scale)
+          for qs, ks, vs, ms in zip(*(jnp.array_split(a, slices) for a in (q, k, v)), masks)]
+  return jnp.concatenate(outs)
+
+
+# More slices than this only add instructions (and compile time) for cores no measurement has covered.
+_MAX_CPU_SLICES = 8
+# Multiply-adds of the logits product below which attention runs unsliced: such a product takes a
+# few ms on one core, and slicing the demo's (8-16 M) gained nothing and cost 3 s of its step's
+# compile time (7 -> 10 s); small's (0.8-1.2 G) gain.
+_MIN_SLICED_WORK = 10**8
+
+
+def cpu_batch_slices(batch: int, work: int) -> int:
+  """How many independent slices of the batch the `"xla"` attention runs as: one per core on a CPU.
+
+  `work` is the multiply-adds of the logits product (batch x heads x Lq x Lk x head_dim).
+
+  XLA:CPU runs a batched matmul (the logits and the probabilities x values, forward and backward)
+  on one thread, however many the machine has, while its 2-D GEMMs and elementwise loops use all
+  of them (`benchmarks/xla_cpu_repro.py`: 60 GFLOP/s at small's ViT shapes on 1 core and on 2;
+  torch.bmm 115-130 on 2). Independent products, one per slice of the batch, are run concurrently by
+  XLA's thunk executor. `configs/small.py`'s float32 step on 2 cores: 2.3-3.8% faster
+  (`benchmarks/cpu_attention_slices.py`; the demo's attention is too small to gain). Only outside a mesh of several devices (the main job's
+  single-device mesh, or none): across devices the batch is sharded and each device already runs
+  its own share, and slicing it would move data between them. GPUs and TPUs run one batched
+  product (or a kernel) as is.
+  """
+  if work < _MIN_SLICED_WORK or flash_lib.target_platform() != "cpu" or jax.sharding.get_abstract_mesh().size > 1:
+    return 1
+  cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+  return max(1, min(batch, cores, _MAX_CPU_SLICES))
 
 
 def reference_attention(q, k, v, *, kv_mask=None, causal=False, window=None, scale=None, q_offset=0):

@@ -1,0 +1,71 @@
+r"""A/B of the CPU attention's batch slicing (`models.attention.cpu_batch_slices`) on a whole train step.
+
+  python benchmarks/cpu_attention_slices.py --configs=configs/small.py --dtype=float32 --batch_size=16
+  python benchmarks/cpu_attention_slices.py --configs=configs/demo.py:video
+
+Builds the config's step twice in one process, with the attention sliced as the library does it
+and with it whole (`_MIN_SLICED_WORK` raised out of reach while that step is traced), then times
+the two in alternating rounds (`--rounds`, `--steps` per round, medians) on the same batch, and
+prints each step's compile time. CPU only; `--dtype`, `--batch_size`, `--steps`, `--rounds` and
+`--host_memory` are `train_step.py`'s flags.
+"""
+import os
+import statistics
+import sys
+import tempfile
+import time
+
+from absl import app
+from absl import flags
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import train_step as train_step_benchmark  # pylint: disable=g-import-not-at-top,wrong-import-position
+
+
+def main(argv):
+  del argv
+  sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+  from vljepa_jax import host_memory  # pylint: disable=g-import-not-at-top
+  retained = host_memory.retain_freed_memory(flags.FLAGS.host_memory)  # before any backend starts
+  import jax  # pylint: disable=g-import-not-at-top
+  from vljepa_jax.data import global_batch  # pylint: disable=g-import-not-at-top
+  from vljepa_jax.models import attention as attention_lib  # pylint: disable=g-import-not-at-top
+  from vljepa_jax.train import train_step  # pylint: disable=g-import-not-at-top
+
+  print(train_step_benchmark._machine_line() + f", host memory {'retained' if retained else 'system malloc'}")  # pylint: disable=protected-access
+  default_threshold = attention_lib._MIN_SLICED_WORK  # pylint: disable=protected-access
+  for spec in flags.FLAGS.configs:
+    config = train_step_benchmark._override(train_step_benchmark._load_config(spec))  # pylint: disable=protected-access
+    steps, compile_s = {}, {}
+    with tempfile.TemporaryDirectory() as workdir:
+      for variant, threshold in (("sliced", default_threshold), ("whole", float("inf"))):
+        attention_lib._MIN_SLICED_WORK = threshold  # pylint: disable=protected-access
+        stage, stage_config = train_step_benchmark._stage(config, os.path.join(workdir, variant))  # pylint: disable=protected-access
+        host = next(stage.make_iterator())
+        batch = global_batch.to_global_batch({k: host[k] for k in train_step.MODEL_INPUTS}, stage.mesh)
+        holder = {"state": stage.init_state(None)}
+        start = time.perf_counter()
+        with jax.set_mesh(stage.mesh):
+          stage.step_fn.jitted.lower(holder["state"], batch).compile()
+        compile_s[variant] = time.perf_counter() - start
+
+        def step(stage=stage, holder=holder, batch=batch):
+          holder["state"], metrics = stage.step_fn(holder["state"], batch)
+          return metrics
+
+        for _ in range(2):
+          jax.block_until_ready(step())
+        steps[variant] = step
+      attention_lib._MIN_SLICED_WORK = default_threshold  # pylint: disable=protected-access
+      seconds = {variant: [] for variant in steps}
+      for _ in range(flags.FLAGS.rounds):
+        for variant, step in steps.items():
+          seconds[variant].append(train_step_benchmark._median_time(step, flags.FLAGS.steps, jax.block_until_ready))  # pylint: disable=protected-access
+    sliced, whole = (statistics.median(seconds[v]) for v in ("sliced", "whole"))
+    print(f"{spec} ({stage_config.dtype}, batch {stage_config.batch_size}): sliced {sliced * 1e3:.0f} ms "
+          f"(compile {compile_s['sliced']:.1f} s), whole {whole * 1e3:.0f} ms (compile {compile_s['whole']:.1f} s); "
+          f"sliced / whole {sliced / whole:.3f}", flush=True)
+
+
+if __name__ == "__main__":
+  app.run(main)
