@@ -25,14 +25,11 @@ import train_step as train_step_benchmark  # pylint: disable=g-import-not-at-top
 def main(argv):
   del argv
   sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-  from vljepa_jax import host_memory  # pylint: disable=g-import-not-at-top
-  retained = host_memory.retain_freed_memory(flags.FLAGS.host_memory)  # before any backend starts
+  host_memory_note = train_step_benchmark._retain_host_memory()  # pylint: disable=protected-access
   import jax  # pylint: disable=g-import-not-at-top
-  from vljepa_jax.data import global_batch  # pylint: disable=g-import-not-at-top
   from vljepa_jax.models import attention as attention_lib  # pylint: disable=g-import-not-at-top
-  from vljepa_jax.train import train_step  # pylint: disable=g-import-not-at-top
 
-  print(train_step_benchmark._machine_line() + f", host memory {'retained' if retained else 'system malloc'}")  # pylint: disable=protected-access
+  print(train_step_benchmark._machine_line() + host_memory_note)  # pylint: disable=protected-access
   default_threshold = attention_lib._MIN_SLICED_WORK  # pylint: disable=protected-access
   for spec in flags.FLAGS.configs:
     config = train_step_benchmark._override(train_step_benchmark._load_config(spec))  # pylint: disable=protected-access
@@ -40,9 +37,8 @@ def main(argv):
     with tempfile.TemporaryDirectory() as workdir:
       for variant, threshold in (("sliced", default_threshold), ("whole", float("inf"))):
         attention_lib._MIN_SLICED_WORK = threshold  # pylint: disable=protected-access
-        stage, stage_config = train_step_benchmark._stage(config, os.path.join(workdir, variant))  # pylint: disable=protected-access
-        host = next(stage.make_iterator())
-        batch = global_batch.to_global_batch({k: host[k] for k in train_step.MODEL_INPUTS}, stage.mesh)
+        stage, stage_config, _, batch = train_step_benchmark._stage_and_batch(  # pylint: disable=protected-access
+            config, os.path.join(workdir, variant))
         holder = {"state": stage.init_state(None)}
         start = time.perf_counter()
         with jax.set_mesh(stage.mesh):

@@ -153,19 +153,12 @@ def profile_torch(twin, host, steps: int, top: int) -> float:
 
 def main(argv):
   del argv
-  from vljepa_jax import host_memory  # pylint: disable=g-import-not-at-top
-  from vljepa_jax.data import global_batch  # pylint: disable=g-import-not-at-top
-  from vljepa_jax.train import train_step  # pylint: disable=g-import-not-at-top
-
-  retained = host_memory.retain_freed_memory(flags.FLAGS.host_memory)  # before any backend starts
-  print(train_step_benchmark._machine_line() + f", host memory {'retained' if retained else 'system malloc'}")  # pylint: disable=protected-access
+  host_memory_note = train_step_benchmark._retain_host_memory()  # pylint: disable=protected-access
+  print(train_step_benchmark._machine_line() + host_memory_note)  # pylint: disable=protected-access
   config = train_step_benchmark._load_config(_CONFIG.value)  # pylint: disable=protected-access
   config = train_step_benchmark._override(config)  # pylint: disable=protected-access
   with tempfile.TemporaryDirectory() as workdir:
-    stage, stage_config = train_step_benchmark._stage(config, workdir)  # pylint: disable=protected-access
-    host = next(stage.make_iterator())
-    host = {k: host[k] for k in train_step.MODEL_INPUTS}
-    batch = global_batch.to_global_batch(host, stage.mesh)
+    stage, stage_config, host, batch = train_step_benchmark._stage_and_batch(config, workdir)  # pylint: disable=protected-access
     print(f"config {_CONFIG.value}, batch {stage_config.batch_size}, dtype {stage_config.dtype}")
     steps = max(1, min(flags.FLAGS.steps, 5))
     profile_jax(stage, batch, steps, _TOP.value)

@@ -40,6 +40,8 @@ import time
 from absl import app
 from absl import flags
 
+from vljepa_jax import host_memory  # no JAX import: the allocator is set before a backend starts
+
 _CONFIGS = flags.DEFINE_list("configs", ["configs/demo.py:video", "configs/small.py"], "Configs to time.")
 _STEPS = flags.DEFINE_integer("steps", 20, "Timed steps per config (per round with --compare_torch).")
 _DEVICES = flags.DEFINE_integer("devices", 1, "Virtual CPU devices for the timed configs (CPU only).")
@@ -53,7 +55,7 @@ _MATMUL = flags.DEFINE_integer("matmul_size", 2048, "N of the N x N x N float32 
                                "(0: skip).")
 _PEAK = flags.DEFINE_float("peak_tflops", None, "Device peak TFLOP/s for MFU (default: known accelerators, dense "
                            "bf16).")
-_HOST_MEMORY = flags.DEFINE_enum("host_memory", "auto", ["auto", "retain", "system"], "As the main job's flag "
+_HOST_MEMORY = flags.DEFINE_enum("host_memory", "auto", host_memory.MODES, "As the main job's flag "
                                   "(vljepa_jax/host_memory.py); one process, so the torch side runs with it too.")
 _AOT = flags.DEFINE_bool("aot_paper", False, "Only lower + compile the paper config at batch 24,000.")
 _AOT_DEVICES = flags.DEFINE_integer("aot_devices", 192, "Virtual devices for --aot_paper (the batch must divide by it).")
@@ -78,6 +80,22 @@ def _stage(config, workdir):
   setup = model_setup.build(config, cache_dir=workdir)
   mesh = sharding.make_mesh(dict(stage_config.mesh))
   return trainer.Stage(stage_config, name, setup, mesh, os.path.join(workdir, name)), stage_config
+
+
+def _stage_and_batch(config, workdir):
+  """The config's last stage, its config, and its pipeline's first batch (host arrays and on the mesh)."""
+  from vljepa_jax.data import global_batch  # pylint: disable=g-import-not-at-top
+  from vljepa_jax.train import train_step  # pylint: disable=g-import-not-at-top
+  stage, stage_config = _stage(config, workdir)
+  host = next(stage.make_iterator())
+  host = {k: host[k] for k in train_step.MODEL_INPUTS}
+  return stage, stage_config, host, global_batch.to_global_batch(host, stage.mesh)
+
+
+def _retain_host_memory() -> str:
+  """Applies `--host_memory` (before any backend starts); the machine line's note of the mode in effect."""
+  retained = host_memory.retain_freed_memory(_HOST_MEMORY.value)
+  return f", host memory {'retained' if retained else 'system malloc'}"
 
 
 def _trainable(stage) -> dict:
@@ -146,17 +164,11 @@ def time_config(spec: str, steps: int, compare_torch: bool = False) -> dict:
   """Times one config's JAX step (and, with `compare_torch`, its PyTorch twin in alternating rounds)."""
   import jax  # pylint: disable=g-import-not-at-top
   import tempfile  # pylint: disable=g-import-not-at-top
-  from vljepa_jax.data import global_batch  # pylint: disable=g-import-not-at-top
   from vljepa_jax.models import flops  # pylint: disable=g-import-not-at-top
-  from vljepa_jax.train import train_step  # pylint: disable=g-import-not-at-top
 
   config = _override(_load_config(spec))
   with tempfile.TemporaryDirectory() as workdir:
-    stage, stage_config = _stage(config, workdir)
-    iterator = stage.make_iterator()
-    host = next(iterator)
-    host = {k: host[k] for k in train_step.MODEL_INPUTS}
-    batch = global_batch.to_global_batch(host, stage.mesh)
+    stage, stage_config, host, batch = _stage_and_batch(config, workdir)
     state = stage.init_state(None)
     start = time.perf_counter()
     with jax.set_mesh(stage.mesh):
@@ -287,15 +299,14 @@ def aot_paper(num_devices: int, batch_size: int) -> None:
 
 def main(argv):
   del argv
-  from vljepa_jax import host_memory  # pylint: disable=g-import-not-at-top
-  retained = host_memory.retain_freed_memory(_HOST_MEMORY.value)  # before any backend starts, as main.py does
+  host_memory_note = _retain_host_memory()  # before any backend starts, as main.py does
   devices = _AOT_DEVICES.value if _AOT.value else _DEVICES.value
   if devices > 1:
     import jax  # pylint: disable=g-import-not-at-top
     jax.config.update("jax_num_cpu_devices", devices)
   import jax  # pylint: disable=g-import-not-at-top
   sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # torch_reference
-  print(_machine_line() + f", host memory {'retained' if retained else 'system malloc'}")
+  print(_machine_line() + host_memory_note)
   if _AOT.value:
     aot_paper(devices, _AOT_BATCH.value)
     return

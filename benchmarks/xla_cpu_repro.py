@@ -166,14 +166,10 @@ def step_products():
   import jax  # pylint: disable=g-import-not-at-top
   import numpy as np  # pylint: disable=g-import-not-at-top
   import torch  # pylint: disable=g-import-not-at-top
-  from vljepa_jax.data import global_batch  # pylint: disable=g-import-not-at-top
-  from vljepa_jax.train import train_step  # pylint: disable=g-import-not-at-top
 
   config = train_step_benchmark._override(train_step_benchmark._load_config(_STEP_CONFIG.value))  # pylint: disable=protected-access
   with tempfile.TemporaryDirectory() as workdir:
-    stage, stage_config = train_step_benchmark._stage(config, workdir)  # pylint: disable=protected-access
-    host = next(stage.make_iterator())
-    batch = global_batch.to_global_batch({k: host[k] for k in train_step.MODEL_INPUTS}, stage.mesh)
+    stage, stage_config, _, batch = train_step_benchmark._stage_and_batch(config, workdir)  # pylint: disable=protected-access
     with jax.set_mesh(stage.mesh):
       closed = jax.make_jaxpr(stage.step_fn.jitted)(stage.abstract_state, batch)
   products: dict = {}
@@ -221,11 +217,10 @@ def step_products():
 def main(argv):
   del argv
   sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-  from vljepa_jax import host_memory  # pylint: disable=g-import-not-at-top
-  host_memory.retain_freed_memory(flags.FLAGS.host_memory)  # before JAX's backend starts
+  host_memory_note = train_step_benchmark._retain_host_memory()  # pylint: disable=protected-access
   import jax  # pylint: disable=g-import-not-at-top
   import torch  # pylint: disable=g-import-not-at-top
-  print(f"cores available: {len(os.sched_getaffinity(0))}, torch threads {torch.get_num_threads()}, "
+  print(f"cores available: {len(os.sched_getaffinity(0))}{host_memory_note}, torch threads {torch.get_num_threads()}, "
         f"jax {jax.__version__} ({jax.devices()[0].device_kind}), torch {torch.__version__}")
   gemm_and_bmm(_PARTS.value)
   if "attention" in _PARTS.value:

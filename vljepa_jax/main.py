@@ -53,7 +53,7 @@ _PROCESS_ID = flags.DEFINE_integer("process_id", None, "This process's index (mu
 # Their warnings and errors still show; `--library_info` shows everything.
 _QUIET_LIBRARIES = ("/orbax/", "/grain/", "/jax/", "/jaxlib/", "/tensorstore/")
 _HOST_MEMORY = flags.DEFINE_enum(
-    "host_memory", "auto", ["auto", "retain", "system"],
+    "host_memory", "auto", host_memory.MODES,
     "How the C allocator treats the step's host buffers (vljepa_jax/host_memory.py): 'retain' keeps freed memory "
     "mapped so XLA:CPU's per-step temporaries are not page-faulted in again every step; 'auto' = 'retain' in a "
     "CPU-only process; 'system' leaves glibc's defaults.")

@@ -185,10 +185,10 @@ def cpu_batch_slices(batch: int, work: int) -> int:
   of them (`benchmarks/xla_cpu_repro.py`: 60 GFLOP/s at small's ViT shapes on 1 core and on 2;
   torch.bmm 115-130 on 2). Independent products, one per slice of the batch, are run concurrently by
   XLA's thunk executor. `configs/small.py`'s float32 step on 2 cores: 2.3-3.8% faster
-  (`benchmarks/cpu_attention_slices.py`; the demo's attention is too small to gain). Only outside a mesh of several devices (the main job's
-  single-device mesh, or none): across devices the batch is sharded and each device already runs
-  its own share, and slicing it would move data between them. GPUs and TPUs run one batched
-  product (or a kernel) as is.
+  (`benchmarks/cpu_attention_slices.py`; the demo's attention is too small to gain). Only outside
+  a mesh of several devices (the main job's single-device mesh, or none): across devices the batch
+  is sharded and each device already runs its own share, and slicing it would move data between
+  them. GPUs and TPUs run one batched product (or a kernel) as is.
   """
   if work < _MIN_SLICED_WORK or flash_lib.target_platform() != "cpu" or jax.sharding.get_abstract_mesh().size > 1:
     return 1
