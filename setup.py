@@ -32,15 +32,19 @@ setuptools.setup(
             "safetensors>=0.4,<1",
             # TFDS sources are tested offline with tfds.testing.mock_data; TensorFlow is not needed.
             "tensorflow-datasets>=4.9.10,<5",
-            # Independent readers/references: TensorBoard's event loader for our event writer,
+            # Independent readers/references: TensorBoard's event loader for our event files,
             # scikit-learn's top-k accuracy and Ward clustering for the ranking metrics and
             # selective decoding.
             "tensorboard>=2.21,<3",
             "scikit-learn>=1.9,<2",
             # CIDEr-D reference (its Cider scorer is pure Python; the Java tools it bundles are unused).
             "pycocoevalcap==1.2",
+            # The W&B logger is tested offline, read back from wandb's own run file.
+            "wandb>=0.31,<1",
         ],
         "torch": ["torch==2.13.0"],
         "tfds": ["tensorflow-datasets>=4.9.10,<5"],
+        # Weights & Biases logging (`config.wandb.project`); about 75 MB installed.
+        "wandb": ["wandb>=0.31,<1"],
     },
 )

@@ -12,7 +12,7 @@
 #   EXTRA_TRAIN_FLAGS="--peak_tflops=312" bash benchmarks/accelerator_suite.sh
 #
 # ATTENTION_FLAGS, TRAIN_FLAGS and DECODING_FLAGS replace each part's arguments (the tests run the
-# suite on CPU that way, at toy sizes).
+# suite on CPU that way, at toy sizes). PYTHON picks the interpreter (default: `python` on PATH).
 #
 # Each part has its own time limit (PART_TIMEOUT seconds, default 150), so one slow or failing part
 # cannot eat the others' time; a part that fails or times out is reported as such and the suite goes
@@ -21,7 +21,8 @@
 set -uo pipefail
 cd "$(dirname "$0")/.."
 PART_TIMEOUT=${PART_TIMEOUT:-150}
-device=$(python -c "import jax; print(jax.devices()[0].device_kind.replace(' ', '_'))" 2>/dev/null || echo unknown)
+PYTHON=${PYTHON:-python}
+device=$("$PYTHON" -c "import jax; print(jax.devices()[0].device_kind.replace(' ', '_'))" 2>/dev/null || echo unknown)
 out=${1:-benchmarks/results/accelerator_${device}_$(date +%Y%m%d_%H%M%S).md}
 mkdir -p "$(dirname "$out")"
 tmp=$(mktemp -d)
@@ -58,7 +59,7 @@ part() {  # part <title> <command...>: runs the command with a time limit, its o
   echo "$(date -u +%Y-%m-%dT%H:%M:%SZ), commit $(git rev-parse --short HEAD 2>/dev/null || echo unknown)"
   echo
   echo '```'
-  python - <<'EOF'
+  "$PYTHON" - <<'EOF'
 import platform, sys
 import jax
 devices = jax.devices()
@@ -73,14 +74,14 @@ EOF
 # Word splitting of the *_FLAGS variables is intended: each holds several flags.
 # shellcheck disable=SC2086
 part "Attention kernels (bf16, head dim 64)" \
-  python benchmarks/attention.py ${ATTENTION_FLAGS:---head_dims=64 --lengths=1024,2048,4096,8192 --repeats=5}
+  "$PYTHON" benchmarks/attention.py ${ATTENTION_FLAGS:---head_dims=64 --lengths=1024,2048,4096,8192 --repeats=5}
 # shellcheck disable=SC2086
 part "Train step: configs/small.py in bf16 (TFLOP/s, MFU)" \
-  python benchmarks/train_step.py ${TRAIN_FLAGS:---configs=configs/small.py --dtype=bfloat16 --steps=20 --matmul_size=0} \
+  "$PYTHON" benchmarks/train_step.py ${TRAIN_FLAGS:---configs=configs/small.py --dtype=bfloat16 --steps=20 --matmul_size=0} \
   ${EXTRA_TRAIN_FLAGS:-}
 # shellcheck disable=SC2086
 part "Y-decoder generation (KV cache, greedy and beam 4)" \
-  python benchmarks/decoding.py ${DECODING_FLAGS:---decoders=demo,paper --beams=1,4 --repeats=3}
+  "$PYTHON" benchmarks/decoding.py ${DECODING_FLAGS:---decoders=demo,paper --beams=1,4 --repeats=3}
 
 cp "$tmp/report.md" "$out"
 echo "report: $out" >&2

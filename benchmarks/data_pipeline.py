@@ -177,6 +177,7 @@ def _train_step_rates(batch_size: int, num_steps: int, tokenizer) -> tuple[float
   from vljepa_jax.data import global_batch  # pylint: disable=g-import-not-at-top
   from vljepa_jax.models import params as params_lib  # pylint: disable=g-import-not-at-top
   from vljepa_jax.models import vljepa  # pylint: disable=g-import-not-at-top
+  from vljepa_jax.objectives import contrastive  # pylint: disable=g-import-not-at-top
   from vljepa_jax.train import train_step  # pylint: disable=g-import-not-at-top
 
   if tokenizer is None:
@@ -185,7 +186,7 @@ def _train_step_rates(batch_size: int, num_steps: int, tokenizer) -> tuple[float
   vocab = tokenizer.vocab_size
   config = config.replace(
       x_encoder=config.x_encoder.replace(patch_size=8),
-      predictor=config.predictor.replace(llama=config.predictor.llama.replace(vocab_size=vocab)),
+      predictor=config.predictor.replace(backbone_config=config.predictor.backbone_config.replace(vocab_size=vocab)),
       y_encoder=config.y_encoder.replace(backbone_config=config.y_encoder.backbone_config.replace(vocab_size=vocab)))
   model = vljepa.VLJEPA(config)
   data_config = {"sources": [{"type": "shapes", "kind": "video", "image_size": 32, "num_frames": 8}],
@@ -209,7 +210,8 @@ def _train_step_rates(batch_size: int, num_steps: int, tokenizer) -> tuple[float
   tx = optax.adamw(1e-3)
   params = params_lib.unbox(model.init(jax.random.key(0), **train_step.model_inputs(batch))["params"])
   state = train_step.TrainState.create(params, tx)
-  step = train_step.jit_train_step(train_step.make_train_step(model, tx, losses.make_loss("infonce")))
+  objective = contrastive.Contrastive(losses.make_loss("infonce"))
+  step = train_step.jit_train_step(train_step.make_train_step(model, tx, objective))
 
   def timed(get_batch) -> float:
     nonlocal state

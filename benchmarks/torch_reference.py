@@ -62,12 +62,14 @@ from vljepa_jax.convert import source as source_lib
 from vljepa_jax.data import media
 from vljepa_jax.models import params as params_lib
 from vljepa_jax.models import vljepa
+from vljepa_jax.objectives import base as objectives_base
+from vljepa_jax.objectives import registry as objectives_registry
 from vljepa_jax.train import model_setup
 from vljepa_jax.train import optimizer as optimizer_lib
 from vljepa_jax.train import train_step as train_step_lib
 
 MODEL_INPUTS = train_step_lib.MODEL_INPUTS
-LOSS_PARAMS = train_step_lib.LOSS_PARAMS
+OBJECTIVE_PARAMS = objectives_base.OBJECTIVE_PARAMS
 # Towers of the contrastive step, in our parameter tree; the Y-decoder is not one of them.
 TOWERS = ("x_encoder", "predictor", "y_encoder", "y_head")
 _HF_ACTIVATIONS = {"gelu": "gelu", "gelu_tanh": "gelu_pytorch_tanh"}
@@ -86,7 +88,8 @@ def architecture(stage_config: Any) -> vljepa.VLJEPAConfig:
   """
   init = {k: v for k, v in stage_config.init.items() if k in model_setup.TOWERS and v}
   minilm = init.pop("y_encoder") if init.get("y_encoder") == model_setup.MINILM else None
-  checkpoints = model_setup.resolve_checkpoints(init, cache_dir="")  # no "minilm" left: no conversion
+  checkpoints = model_setup.resolve_checkpoints(  # no "minilm" left: no conversion
+      init, cache_dir="", predictor_backbone=stage_config.model.predictor.backbone)
   config = model_setup.model_config(stage_config.model, checkpoints, dtype="float32", param_dtype="float32",
                                     remat="none")
   source = model_setup.minilm_path() if minilm else None
@@ -105,11 +108,10 @@ def _example_inputs(stage_config: Any) -> list[jax.ShapeDtypeStruct]:
 
 
 def _abstract_params(stage_config: Any, arch: vljepa.VLJEPAConfig) -> dict:
-  """Our full parameter tree (Y-decoder included, as the optimizer's rules see it), plus the loss's."""
+  """Our full parameter tree (Y-decoder included, as the optimizer's rules see it), plus the objective's."""
   abstract = params_lib.abstract_params(vljepa.VLJEPA(arch), *_example_inputs(stage_config))
-  if stage_config.loss.learnable_temperature:
-    abstract = {**abstract, LOSS_PARAMS: {losses_lib.LOG_TEMPERATURE: jax.ShapeDtypeStruct((), jnp.float32)}}
-  return abstract
+  objective_params = jax.eval_shape(objectives_registry.make_objective(stage_config).init_params)
+  return objectives_base.with_objective_params(abstract, objective_params)
 
 
 def _stage_lr_rules(stage_config: Any, abstract: Mapping[str, Any]) -> tuple[tuple[str, float], ...]:
@@ -255,9 +257,11 @@ class Predictor(nn.Module):
 
   def __init__(self, cfg, attn: str):
     super().__init__()
-    self.vision_proj = nn.Linear(cfg.vision_dim, cfg.llama.hidden_size)
-    self.llama = transformers.LlamaModel(_llama_config(cfg.llama, attn))
-    self.head = nn.Linear(cfg.llama.hidden_size, cfg.embed_dim)
+    if cfg.backbone != "llama":
+      raise ValueError(f"predictor.backbone={cfg.backbone!r}: the torch twin has 'llama' only")
+    self.vision_proj = nn.Linear(cfg.vision_dim, cfg.hidden_size)
+    self.llama = transformers.LlamaModel(_llama_config(cfg.backbone_config, attn))
+    self.head = nn.Linear(cfg.hidden_size, cfg.embed_dim)
     self.causal, self.pool = cfg.causal, cfg.pool
 
   def forward(self, visual: torch.Tensor, query_ids: torch.Tensor, query_mask: torch.Tensor) -> torch.Tensor:
@@ -302,7 +306,7 @@ class YEncoder(nn.Module):
 
 
 class InfoNCE(nn.Module):
-  """The loss, holding `log_temperature` when it is learnable (our `params["loss"]`)."""
+  """The loss, holding `log_temperature` when it is learnable (our `params["objective"]`)."""
 
   def __init__(self, temperature: float, learnable: bool):
     super().__init__()
@@ -373,7 +377,7 @@ def _towers(model: VLJEPA, arch: vljepa.VLJEPAConfig) -> list[tuple[str, dict[st
       ("x_encoder", names(model.x_encoder, "x_encoder.", lambda n: "encoder." + n),
        convert.family_module("vjepa2").rules(arch.x_encoder)),
       ("predictor", names(model.predictor, "predictor."),
-       _prefixed(convert.family_module("llama").rules(arch.predictor.llama), r"llama\.", "llama/")
+       _prefixed(convert.family_module("llama").rules(arch.predictor.backbone_config), r"llama\.", "llama/")
        + mapping.linear_rules(r"vision_proj\.", "vision_proj") + mapping.linear_rules(r"head\.", "head")),
       ("y_encoder", names(model.y_encoder, "y_encoder.",
                           lambda n: re.sub(r"^dense\.(\d+)\.weight$", r"st_dense.\1.linear.weight",
@@ -382,7 +386,7 @@ def _towers(model: VLJEPA, arch: vljepa.VLJEPAConfig) -> list[tuple[str, dict[st
       ("y_head", names(model.y_head, "y_head."), head_rules),
   ]
   if model.loss.log_temperature is not None:
-    towers.append((LOSS_PARAMS, {losses_lib.LOG_TEMPERATURE: "loss.log_temperature"},
+    towers.append((OBJECTIVE_PARAMS, {losses_lib.LOG_TEMPERATURE: "loss.log_temperature"},
                    [mapping.Rule(losses_lib.LOG_TEMPERATURE, losses_lib.LOG_TEMPERATURE)]))
   return towers
 
@@ -534,7 +538,7 @@ class TorchStep:
       mask = (torch.arange(length)[None] < lengths).long()
       return torch.randint(1, vocab, (b, length), generator=gen) * mask, mask
 
-    query_ids, query_mask = text(data.query_length, self.arch.predictor.llama.vocab_size)
+    query_ids, query_mask = text(data.query_length, self.arch.predictor.backbone_config.vocab_size)
     target_ids, target_mask = text(data.target_length, self.arch.y_encoder.backbone_config.vocab_size)
     video = torch.randn(b, data.num_frames, data.crop_size, data.crop_size, 3, generator=gen)
     return {"video": video, "query_ids": query_ids, "query_mask": query_mask, "target_ids": target_ids,
@@ -680,7 +684,7 @@ def check_equivalence(stage_config: Any, jax_params: Mapping[str, Any] | None = 
   model_params = {k: v for k, v in jax_params.items() if k in TOWERS}
   with jax.default_matmul_precision("highest"):
     pred_j, target_j = model.apply({"params": model_params}, **inputs)
-    loss_j = float(loss_fn(pred_j, target_j, jax_params.get(LOSS_PARAMS)))
+    loss_j = float(loss_fn(pred_j, target_j, jax_params.get(OBJECTIVE_PARAMS)))
   return {"jax_loss": loss_j, "torch_loss": loss_t, "loss_abs_diff": abs(loss_j - loss_t),
           "pred_max_abs_diff": float(np.abs(np.asarray(pred_j) - pred_t.numpy()).max()),
           "target_max_abs_diff": float(np.abs(np.asarray(target_j) - target_t.numpy()).max()),

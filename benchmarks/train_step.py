@@ -254,11 +254,13 @@ def aot_paper(num_devices: int, batch_size: int) -> None:
   from vljepa_jax.data import global_batch  # pylint: disable=g-import-not-at-top
   from vljepa_jax.models import params as params_lib  # pylint: disable=g-import-not-at-top
   from vljepa_jax.models import vljepa  # pylint: disable=g-import-not-at-top
+  from vljepa_jax.objectives import contrastive  # pylint: disable=g-import-not-at-top
   from vljepa_jax.train import config_base, optimizer, sharding, train_step  # pylint: disable=g-import-not-at-top
 
   arch = vljepa.paper_config().with_dtypes("bfloat16", "float32")
   arch = arch.replace(x_encoder=arch.x_encoder.replace(remat=True),
-                      predictor=arch.predictor.replace(llama=arch.predictor.llama.replace(remat=True)),
+                      predictor=arch.predictor.replace(
+                          backbone_config=arch.predictor.backbone_config.replace(remat=True)),
                       y_encoder=arch.y_encoder.replace(
                           backbone_config=arch.y_encoder.backbone_config.replace(remat=True)))
   model = vljepa.VLJEPA(arch)
@@ -282,9 +284,9 @@ def aot_paper(num_devices: int, batch_size: int) -> None:
            "query_mask": jax.ShapeDtypeStruct((batch_size, lq), jnp.int32, sharding=bs),
            "target_ids": jax.ShapeDtypeStruct((batch_size, lt), jnp.int32, sharding=bs),
            "target_mask": jax.ShapeDtypeStruct((batch_size, lt), jnp.int32, sharding=bs)}
-  loss = losses.make_loss("infonce", temperature=0.07, mesh=mesh, chunk_size=1000)
+  objective = contrastive.Contrastive(losses.make_loss("infonce", temperature=0.07, mesh=mesh, chunk_size=1000))
   frozen = jax.tree.map(lambda m: m == 0.0, optimizer.lr_multipliers(abstract, config_base.PAPER_LR_RULES))
-  step = train_step.jit_train_step(train_step.make_train_step(model, tx, loss, rules=rules, frozen=frozen),
+  step = train_step.jit_train_step(train_step.make_train_step(model, tx, objective, rules=rules, frozen=frozen),
                                    mesh=mesh, state_shardings=state_shardings, batch_shardings=bs)
   start = time.perf_counter()
   with jax.set_mesh(mesh):

@@ -44,9 +44,9 @@ TEXT_LENGTH = 12  # captions are 4 to 9 words
 def _model() -> dict:
   tiny = vljepa.tiny_config()
   vit = tiny.x_encoder.replace(hidden_size=128, num_layers=4, num_heads=4, mlp_dim=256, patch_size=8)
-  llama = tiny.predictor.llama.replace(vocab_size=30522, hidden_size=128, intermediate_size=256, num_layers=4,
-                                       num_heads=4, num_kv_heads=2, head_dim=32)
-  predictor = tiny.predictor.replace(llama=llama, vision_dim=vit.hidden_size, embed_dim=256)
+  llama = tiny.predictor.backbone_config.replace(vocab_size=30522, hidden_size=128, intermediate_size=256,
+                                                 num_layers=4, num_heads=4, num_kv_heads=2, head_dim=32)
+  predictor = tiny.predictor.replace(backbone_config=llama, vision_dim=vit.hidden_size, embed_dim=256)
   # The fallback Y-encoder (used only without the MiniLM wheel), sized for the shapes vocabulary.
   bert = tiny.y_encoder.backbone_config.replace(vocab_size=256, hidden_size=128, num_layers=2,
                                                 intermediate_size=256)

@@ -17,9 +17,9 @@ def get_config(arg: str = ""):
   c = config_base.base_config()
   tiny = vljepa.tiny_config()
   vit = tiny.x_encoder.replace(hidden_size=384, num_layers=12, num_heads=6, mlp_dim=1536, patch_size=16)
-  llama = tiny.predictor.llama.replace(vocab_size=512, hidden_size=512, intermediate_size=1536, num_layers=6,
-                                       num_heads=8, num_kv_heads=2, head_dim=64)
-  predictor = tiny.predictor.replace(llama=llama, vision_dim=vit.hidden_size, embed_dim=512)
+  llama = tiny.predictor.backbone_config.replace(vocab_size=512, hidden_size=512, intermediate_size=1536,
+                                                 num_layers=6, num_heads=8, num_kv_heads=2, head_dim=64)
+  predictor = tiny.predictor.replace(backbone_config=llama, vision_dim=vit.hidden_size, embed_dim=512)
   y_encoder = tiny.y_encoder.replace(backbone_config=bert.PRESETS["minilm_l6"].replace(vocab_size=512))
   c.model = tiny.replace(x_encoder=vit, predictor=predictor, y_encoder=y_encoder, freeze_x_encoder=False).to_dict()
   c.tokenizers.query = "shapes"

@@ -1,7 +1,7 @@
 """VL-JEPA ablations (paper §4.8, Table 7): one axis changed on a short, cheap base run.
 
     python -m vljepa_jax.main --config=configs/vljepa_ablation.py:loss=l1 --workdir=$W/abl_loss_l1 \\
-        --config.init.x_encoder=$CKPT/vjepa2_vitl --config.init.predictor_llama=$CKPT/llama_l8_16 \\
+        --config.init.x_encoder=$CKPT/vjepa2_vitl --config.init.predictor=$CKPT/llama_l8_16 \\
         --config.init.y_encoder=$CKPT/embeddinggemma --config.data.sources.main.path=$DATA/plm_sft_mix
     python -m vljepa_jax.main --config=configs/vljepa_ablation.py:y_lr=0,causal=on ...
 
@@ -24,10 +24,10 @@ values are refused):
                               `y_encoder/.*` lr rule); 0 freezes it (no Adam state, no backward).
   layers=START:STOP           Table 7(d): predictor = Llama-3.2-1B source layers [START, STOP)
                               (8:16 is the paper's, also 0:2, 0:4, 0:8, 0:16; any 0 <= START <
-                              STOP <= 16 works). `init.predictor_llama` must be converted with the
+                              STOP <= 16 works). `init.predictor` must be converted with the
                               same `--layers START:STOP` (its architecture replaces the config's).
   llama_init=on|off           Table 7(d) "random init": off = a randomly initialised predictor.
-                              Do not pass `init.predictor_llama` then; the Llama tokenizer is
+                              Do not pass `init.predictor` then; the Llama tokenizer is
                               still needed, so pass the converted Llama folder as
                               `--config.tokenizers.query=$CKPT/llama_l8_16` (only its tokenizer
                               is read). Left "", it fails at start-up. The token-embedding table
@@ -159,7 +159,7 @@ def model(knobs: dict[str, Any]) -> vljepa.VLJEPAConfig:
   # The bidirectional predictor reads the source layers through `slice_layers`, which records
   # their provenance (source_layers) as a converted `--layers START:STOP` checkpoint does.
   layers = llama.PRESETS["llama3_2_1b"].slice_layers(*knobs["layers"]).replace(causal=False)
-  predictor = paper.predictor.replace(llama=layers, causal=knobs["causal"])
+  predictor = paper.predictor.replace(backbone_config=layers, causal=knobs["causal"])
   y_encoder = paper.y_encoder
   if knobs["y_encoder"] == "minilm":
     y_encoder = text_encoder.TextEncoderConfig(backbone="bert", backbone_config=bert.PRESETS["minilm_l6"],

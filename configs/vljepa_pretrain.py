@@ -1,7 +1,7 @@
 """VL-JEPA stage 1: caption pretraining, images then video (paper §3.2; VL-JEPA_BASE).
 
     python -m vljepa_jax.main --config=configs/vljepa_pretrain.py:image --workdir=$W/image_run \\
-        --config.init.x_encoder=$CKPT/vjepa2_vitl --config.init.predictor_llama=$CKPT/llama_l8_16 \\
+        --config.init.x_encoder=$CKPT/vjepa2_vitl --config.init.predictor=$CKPT/llama_l8_16 \\
         --config.init.y_encoder=$CKPT/embeddinggemma --config.data.sources.main.path=$DATA/datacomp_yfcc
     python -m vljepa_jax.main --config=configs/vljepa_pretrain.py:video8 --workdir=$W/video8_run \\
         --config.init.checkpoint=$W/image_run/image ...same init.* flags... \\
@@ -38,7 +38,7 @@ Pretrained towers (`config.init.*`, "" = random init) are folders written by the
     python -m vljepa_jax.convert --model vjepa2 --input vitl.pt --checkpoint_key target_encoder \\
         --output $CKPT/vjepa2_vitl                                           # init.x_encoder
     python -m vljepa_jax.convert --model llama --input Llama-3.2-1B --layers 8:16 \\
-        --output $CKPT/llama_l8_16                                           # init.predictor_llama
+        --output $CKPT/llama_l8_16                                           # init.predictor
     python -m vljepa_jax.convert --model embeddinggemma --input embeddinggemma-300m \\
         --output $CKPT/embeddinggemma                                        # init.y_encoder
 
@@ -106,10 +106,6 @@ PLACEHOLDER_SOURCE = {"type": "array_record", "path": ""}
 IMAGE_QUERY = "Describe the image."
 VIDEO_QUERY = "Describe the video."
 
-# Keys the trainer reads once per run from the top level (one model, mesh and pair of tokenizers
-# for every stage); stage overrides must not change them.
-RUN_LEVEL_KEYS = ("model", "init", "tokenizers", "mesh", "dtype", "param_dtype", "remat")
-
 
 def common() -> ml_collections.ConfigDict:
   """Settings every stage shares (unlocked); `stage_config` adds a stage's own."""
@@ -133,7 +129,7 @@ def common() -> ml_collections.ConfigDict:
   c.model.freeze_x_encoder = True  # the paper's X-encoder is frozen (also its lr rule is 0)
   # Converted checkpoints (module docstring); "" = random init. `checkpoint` is set per stage.
   c.init.x_encoder = ""
-  c.init.predictor_llama = ""
+  c.init.predictor = ""
   c.init.y_encoder = ""
   c.init.checkpoint = ""
   # Llama's tokenizer for queries, EmbeddingGemma's for targets (paper §3.1).
@@ -235,15 +231,13 @@ def set_stages(top: ml_collections.ConfigDict, top_dataset: str,
 
   `top` is the last stage's config; every other stage becomes its difference from `top`. A stage
   on another dataset than `top` always overrides the source path, so setting the top-level
-  `data.sources.main.path` can never point it at the wrong data.
+  `data.sources.main.path` can never point it at the wrong data. A difference in a run-level key
+  (one model, mesh and pair of tokenizers for every stage) fails in `stages.resolve`.
   """
   base = top.to_dict()
   overrides = {}
   for name, full, dataset in stages:
     override = diff(full.to_dict(), base)
-    bad = sorted(set(override) & set(RUN_LEVEL_KEYS))
-    if bad:
-      raise ValueError(f"stage {name!r} changes {bad}, which the trainer reads once per run from the top level")
     if dataset != top_dataset:
       sources = override.setdefault("data", {}).setdefault("sources", {})
       sources["main"] = {**sources.get("main", {}), "path": full.data.sources.main.path}

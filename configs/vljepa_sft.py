@@ -2,7 +2,7 @@
 
     python -m vljepa_jax.main --config=configs/vljepa_sft.py --workdir=$W/sft_run \\
         --config.init.checkpoint=$W/video32_run/video32 \\
-        --config.init.x_encoder=$CKPT/vjepa2_vitl --config.init.predictor_llama=$CKPT/llama_l8_16 \\
+        --config.init.x_encoder=$CKPT/vjepa2_vitl --config.init.predictor=$CKPT/llama_l8_16 \\
         --config.init.y_encoder=$CKPT/embeddinggemma --config.data.sources.main.path=$DATA/plm_sft_mix
 
 Starts from the pretrained model (VL-JEPA_BASE): `config.init.checkpoint` names the last

@@ -131,7 +131,8 @@ def check_paper_model(model: vljepa.VLJEPAConfig) -> None:
   assert model.embed_dim == 1536
   assert model.freeze_x_encoder
   assert (model.x_encoder.hidden_size, model.x_encoder.num_layers) == (1024, 24)  # ViT-L
-  llama = model.predictor.llama
+  llama = model.predictor.backbone_config
+  assert model.predictor.backbone == "llama"
   assert llama.num_layers == 8 and tuple(range(*llama.source_layers)) == tuple(range(8, 16))
   assert (llama.hidden_size, llama.vocab_size) == (2048, 128256)  # Llama-3.2-1B
   assert not model.predictor.causal
@@ -189,7 +190,7 @@ def check_pretrain_stage(name, stage, data, model):
   assert (stage.dtype, stage.param_dtype, stage.remat) == ("bfloat16", "float32", "full")
   assert stage.sharding_rules == "fsdp"
   assert (stage.tokenizers.query, stage.tokenizers.target) == ("predictor", "y_encoder")
-  assert dict(stage.init) == {"x_encoder": "", "predictor_llama": "", "y_encoder": "",
+  assert dict(stage.init) == {"x_encoder": "", "predictor": "", "y_encoder": "",
                               "checkpoint": stage.init.checkpoint}
   assert data.sources == ({"type": "array_record", "path": ""},)
   check_paper_model(model)
@@ -315,7 +316,8 @@ def test_ablation_builds(arg):
   assert stage.optimizer.schedule == "constant" and stage.optimizer.learning_rate == 5e-5
   assert data.text_mode == "auto"  # SFT-stage data
   assert model.embed_dim == 1536 and model.freeze_x_encoder
-  if tuple(model.predictor.llama.source_layers) in ((8, 16), (4, 12)):  # other slices: seconds each, same rules
+  # Other slices: seconds each, same rules.
+  if tuple(model.predictor.backbone_config.source_layers) in ((8, 16), (4, 12)):
     mults = multipliers(model, stage.optimizer.lr_rules)  # every rule matches a parameter
     assert group(mults, "x_encoder/") == {0.0}
 
@@ -337,8 +339,8 @@ ABLATION_CHANGES = {
     "y_lr=0": {"optimizer.lr_rules"},
     "y_lr=1": {"optimizer.lr_rules"},
     "layers=8:16": set(),
-    "layers=4:12": {"model.predictor.llama.source_layers"},
-    "layers=0:2": {"model.predictor.llama.source_layers", "model.predictor.llama.num_layers"},
+    "layers=4:12": {"model.predictor.backbone_config.source_layers"},
+    "layers=0:2": {"model.predictor.backbone_config.source_layers", "model.predictor.backbone_config.num_layers"},
     "llama_init=on": set(),
     "llama_init=off": {"tokenizers.query"},
     "causal=off": set(),
@@ -380,7 +382,7 @@ def test_ablation_y_lr(value):
                                            ("0:16", (0, 16)), ("4:12", (4, 12))])
 def test_ablation_layers(value, layers):
   _, _, model = build(load("vljepa_ablation", f"layers={value}"))["ablation"]
-  llama = model.predictor.llama
+  llama = model.predictor.backbone_config
   assert llama.num_layers == layers[1] - layers[0] and tuple(llama.source_layers) == layers
   assert (llama.hidden_size, llama.num_heads, llama.vocab_size) == (2048, 32, 128256)
   assert not model.predictor.causal
@@ -388,7 +390,7 @@ def test_ablation_layers(value, layers):
 
 def test_ablation_layers_parameters():
   stage, _, model = build(load("vljepa_ablation", "layers=4:12"))["ablation"]
-  assert tuple(range(*model.predictor.llama.source_layers)) == tuple(range(4, 12))
+  assert tuple(range(*model.predictor.backbone_config.source_layers)) == tuple(range(4, 12))
   tree = abstract_params(model)
   assert sum(k.startswith("layers_") for k in tree["predictor"]["llama"]) == 8
   check_paper_lr_rules(model, stage.optimizer.lr_rules)
@@ -398,7 +400,7 @@ def test_ablation_causal_and_init():
   _, _, model = build(load("vljepa_ablation", "causal=on"))["ablation"]
   assert model.predictor.causal
   off, _, _ = build(load("vljepa_ablation", "llama_init=off"))["ablation"]
-  assert off.init.predictor_llama == "" and off.tokenizers.query == ""  # the Llama tokenizer must be named
+  assert off.init.predictor == "" and off.tokenizers.query == ""  # the Llama tokenizer must be named
   on, _, _ = build(load("vljepa_ablation", "pretrain=on"))["ablation"]
   assert on.init.checkpoint.endswith("/video32")
 
@@ -441,7 +443,7 @@ def test_command_line_overrides():
   config = parse_flags(f"--config={CONFIGS}/vljepa_ablation.py:layers=4:12,causal=on",
                        "--config.data.sources.main.path=/data/sft", "--config.init.checkpoint=")
   assert config.data.sources.main.path == "/data/sft" and config.init.checkpoint == ""
-  assert tuple(config.model.predictor.llama.source_layers) == (4, 12) and config.model.predictor.causal
+  assert tuple(config.model.predictor.backbone_config.source_layers) == (4, 12) and config.model.predictor.causal
   config = parse_flags(f"--config={CONFIGS}/vljepa_sft.py", "--config.init.checkpoint=/w/pretrain/video32")
   assert config.init.checkpoint == "/w/pretrain/video32"
   with pytest.raises(AttributeError, match="path"):  # a misspelt key fails by name

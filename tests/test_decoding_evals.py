@@ -239,7 +239,10 @@ def test_decode_function_compiles_once_across_parameter_sets(setup, captioning_e
   for seed in (11, 12):  # two "checkpoints" whose decoders differ entirely
     params = _decoder_params(setup, predictions, _all_captions(items), seed=seed)
     _check_captions(setup, captioning_eval.run(params), setup.greedy(params, predictions), refs)
-  assert captioning_eval.decoder._decode._cache_size() == 1
+  # `TextDecoder` jits under a one-trace guard (`trace_guard`): the runs above traced it once, or they would have
+  # raised. And the guard is there: a batch of another size trips it.
+  with pytest.raises(AssertionError, match="traced > 1 times"):
+    captioning_eval.decoder._decode(params[captioning.DECODER_PARAMS], np.zeros((BATCH + 1, predictions.shape[1])))
 
 
 def test_decoding_needs_a_y_decoder(setup):

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 import tiny_eval_model
+import trace_checks
 from vljepa_jax.data import pipeline
 from vljepa_jax.data import shapes
 from vljepa_jax.eval import embedding
@@ -97,6 +98,7 @@ def test_classification_and_retrieval_match_a_per_sample_reference(setup):
 def test_embeddings_drop_padding_compile_once_and_match_when_sharded(setup):
   _, built, params, defaults = setup
   embedder, evaluators = _evaluators(built, defaults)
+  trace_checks.guard_embedder(embedder)  # two evaluators, two parameter sets: one trace of each function
   preds, _ = _reference_embeddings(built, params, defaults)
   got, info = embedder.visual_query(params, evaluators["cls"].batches())
   assert got.shape == preds.shape  # 21 rows from 3 batches of 8: the 3 padding rows are gone
@@ -106,8 +108,8 @@ def test_embeddings_drop_padding_compile_once_and_match_when_sharded(setup):
   for p in (params, other):
     for ev in evaluators.values():
       ev.run(p)
-  assert embedder._visual_query._cache_size() == 1
-  assert embedder._text._cache_size() == 1
+  trace_checks.assert_traced_once(embedder._visual_query)
+  trace_checks.assert_traced_once(embedder._text)
 
   mesh = sharding.make_mesh({"data": 2, "fsdp": 2, "tensor": 2})
   sharded_embedder, sharded = _evaluators(built, defaults, mesh=mesh)

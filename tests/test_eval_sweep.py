@@ -19,12 +19,14 @@ from PIL import Image
 import pytest
 
 import tiny_train_config
+import trace_checks
 from vljepa_jax.eval import embedding
 from vljepa_jax.eval import results as results_lib
 from vljepa_jax.models import vljepa
 from vljepa_jax.train import checkpointing
 from vljepa_jax.train import evaluation
 from vljepa_jax.train import model_setup
+from vljepa_jax.train import param_layout
 from vljepa_jax.train import sharding
 from vljepa_jax.train import stages
 from vljepa_jax.train import trainer
@@ -41,15 +43,7 @@ def _run_main(workdir, *flags):
 
 
 def _config(**overrides):
-  config = tiny_train_config.get_config("decoder")
-  with config.unlocked():
-    for key, value in overrides.items():
-      node = config
-      *path, last = key.split(".")
-      for name in path:
-        node = node[name]
-      node[last] = value
-  return config
+  return tiny_train_config.get_config_with("decoder", **overrides)
 
 
 @pytest.fixture(scope="module")
@@ -173,6 +167,7 @@ def test_sweep_matches_training_time_evaluation_and_compiles_once(trained, tmp_p
 
   def spy(self, *args, **kwargs):
     original(self, *args, **kwargs)
+    trace_checks.guard_embedder(self)  # every checkpoint of both stages: one trace of each function
     embedders.append(self)
 
   monkeypatch.setattr(embedding.Embedder, "__init__", spy)
@@ -185,12 +180,12 @@ def test_sweep_matches_training_time_evaluation_and_compiles_once(trained, tmp_p
         if isinstance(value, float):
           assert swept[step]["tasks"][task][name] == pytest.approx(value, abs=1e-6), (step, task, name)
   (embedder,) = embedders
-  assert embedder._visual_query._cache_size() == 1
-  assert embedder._text._cache_size() == 1
+  trace_checks.assert_traced_once(embedder._visual_query)
+  trace_checks.assert_traced_once(embedder._text)
 
   # The restored parameters really are the checkpoint's: the Y-decoder of decoder:2 differs from decoder:4.
-  layout = trainer.param_layout(stages.resolve(config)[1][1], model_setup.build(config, workdir),
-                                sharding.make_mesh(dict(config.mesh)))
+  layout = param_layout.param_layout(stages.resolve(config)[1][1], model_setup.build(config, workdir),
+                                    sharding.make_mesh(dict(config.mesh)))
   two, _ = checkpointing.restore_params(os.path.join(workdir, "decoder"), layout, step=2)
   four, _ = checkpointing.restore_params(os.path.join(workdir, "decoder"), layout, step=4)
   assert not np.array_equal(jax.device_get(two["y_decoder"]["lm_head"]["kernel"]),

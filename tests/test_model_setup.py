@@ -48,8 +48,9 @@ def test_bad_init_paths_and_vocabularies_fail_by_name(tmp_path):
     model_setup.build(_config(x_encoder=str(tmp_path / "minilm")), str(tmp_path))
   config = _config()
   with config.unlocked():
-    config.model.predictor.llama.vocab_size = 100  # the shapes tokenizer has 146 ids
-  with pytest.raises(ValueError, match=r"query tokenizer .* has 146 tokens but model.predictor.llama.vocab_size is 100"):
+    config.model.predictor.backbone_config.vocab_size = 100  # the shapes tokenizer has 146 ids
+  with pytest.raises(ValueError,
+                     match=r"query tokenizer .* has 146 tokens but model.predictor.backbone_config.vocab_size is 100"):
     model_setup.build(config, str(tmp_path))
   with config.unlocked():
     config.tokenizers.query = "/nowhere"

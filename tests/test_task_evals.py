@@ -16,6 +16,7 @@ import pytest
 from PIL import Image
 
 import tiny_eval_model
+import trace_checks
 from vljepa_jax.data import shapes
 from vljepa_jax.eval import embedding
 from vljepa_jax.eval import evaluator as evaluator_lib
@@ -376,12 +377,13 @@ def test_tot_rule_is_strict_on_controlled_embeddings(setup, tmp_path):
 
 def test_each_embedding_function_compiles_once_across_evaluators_and_checkpoints(setup, tmp_path):
   embedder = embedding.Embedder(setup.built.model, text_batch_size=16)
+  trace_checks.guard_embedder(embedder)
   data = {"sources": {"s": {"type": "shapes", "kind": "video", "size": 3, "seed": 2}}}
   evaluators = [setup.make("vqa", {"type": "vqa", "batch_size": BATCH, "data": data}, embedder),
                 setup.make("id", {"type": "inverse_dynamics", "batch_size": BATCH, "source": {"size": 3}}, embedder),
                 setup.make("hn", {"type": "hard_negatives", "size": 20}, embedder)]
   other = jax.tree.map(lambda p: p * 1.01, setup.params)  # a second checkpoint
   results = [[ev.run(p) for ev in evaluators] for p in (setup.params, other)]
-  assert embedder._visual_query._cache_size() == 1
-  assert embedder._text._cache_size() == 1
+  trace_checks.assert_traced_once(embedder._visual_query)
+  trace_checks.assert_traced_once(embedder._text)
   assert [r["num_samples"] for r in results[0]] == [3, 3, 20]

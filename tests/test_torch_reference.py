@@ -113,6 +113,7 @@ def test_accelerator_suite_writes_one_report(tmp_path):
   """The suite's plumbing on CPU at toy sizes: three parts, one markdown report, exit 0."""
   report = tmp_path / "report.md"
   proc = _run(["bash", "benchmarks/accelerator_suite.sh", str(report)], env={
+      "PYTHON": sys.executable,  # this interpreter, whatever `python` on PATH is
       "ATTENTION_FLAGS": "--impls=xla --head_dims=16 --lengths=32 --tokens=64 --width=32 --repeats=1",
       "TRAIN_FLAGS": f"--configs={TINY} --steps=1 --matmul_size=0 --batch_size=4",
       "DECODING_FLAGS": "--decoders=demo --beams=1 --batch=2 --new_tokens=2 --repeats=1"})

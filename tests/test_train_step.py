@@ -12,6 +12,7 @@ from vljepa_jax import losses
 from vljepa_jax.data import global_batch
 from vljepa_jax.models import params as params_lib
 from vljepa_jax.models import vljepa
+from vljepa_jax.objectives import contrastive
 from vljepa_jax.train import optimizer
 from vljepa_jax.train import sharding
 from vljepa_jax.train import train_step as train_step_lib
@@ -43,7 +44,8 @@ def _init(model, tx):
 
 
 def _run_single_device(model, tx, batches, **kwargs):
-  step = jax.jit(train_step_lib.make_train_step(model, tx, losses.make_loss("infonce", temperature=0.1), **kwargs))
+  objective = contrastive.Contrastive(losses.make_loss("infonce", temperature=0.1))
+  step = jax.jit(train_step_lib.make_train_step(model, tx, objective, **kwargs))
   state, history = _init(model, tx), []
   for batch in batches:
     state, metrics = step(state, {k: jnp.asarray(v) for k, v in batch.items()})
@@ -89,9 +91,9 @@ def test_sharded_steps_equal_single_device_steps(attention_impl):
   state_shardings = sharding.train_state_shardings(tx, abstract_state, param_shardings, mesh)
   state = jax.jit(lambda p: train_step_lib.TrainState.create(p, tx), out_shardings=state_shardings)(
       jax.device_put(_init(model, tx).params, param_shardings))
-  loss_fn = losses.make_loss("infonce", temperature=0.1, mesh=mesh)
+  objective = contrastive.Contrastive(losses.make_loss("infonce", temperature=0.1, mesh=mesh))
   sharded_model = vljepa.VLJEPA(model.config.replace(attention_impl=attention_impl))
-  step_fn = train_step_lib.make_train_step(sharded_model, tx, loss_fn, rules=rules)
+  step_fn = train_step_lib.make_train_step(sharded_model, tx, objective, rules=rules)
   step = train_step_lib.jit_train_step(step_fn, mesh=mesh, state_shardings=state_shardings,
                                        batch_shardings=global_batch.batch_sharding(mesh))
   if attention_impl == "pallas":
@@ -138,7 +140,7 @@ def test_gradcache_microbatches_equal_the_full_batch_gradient():
 
 def test_non_finite_steps_are_skipped_and_counted():
   model, tx = _model(), optax.adam(1e-3)
-  step = jax.jit(train_step_lib.make_train_step(model, tx, losses.make_loss("infonce")))
+  step = jax.jit(train_step_lib.make_train_step(model, tx, contrastive.Contrastive(losses.make_loss("infonce"))))
   state = _init(model, tx)
   before = jax.tree.map(np.asarray, state.params)
   bad = {k: jnp.asarray(v) for k, v in _batch(1).items()}
@@ -157,7 +159,7 @@ def test_non_finite_steps_are_skipped_and_counted():
 def test_train_step_compiles_once_and_donates_the_state():
   model, tx = _model(), optax.adam(1e-3)
   traces = []
-  inner = train_step_lib.make_train_step(model, tx, losses.make_loss("infonce"))
+  inner = train_step_lib.make_train_step(model, tx, contrastive.Contrastive(losses.make_loss("infonce")))
 
   def counted(state, batch):
     traces.append(1)
@@ -182,8 +184,9 @@ def test_frozen_towers_are_stop_gradient_and_the_rest_trains_as_without_the_mask
   masked_tx = optax.multi_transform({"train": optax.sgd(0.1), "frozen": optax.set_to_zero()}, labels)
   batch = {k: jnp.asarray(v) for k, v in _batch(7).items()}
   runs = []
+  objective = contrastive.Contrastive(losses.make_loss("infonce"))
   for mask in (None, frozen):
-    step = jax.jit(train_step_lib.make_train_step(model, masked_tx, losses.make_loss("infonce"), frozen=mask))
+    step = jax.jit(train_step_lib.make_train_step(model, masked_tx, objective, frozen=mask))
     state, metrics = step(train_step_lib.TrainState.create(jax.tree.map(jnp.copy, params), masked_tx), batch)
     runs.append((jax.device_get(state.params), float(metrics["loss"])))
   (plain, plain_loss), (masked, masked_loss) = runs
@@ -193,8 +196,7 @@ def test_frozen_towers_are_stop_gradient_and_the_rest_trains_as_without_the_mask
   jax.tree.map(np.testing.assert_array_equal, masked["y_encoder"], jax.device_get(params["y_encoder"]))
   assert not np.array_equal(masked["y_head"]["kernel"], np.asarray(params["y_head"]["kernel"]))
   # And the frozen tower's backward pass is gone from the compiled step: fewer FLOPs.
-  cost = lambda mask: jax.jit(train_step_lib.make_train_step(model, masked_tx, losses.make_loss("infonce"),
-                                                              frozen=mask)).lower(
+  cost = lambda mask: jax.jit(train_step_lib.make_train_step(model, masked_tx, objective, frozen=mask)).lower(
       train_step_lib.TrainState.create(params, masked_tx), batch).compile().cost_analysis()
   flops = [c[0]["flops"] if isinstance(c, (list, tuple)) else c["flops"] for c in (cost(None), cost(frozen))]
   assert flops[1] < 0.95 * flops[0], flops

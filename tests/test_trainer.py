@@ -2,10 +2,16 @@
 corrupt-checkpoint fallback, the non-finite stop, stages, logs, and a 2-process run.
 
 The reference for every resumed or multi-process run is an uninterrupted single-process run of
-the same config: losses must match it bit for bit (resume) or to 1e-5 (other process layouts).
+the same config: losses must match it bit for bit (resume: the same compiled step on the same
+machine) or to 1e-5 (other process layouts compile other programs).
+
+The signal tests signal a run far longer than the reference only once a given step is logged, so
+the run is still going whenever the signal lands; the constant learning rate makes `total_steps`
+no part of the step, so the long run computes the reference's steps.
 """
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -24,6 +30,7 @@ from vljepa_jax.train import trainer
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIG = os.path.join(REPO, "tests", "tiny_train_config.py")
+LONG = 10**6  # steps of a run that only a signal ends
 
 
 def _main(workdir, *overrides, env=None, config=CONFIG, **popen):
@@ -70,13 +77,17 @@ def _safe_metrics(path):
   return out
 
 
+def _uninterrupted_losses(workdir, *overrides):
+  rc, out = _run_main(workdir, *overrides)
+  assert rc == 0, out
+  return _losses(workdir)
+
+
 @pytest.fixture(scope="module")
 def reference(tmp_path_factory):
   """An uninterrupted 8-step run: the losses every other layout must reproduce."""
   workdir = str(tmp_path_factory.mktemp("reference"))
-  rc, out = _run_main(workdir)
-  assert rc == 0, out
-  return workdir, _losses(workdir)
+  return workdir, _uninterrupted_losses(workdir)
 
 
 def test_unknown_or_mistyped_config_keys_fail_before_compiling(tmp_path):
@@ -128,11 +139,18 @@ def test_run_writes_logs_checkpoints_and_learns(reference):
 def test_sigkill_then_rerun_reproduces_the_losses_bit_for_bit(reference, tmp_path):
   _, expected = reference
   workdir = str(tmp_path)
-  proc = _main(workdir)
+  proc = _main(workdir, f"--config.total_steps={LONG}", f"--config.keep_checkpoints={LONG}")
   _wait_for_step(os.path.join(workdir, "train", "metrics.jsonl"), 5, proc)
   proc.send_signal(signal.SIGKILL)
   proc.wait()
-  rc, out = _run_main(workdir)
+  # A kill that landed after step 8 left checkpoints (whole or torn) at or past the reference's end: without
+  # them the resume starts from the checkpoint an earlier kill would have left (all are kept), within the reference.
+  ckpt_dir = os.path.join(workdir, "train", "checkpoints")
+  for name in os.listdir(ckpt_dir):
+    step = name.split(".")[0]
+    if step.isdigit() and int(step) >= 8:
+      shutil.rmtree(os.path.join(ckpt_dir, name))
+  rc, out = _run_main(workdir)  # to the reference's 8 steps
   assert rc == 0, out
   assert "resuming at step" in out
   assert _losses(workdir) == expected  # exact float equality, every step
@@ -140,18 +158,23 @@ def test_sigkill_then_rerun_reproduces_the_losses_bit_for_bit(reference, tmp_pat
 
 def test_sigterm_saves_a_checkpoint_and_exits_143(reference, tmp_path):
   _, expected = reference
-  workdir = str(tmp_path)
-  proc = _main(workdir, "--config.checkpoint_every=100")  # only the SIGTERM save can make a checkpoint
+  workdir = str(tmp_path / "run")
+  # No periodic checkpoints: the only one there can be is SIGTERM's.
+  proc = _main(workdir, f"--config.total_steps={LONG}", f"--config.checkpoint_every={LONG}")
   _wait_for_step(os.path.join(workdir, "train", "metrics.jsonl"), 3, proc)
   proc.send_signal(signal.SIGTERM)
   out, _ = proc.communicate(timeout=120)
   assert proc.returncode == trainer.PREEMPTED_EXIT_CODE, out
   saved = [int(s) for s in os.listdir(os.path.join(workdir, "train", "checkpoints")) if s.isdigit()]
-  assert len(saved) == 1 and 3 <= saved[0] < 8, saved
-  assert f"saved a checkpoint at step {saved[0]}" in out
-  rc, out = _run_main(workdir, "--config.checkpoint_every=100")
+  last = max(_losses(workdir))
+  assert saved == [last] and last >= 3, (saved, last)  # the step in flight finished, was logged and saved
+  assert f"saved a checkpoint at step {last}" in out
+  final = max(8, last + 1)
+  rc, out = _run_main(workdir, f"--config.total_steps={final}")
   assert rc == 0, out
-  assert f"resuming at step {saved[0]}" in out
+  assert f"resuming at step {last}" in out
+  if final > 8:  # the signal landed after step 7: the reference does not reach the resumed steps
+    expected = _uninterrupted_losses(str(tmp_path / "reference"), f"--config.total_steps={final}")
   assert _losses(workdir) == expected
 
 
@@ -194,7 +217,7 @@ def test_non_finite_steps_stop_the_run_and_keep_the_last_good_params(tmp_path, m
     good, _ = ckpt.restore(4, stage.abstract_state, None)
   good = jax.device_get(good.params)
 
-  monkeypatch.setattr(trainer.losses.Loss, "__call__", lambda self, p, t, lp=None: (p * np.nan).sum() + t.sum())
+  monkeypatch.setattr("vljepa_jax.losses.Loss.__call__", lambda self, p, t, lp=None: (p * np.nan).sum() + t.sum())
   with config.unlocked():
     config.total_steps = 20
     config.max_nonfinite_steps = 3
@@ -211,11 +234,11 @@ def test_non_finite_steps_stop_the_run_and_keep_the_last_good_params(tmp_path, m
 
 def test_two_stages_chain_and_a_finished_run_is_not_repeated(tmp_path):
   workdir = str(tmp_path)
-  rc, out = _run_main(workdir, "--config.total_steps=3", config=CONFIG + ":two_stage")
+  rc, out = _run_main(workdir, "--config.stages.video.total_steps=3", config=CONFIG + ":two_stage")
   assert rc == 0, out
   assert _metrics(os.path.join(workdir, "image", "metrics.jsonl"))[-1]["step"] == 4
   assert _metrics(os.path.join(workdir, "video", "metrics.jsonl"))[-1]["step"] == 3
-  rc, out = _run_main(workdir, "--config.total_steps=3", config=CONFIG + ":two_stage")
+  rc, out = _run_main(workdir, "--config.stages.video.total_steps=3", config=CONFIG + ":two_stage")
   assert rc == 0, out
   assert "[image] already complete at step 4/4" in out and "[video] already complete at step 3/3" in out
 
@@ -228,7 +251,13 @@ def test_compiles_the_train_step_once(tmp_path):
   mesh = trainer.sharding.make_mesh({"data": 2, "fsdp": 2, "tensor": 2})
   stage = trainer.Stage(stages.resolve(config)[0][1], "train", setup, mesh, str(tmp_path / "train"))
   stage.train()
-  assert stage.step_fn.jitted._cache_size() == 1
+  # The step is jitted under a one-trace guard (`trace_guard`): 5 steps traced it once, or `train` would have
+  # raised. And the guard is there: a batch of another size, which must retrace the step, trips it.
+  batch = next(stage.make_iterator())
+  half = {k: jax.ShapeDtypeStruct((4,) + batch[k].shape[1:], batch[k].dtype)
+          for k in trainer.train_step_lib.MODEL_INPUTS}
+  with jax.set_mesh(mesh), pytest.raises(AssertionError, match="traced > 1 times"):
+    jax.eval_shape(stage.step_fn.jitted, stage.abstract_state, half)
 
 
 def test_two_processes_give_the_losses_of_one(reference, tmp_path):

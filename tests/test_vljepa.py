@@ -17,7 +17,7 @@ def _batch(cfg, batch=2, frames=2, q_len=6, t_len=5, seed=0):
   rng = np.random.default_rng(seed)
   size = 2 * cfg.x_encoder.patch_size
   video = rng.normal(size=(batch, frames, size, size, 3)).astype(np.float32)
-  q_ids = rng.integers(1, cfg.predictor.llama.vocab_size, size=(batch, q_len)).astype(np.int32)
+  q_ids = rng.integers(1, cfg.predictor.backbone_config.vocab_size, size=(batch, q_len)).astype(np.int32)
   q_mask = np.ones_like(q_ids)
   q_mask[1, 3:] = 0
   t_ids = rng.integers(1, cfg.y_encoder.backbone_config.vocab_size, size=(batch, t_len)).astype(np.int32)
@@ -49,7 +49,8 @@ def test_predictor_matches_pytorch_reference(tmp_path):
   _, llama_cfg = convert.load_config(str(tmp_path / "out"))
 
   for pool in ("all", "query"):
-    cfg = predictor_lib.PredictorConfig(llama=llama_cfg.replace(causal=False), vision_dim=12, embed_dim=8, pool=pool)
+    cfg = predictor_lib.PredictorConfig(backbone="llama", backbone_config=llama_cfg.replace(causal=False),
+                                        vision_dim=12, embed_dim=8, pool=pool)
     model = predictor_lib.Predictor(cfg)
     rng = np.random.default_rng(1)
     visual = rng.normal(size=(2, 5, 12)).astype(np.float32)

@@ -403,8 +403,9 @@ def test_generate_compiles_once_per_shape():
     tokens, _ = generate_lib.generate(decoder, params, jnp.asarray(_conditions(2, seed, 32)),
                                       length_penalty=length_penalty, **kw)
     assert tokens.shape == (2, 3)
+  # One trace, so one jitted function served both calls (the memo). `generator` carries no one-trace guard: its
+  # contract is one trace per batch size, as below.
   assert len(_TRACES) == 1
-  assert generate_lib.generator(decoder, **kw)._cache_size() == 1
   generate_lib.generate(decoder, params, jnp.asarray(_conditions(3, 2, 32)), **kw)  # a new batch size compiles
   assert len(_TRACES) == 2
 

@@ -19,9 +19,9 @@ def get_config(arg: str = ""):
   c = config_base.base_config()
   tiny = vljepa.tiny_config()
   vit = tiny.x_encoder.replace(patch_size=8)
-  llama = tiny.predictor.llama.replace(vocab_size=160)
+  llama = tiny.predictor.backbone_config.replace(vocab_size=160)
   bert = tiny.y_encoder.backbone_config.replace(vocab_size=160)
-  c.model = tiny.replace(x_encoder=vit, predictor=tiny.predictor.replace(llama=llama), freeze_x_encoder=False,
+  c.model = tiny.replace(x_encoder=vit, predictor=tiny.predictor.replace(backbone_config=llama), freeze_x_encoder=False,
                          y_encoder=tiny.y_encoder.replace(backbone_config=bert)).to_dict()
   c.dtype = "float32"
   c.tokenizers.query = "shapes"
@@ -54,3 +54,16 @@ def get_config(arg: str = ""):
   elif arg:
     raise ValueError(f"tests/tiny_train_config.py:{arg}: expected '', 'two_stage' or 'decoder'")
   return config_base.finalize(c)
+
+
+def get_config_with(arg: str = "", **overrides):
+  """`get_config(arg)` with dotted keys set, e.g. `get_config_with(**{"loss.learnable_temperature": True})`."""
+  config = get_config(arg)
+  with config.unlocked():
+    for key, value in overrides.items():
+      node = config
+      *path, last = key.split(".")
+      for name in path:
+        node = node[name]
+      node[last] = value
+  return config

@@ -148,8 +148,8 @@ class Loss:
   """`loss(pred, target, loss_params) -> scalar` chosen by config name.
 
   `init_params()` is the loss's own trainable parameters: `{"log_temperature": log(tau)}` for
-  InfoNCE with `learnable_temperature=True`, else `{}`. The train step keeps them beside the
-  model's parameters (under `params["loss"]`) so the optimizer updates them like any weight.
+  InfoNCE with `learnable_temperature=True`, else `{}`. The contrastive objective keeps them beside
+  the model's parameters (at `params["objective"]`) so the optimizer updates them like any weight.
   Only InfoNCE couples rows, so only it takes a mesh.
   """
 

@@ -6,7 +6,11 @@
         --config.init.x_encoder=/ckpt/vitl --config.batch_size=24000
 
 Configs are Python files with `get_config(arg)` (ml_collections); `--config.KEY=VALUE` overrides
-any key, and an unknown key or a value of the wrong type fails before anything is compiled.
+any key and `--config.stages.STAGE.KEY=VALUE` that key in one stage only, even one the stage's dict
+does not set yet. Every override takes effect or the command fails before anything is compiled,
+with exit status 2 and one line naming the flag that would work: an unknown key, a value of the
+wrong type, a per-stage run-level key (`stages.RUN_LEVEL_KEYS`: one model, mesh and pair of
+tokenizers for every stage) or a top-level override that a stage would override again.
 Re-running the same command on the same workdir resumes from the newest checkpoint.
 
 `--mode=eval` evaluates every saved checkpoint of the workdir (or `--eval_steps`) with the
@@ -23,6 +27,7 @@ from __future__ import annotations
 import logging as std_logging
 import os
 import sys
+from typing import NoReturn
 
 from absl import app
 from absl import flags
@@ -31,10 +36,16 @@ import jax
 from ml_collections import config_flags
 
 from vljepa_jax import host_memory
+from vljepa_jax.train import overrides as overrides_lib
+from vljepa_jax.train import stages as stages_lib
 
+# The command line the config flag reads its overrides from: `parse_flags` fills it with the real one
+# less the per-stage overrides, which it applies itself (ml_collections only sets keys that exist).
+_CONFIG_ARGV: list[str] = []
 _CONFIG = config_flags.DEFINE_config_file(
     "config", None, "Experiment config: path/to/config.py[:ARG], e.g. configs/demo.py or "
-    "configs/vljepa_pretrain.py:video8. Override keys with --config.KEY=VALUE.", lock_config=True)
+    "configs/vljepa_pretrain.py:video8. Override keys with --config.KEY=VALUE, one stage's with "
+    "--config.stages.STAGE.KEY=VALUE.", lock_config=True, sys_argv=_CONFIG_ARGV)
 _WORKDIR = flags.DEFINE_string("workdir", None, "Where checkpoints, metrics.jsonl, TensorBoard files and "
                                "eval_results.json go. Re-running with the same workdir resumes.")
 _MODE = flags.DEFINE_enum("mode", "train", ["train", "eval"],
@@ -98,6 +109,44 @@ def _eval_steps() -> list[int] | None:
     raise app.UsageError(f"--eval_steps={','.join(_EVAL_STEPS.value)}: expected integers (global steps)") from None
 
 
+def _fail(message: str) -> NoReturn:
+  """Exits with status 2 and the message on one line (the last line of a wrapped traceback)."""
+  lines = [line.strip() for line in message.splitlines() if line.strip()]
+  text = lines[-1] if "Traceback (most recent call last)" in message else " ".join(lines)
+  print(f"error: {text}", file=sys.stderr)
+  sys.exit(2)
+
+
+def parse_flags(argv: list[str]) -> list[str]:
+  """absl's flag parsing, with every `--config.*` override either taking effect or failing here.
+
+  Failing means exit status 2 and one line naming the flag that would work, before anything is
+  built: see the module docstring and `stages.check_overrides`.
+  """
+  argv = flags.FLAGS.read_flags_from_files(argv, force_gnu=False)
+  stage_args = [arg for arg in argv[1:] if overrides_lib.STAGE_OVERRIDE.match(arg)]
+  _CONFIG_ARGV[:] = [argv[0]] + [arg for arg in argv[1:] if not overrides_lib.STAGE_OVERRIDE.match(arg)]
+  try:
+    remaining = flags.FLAGS(_CONFIG_ARGV)
+  except flags.Error as e:
+    _fail(str(e))
+  except (AttributeError, KeyError, IndexError, TypeError, ValueError, OSError) as e:
+    _fail(overrides_lib.config_error(_CONFIG_ARGV, e))
+  config = _CONFIG.value
+  if config is None:
+    if stage_args:
+      _fail(f"{stage_args[0]}: no --config to override")
+    return remaining
+  try:
+    overrides = dict(config_flags.get_override_values(flags.FLAGS["config"]))
+    overrides.update(overrides_lib.apply_stage_overrides(config, stage_args))
+    stages_lib.resolve(config)
+    stages_lib.check_overrides(config, overrides)
+  except (ValueError, OSError) as e:  # OSError: a config file that could not be loaded
+    _fail(str(e))
+  return remaining
+
+
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
@@ -129,4 +178,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(main)
+  app.run(main, flags_parser=parse_flags)

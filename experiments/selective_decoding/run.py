@@ -26,9 +26,9 @@ from vljepa_jax.train import checkpointing
 from vljepa_jax.train import config_base
 from vljepa_jax.train import evaluation
 from vljepa_jax.train import model_setup
+from vljepa_jax.train import param_layout as param_layout_lib
 from vljepa_jax.train import sharding
 from vljepa_jax.train import stages as stages_lib
-from vljepa_jax.train import trainer
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(os.path.dirname(HERE))
@@ -59,7 +59,7 @@ def main():
              f"--config=configs/demo.py --workdir={args.workdir}")
   mesh = sharding.make_mesh(dict(config.mesh))
   setup = model_setup.build(config, cache_dir=args.workdir)
-  params, step = checkpointing.restore_params(stage_dir, trainer.param_layout(stage_config, setup, mesh))
+  params, step = checkpointing.restore_params(stage_dir, param_layout_lib.param_layout(stage_config, setup, mesh))
   spec = dict(stage_config.evals.selective_decoding)
   spec.update(streams={**dict(spec["streams"]), "num_streams": args.num_streams, "duration_s": args.duration_s},
               uniform_rates_hz=RATES, adaptive_rates_hz=RATES, pooling=args.pooling, report_curve=True,

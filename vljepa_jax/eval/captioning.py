@@ -23,12 +23,12 @@ import flax.linen as nn
 import jax
 import numpy as np
 
+from vljepa_jax import trace_guard
 from vljepa_jax.eval import cider
 from vljepa_jax.eval import evaluator
 from vljepa_jax.models import generate
 from vljepa_jax.models import vljepa
 from vljepa_jax.models import y_decoder
-from vljepa_jax.train import train_step as train_step_lib
 
 DECODER_PARAMS = "y_decoder"
 
@@ -72,10 +72,9 @@ class TextDecoder:
         tokens, _ = search(params, vljepa.decoder_condition(condition), np.float32(length_penalty))
       return tokens
 
-    self._decode = jax.jit(decode)
+    self._decode = jax.jit(trace_guard.at_most(1, decode))  # fixed batch and shapes: one trace per decoder
 
   def __call__(self, params: Any, embeddings: np.ndarray) -> list[str]:
-    params = train_step_lib.model_params(params)
     if DECODER_PARAMS not in params:
       raise ValueError(f"the parameters have no {DECODER_PARAMS!r} subtree; was the checkpoint trained with a "
                        "Y-decoder?")

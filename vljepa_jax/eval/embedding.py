@@ -15,7 +15,6 @@ from jax.experimental import multihost_utils
 import numpy as np
 
 from vljepa_jax.data import global_batch
-from vljepa_jax.train import train_step as train_step_lib
 
 
 def _to_host(x: jax.Array) -> np.ndarray:
@@ -25,7 +24,11 @@ def _to_host(x: jax.Array) -> np.ndarray:
 
 
 class Embedder:
-  """`visual_query(params, batches)` and `texts(params, texts, tokenizer)` as host NumPy arrays."""
+  """`visual_query(params, batches)` and `texts(params, texts, tokenizer)` as host NumPy arrays.
+
+  `params` may be a training run's whole tree: `model.apply` reads only the model's own subtrees, not
+  the objective's (`params["objective"]`).
+  """
 
   def __init__(self, model: nn.Module, *, mesh: jax.sharding.Mesh | None = None, rules: Any = None,
                text_batch_size: int = 256):
@@ -58,7 +61,6 @@ class Embedder:
   def visual_query(self, params: Any, batches: Iterable[dict[str, np.ndarray]]
                    ) -> tuple[np.ndarray, dict[str, np.ndarray]]:
     """Ŝ_Y of every valid row of `batches`, and those rows' `label` / `source_index`."""
-    params = train_step_lib.model_params(params)
     embeddings, labels, indices = [], [], []
     for batch in batches:
       inputs = self._put({k: batch[k] for k in ("video", "query_ids", "query_mask")})
@@ -74,7 +76,6 @@ class Embedder:
 
   def texts(self, params: Any, texts: Sequence[str], tokenizer) -> np.ndarray:
     """S_Y of each text, `(len(texts), D)`; every process passes the same texts."""
-    params = train_step_lib.model_params(params)
     n = len(texts)
     padded = list(texts) + [texts[-1]] * (-n % self._text_batch_size)
     ids, mask = tokenizer(padded)

@@ -12,11 +12,11 @@ trainer passes in (the training stage's frame count, crop and text lengths).
 """
 from __future__ import annotations
 
-import importlib
 from typing import Any, Mapping
 
 import numpy as np
 
+from vljepa_jax import registry
 from vljepa_jax.data import pipeline
 from vljepa_jax.eval import embedding
 
@@ -83,8 +83,5 @@ def make_evaluators(evals: Mapping[str, Mapping[str, Any]], **kwargs: Any) -> di
   evaluators = {}
   for name, config in evals.items():
     kind = config.get("type")
-    if kind not in EVALUATORS:
-      raise ValueError(f"evals.{name}.type={kind!r}; expected one of {sorted(EVALUATORS)}")
-    module, cls = EVALUATORS[kind].split(":")
-    evaluators[name] = getattr(importlib.import_module(module), cls)(name, config, **kwargs)
+    evaluators[name] = registry.lookup(EVALUATORS, kind, f"evals.{name}.type")(name, config, **kwargs)
   return evaluators

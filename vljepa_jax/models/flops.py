@@ -7,13 +7,22 @@ A multiply-add is 2 FLOPs. Per transformer layer over L tokens of width D:
 Norms, RoPE, softmax and elementwise ops are left out (a few % at these widths). Training costs
 3x the forward for towers that get gradients (forward, and a backward twice as expensive), and 1x
 for a frozen tower (the train step stops gradients at its parameters, so XLA drops its backward).
+
+The predictor's backbone counts itself (`Backbone.forward_flops`, models/predictor_backbones.py);
+transformer backbones use `transformer_layer` below.
 """
 from __future__ import annotations
 
-from vljepa_jax.models import vljepa
+from typing import TYPE_CHECKING
+
+from vljepa_jax.models import predictor_backbones
+
+if TYPE_CHECKING:  # annotations only: backbone modules import this one, and vljepa imports them
+  from vljepa_jax.models import vljepa
 
 
-def _layer(tokens: int, width: int, q: int, kv: int, mlp: int, gated: bool) -> float:
+def transformer_layer(tokens: int, width: int, q: int, kv: int, mlp: int, gated: bool) -> float:
+  """Forward FLOPs of one pre-norm attention + MLP block over `tokens` tokens (see the module docstring)."""
   projections = 2 * tokens * (width * q + 2 * width * kv + q * width)
   attention = 4 * tokens * tokens * q
   return projections + attention + 2 * tokens * width * mlp * (3 if gated else 2)
@@ -31,22 +40,22 @@ def forward_flops(config: vljepa.VLJEPAConfig, *, num_frames: int, crop_size: in
   vit = config.x_encoder
   n = x_encoder_tokens(config, num_frames, crop_size)
   patch = 2 * n * vit.tubelet_size * vit.patch_size ** 2 * vit.in_channels * vit.hidden_size
-  x = patch + vit.num_layers * _layer(n, vit.hidden_size, vit.hidden_size, vit.hidden_size, vit.mlp_dim, False)
+  x = patch + vit.num_layers * transformer_layer(n, vit.hidden_size, vit.hidden_size, vit.hidden_size, vit.mlp_dim,
+                                                 False)
 
-  llama = config.predictor.llama
-  length = n + query_length
-  q, kv = llama.num_heads * llama.head_dim, llama.num_kv_heads * llama.head_dim
-  p = (2 * n * config.predictor.vision_dim * llama.hidden_size
-       + llama.num_layers * _layer(length, llama.hidden_size, q, kv, llama.intermediate_size, True)
-       + 2 * llama.hidden_size * config.predictor.embed_dim)
+  predictor = config.predictor
+  backbone_flops = predictor_backbones.get(predictor.backbone).forward_flops(predictor.backbone_config,
+                                                                             n + query_length)
+  p = (2 * n * predictor.vision_dim * predictor.hidden_size + backbone_flops
+       + 2 * predictor.hidden_size * predictor.embed_dim)
 
   backbone = config.y_encoder.backbone_config
   if config.y_encoder.backbone == "bert":
-    y_layer = _layer(target_length, backbone.hidden_size, backbone.hidden_size, backbone.hidden_size,
-                     backbone.intermediate_size, False)
+    y_layer = transformer_layer(target_length, backbone.hidden_size, backbone.hidden_size, backbone.hidden_size,
+                                backbone.intermediate_size, False)
   else:  # gemma3
     yq, ykv = backbone.num_heads * backbone.head_dim, backbone.num_kv_heads * backbone.head_dim
-    y_layer = _layer(target_length, backbone.hidden_size, yq, ykv, backbone.intermediate_size, True)
+    y_layer = transformer_layer(target_length, backbone.hidden_size, yq, ykv, backbone.intermediate_size, True)
   dims = (backbone.hidden_size,) + tuple(config.y_encoder.dense_dims)
   dense = sum(2 * a * b for a, b in zip(dims[:-1], dims[1:]))
   y = backbone.num_layers * y_layer + dense + 2 * dims[-1] * config.embed_dim

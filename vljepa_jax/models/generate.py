@@ -10,7 +10,9 @@ included where one was emitted and `pad_id` after it; scores `(B,)` float32.
 Compilation: `generator(...)` builds the jitted search for one decoder and one set of static
 settings (token ids, max_new_tokens, beam_size) and is memoised (`functools.lru_cache`); jit
 then compiles once per batch size. `length_penalty` is a traced argument, so sweeping it
-reuses the executable too, as do new params or conditions of the same shapes.
+reuses the executable too, as do new params or conditions of the same shapes. Having several
+batch sizes is legitimate, so the search carries no one-trace guard (`vljepa_jax.trace_guard`);
+callers with one fixed batch (`eval/captioning.py`'s `TextDecoder`) guard their own jitted call.
 `greedy_search` and `beam_search` are the un-jitted searches, for use inside a larger jitted
 function (e.g. a sharded evaluation step).
 

@@ -13,6 +13,9 @@ bidirectionally:
     hidden = model.apply(v, inputs_embeds=jnp.concatenate([visual, tokens], 1),
                          attention_mask=mask, causal=False)
 
+That is the predictor-backbone interface: `PREDICTOR_BACKBONE` at the end registers this stack
+as the predictor backbone "llama" (models/predictor_backbones.py).
+
 A causal stack also decodes incrementally with a KV cache (the Y-decoder's generation):
 
     hidden, vars = model.apply(v, inputs_embeds=prompt, decode=True, cache_length=N, mutable=["cache"])
@@ -31,7 +34,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from vljepa_jax.models import flops
 from vljepa_jax.models import layers
+from vljepa_jax.models import predictor_backbones
 from vljepa_jax.models import rope
 from vljepa_jax.models.config import ArchConfig
 
@@ -221,3 +226,15 @@ class Llama(nn.Module):
     for layer in self.layers:
       x = layer(x, attention_mask, causal, decode, cache_length)
     return self.final_norm(x)
+
+
+def forward_flops(config: LlamaConfig, tokens: int) -> float:
+  """Forward FLOPs of the stack over one sequence (embedding lookup and norms left out)."""
+  q, kv = config.num_heads * config.head_dim, config.num_kv_heads * config.head_dim
+  return config.num_layers * flops.transformer_layer(tokens, config.hidden_size, q, kv, config.intermediate_size,
+                                                     gated=True)
+
+
+# Converted Llama folders (`python -m vljepa_jax.convert --model llama --layers 8:16`) load into it.
+PREDICTOR_BACKBONE = predictor_backbones.Backbone(module=Llama, config=LlamaConfig, token_embedding="embed_tokens",
+                                                  forward_flops=forward_flops, checkpoint_family="llama")

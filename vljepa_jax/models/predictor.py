@@ -2,25 +2,39 @@
 
 Wiring (paper §3.1, §4.8(d)):
   visual tokens (B, Nv, Dv) --vision_proj--> (B, Nv, D)
-  query ids     (B, Lq)     --Llama embed--> (B, Lq, D)
-  [visual ; query] -> Llama layers (bidirectional by default; `causal` for the ablation)
-  -> final norm -> average over non-pad tokens (visual + query, or query only)
+  query ids     (B, Lq)     --backbone embed--> (B, Lq, D)
+  [visual ; query] -> backbone (Llama layers 8-15 in the paper; bidirectional by default,
+  `causal` for the ablation) -> average over non-pad tokens (visual + query, or query only)
   -> linear head into the shared space (1536-d in the paper).
 
 The visual tokens come first so that, under the causal ablation, they cannot see the query
-(which is why the paper finds causal attention hurts VQA). RoPE positions run 0..L-1 over
-the concatenation; right-padded query tokens sit at the end and are masked as keys.
+(which is why the paper finds causal attention hurts VQA). Right-padded query tokens sit at the
+end and are masked as keys (the Llama backbone's RoPE positions run 0..L-1 over the concatenation).
+
+The backbone is chosen by name from `models/predictor_backbones.py` ("llama" today); its
+parameters live under `predictor/<name>/`. The config layout follows the Y-encoder's
+(`TextEncoderConfig`): `backbone` names it and `backbone_config` holds its own config, so
+
+    --config.model.predictor.backbone_config.num_layers=4
+
+overrides a field of whichever backbone is chosen, and one layout serves every backbone (a
+sub-config keyed by the backbone's name would need a field per backbone here). `to_dict` writes
+`backbone_config` without a class key: the registered backbone's config class builds it back,
+which also lets a backbone defined outside `vljepa_jax` (a test's) round-trip through an
+experiment config. A `backbone_config` that is not the named backbone's config fails by name,
+as does a misspelt field in it.
 """
 from __future__ import annotations
 
 import dataclasses
+from typing import Any, Mapping
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
 from vljepa_jax.models import layers
-from vljepa_jax.models import llama as llama_lib
+from vljepa_jax.models import predictor_backbones
 from vljepa_jax.models.config import ArchConfig
 
 POOLING = ("all", "query")
@@ -28,17 +42,37 @@ POOLING = ("all", "query")
 
 @dataclasses.dataclass(frozen=True)
 class PredictorConfig(ArchConfig):
-  llama: llama_lib.LlamaConfig | None = None
+  backbone: str = "llama"  # a name in predictor_backbones.BACKBONES
+  backbone_config: ArchConfig | None = None  # that backbone's config (a dict of its fields is converted)
   vision_dim: int = 1024  # width of the X-encoder's tokens
   embed_dim: int = 1536  # shared embedding space
   causal: bool = False
   pool: str = "all"  # "all": visual + non-pad query tokens; "query": non-pad query tokens only
 
   def __post_init__(self):
-    if self.llama is None:
-      raise ValueError("PredictorConfig needs a llama config")
+    spec = predictor_backbones.get(self.backbone)
+    if self.backbone_config is None:
+      raise ValueError(f"PredictorConfig needs a backbone_config (a {spec.config.__name__} for backbone "
+                       f"{self.backbone!r})")
+    if isinstance(self.backbone_config, Mapping):
+      try:
+        config = spec.config.from_dict(self.backbone_config)
+      except (TypeError, ValueError) as e:
+        raise ValueError(f"predictor.backbone_config for backbone {self.backbone!r}: {e}") from e
+      object.__setattr__(self, "backbone_config", config)  # frozen: converted once, at construction
+    if not isinstance(self.backbone_config, spec.config):
+      raise ValueError(f"predictor.backbone_config is a {type(self.backbone_config).__name__}, but backbone "
+                       f"{self.backbone!r} takes a {spec.config.__name__}")
     if self.pool not in POOLING:
       raise ValueError(f"predictor pool {self.pool!r}: expected one of {POOLING}")
+
+  @property
+  def hidden_size(self) -> int:
+    """The backbone's width: what vision_proj maps to and the head reads."""
+    return self.backbone_config.hidden_size
+
+  def to_dict(self) -> dict[str, Any]:
+    return {**super().to_dict(), "backbone_config": self.backbone_config.to_dict()}
 
 
 class Predictor(nn.Module):
@@ -47,8 +81,8 @@ class Predictor(nn.Module):
   def setup(self):
     cfg = self.config
     kw = dict(dtype=cfg.compute_dtype, param_dtype=cfg.weight_dtype)
-    self.vision_proj = layers.dense(cfg.llama.hidden_size, ("vision_embed", "embed"), name="vision_proj", **kw)
-    self.llama = llama_lib.Llama(cfg.llama)
+    self.vision_proj = layers.dense(cfg.hidden_size, ("vision_embed", "embed"), name="vision_proj", **kw)
+    self.backbone = predictor_backbones.get(cfg.backbone).module(cfg.backbone_config, name=cfg.backbone)
     self.head = layers.dense(cfg.embed_dim, ("embed", "shared_embed"), name="head", **kw)
 
   def __call__(self, visual_tokens: jax.Array, query_ids: jax.Array, query_mask: jax.Array) -> jax.Array:
@@ -57,12 +91,12 @@ class Predictor(nn.Module):
     if visual_tokens.shape[-1] != cfg.vision_dim:
       raise ValueError(f"visual tokens have width {visual_tokens.shape[-1]}, predictor expects {cfg.vision_dim}")
     batch, num_visual = visual_tokens.shape[:2]
-    x = jnp.concatenate([self.vision_proj(visual_tokens), self.llama.embed(query_ids).astype(cfg.compute_dtype)],
+    x = jnp.concatenate([self.vision_proj(visual_tokens), self.backbone.embed(query_ids).astype(cfg.compute_dtype)],
                         axis=1)
     query_mask = query_mask.astype(jnp.int32)
     visual_mask = jnp.ones((batch, num_visual), jnp.int32)
     mask = jnp.concatenate([visual_mask, query_mask], axis=1)
-    hidden = self.llama(inputs_embeds=x, attention_mask=mask, causal=cfg.causal)
+    hidden = self.backbone(inputs_embeds=x, attention_mask=mask, causal=cfg.causal)
     pool_mask = mask if cfg.pool == "all" else jnp.concatenate([jnp.zeros_like(visual_mask), query_mask], axis=1)
     pooled = layers.masked_mean(hidden, pool_mask)
     return self.head(pooled.astype(cfg.compute_dtype)).astype(jnp.float32)

@@ -12,12 +12,12 @@ space (`vljepa_jax.models.vljepa`).
 from __future__ import annotations
 
 import dataclasses
-import importlib
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from vljepa_jax import registry
 from vljepa_jax.models import layers
 from vljepa_jax.models.config import ArchConfig
 
@@ -29,10 +29,7 @@ BACKBONES = {
 
 
 def backbone_class(name: str) -> type[nn.Module]:
-  if name not in BACKBONES:
-    raise ValueError(f"unknown text backbone {name!r}; expected one of {sorted(BACKBONES)}")
-  module, cls = BACKBONES[name].split(":")
-  return getattr(importlib.import_module(module), cls)
+  return registry.lookup(BACKBONES, name, "text encoder backbone")
 
 
 @dataclasses.dataclass(frozen=True)

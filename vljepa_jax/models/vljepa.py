@@ -10,7 +10,8 @@ Training, zero-shot classification, retrieval, VQA and inverse dynamics all go t
 `encode_visual_query` and `encode_text`: the model has no task heads. Outputs are float32
 and *not* normalised; the loss and the evaluators normalise.
 
-Parameter tree: `x_encoder/...` (V-JEPA 2 ViT), `predictor/{vision_proj, llama, head}`,
+Parameter tree: `x_encoder/...` (V-JEPA 2 ViT), `predictor/{vision_proj, <backbone>, head}` (the
+backbone named by `predictor.backbone`, "llama" in the paper: `predictor/llama/...`),
 `y_encoder/{backbone, dense_*}` (a `TextEncoder`) and `y_head`. Converted checkpoints drop
 into those subtrees unchanged (see `vljepa_jax.convert`).
 
@@ -143,7 +144,8 @@ def paper_config(*, y_dense: bool = False) -> VLJEPAConfig:
   llama = llama_lib.PRESETS["llama3_2_1b_last8"].replace(causal=False)
   return VLJEPAConfig(
       x_encoder=vit_lib.PRESETS["vit_large"],
-      predictor=predictor_lib.PredictorConfig(llama=llama, vision_dim=1024, embed_dim=1536),
+      predictor=predictor_lib.PredictorConfig(backbone="llama", backbone_config=llama, vision_dim=1024,
+                                              embed_dim=1536),
       y_encoder=text_encoder_lib.TextEncoderConfig(
           backbone="gemma3", backbone_config=gemma_lib.PRESETS["embeddinggemma_300m"],
           dense_dims=(3072, 768) if y_dense else (), normalize=y_dense),
@@ -157,7 +159,8 @@ def tiny_config(y_backbone: str = "bert") -> VLJEPAConfig:
   backbone = {"bert": bert_lib.PRESETS["tiny"], "gemma3": gemma_lib.PRESETS["tiny"]}[y_backbone]
   return VLJEPAConfig(
       x_encoder=vit,
-      predictor=predictor_lib.PredictorConfig(llama=llama, vision_dim=vit.hidden_size, embed_dim=32),
+      predictor=predictor_lib.PredictorConfig(backbone="llama", backbone_config=llama, vision_dim=vit.hidden_size,
+                                              embed_dim=32),
       y_encoder=text_encoder_lib.TextEncoderConfig(backbone=y_backbone, backbone_config=backbone, normalize=False),
   )
 

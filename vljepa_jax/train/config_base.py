@@ -4,7 +4,10 @@
 config locked (`finalize`), so a command-line override of a key that does not exist, or of the
 wrong type, fails before anything is compiled:
 
-    python -m vljepa_jax.main --config=configs/demo.py --config.total_steps=50 --config.optimizer.learning_rate=1e-3
+    python -m vljepa_jax.main --config=configs/small.py --config.total_steps=50 --config.optimizer.learning_rate=1e-3
+
+A key that a stage sets itself is overridden for that stage (`--config.stages.video.total_steps=50`);
+`stages.resolve` and `main.py`'s flag parsing say which key to use when a top-level override would not reach it.
 """
 from __future__ import annotations
 
@@ -16,11 +19,20 @@ from types import ModuleType
 import ml_collections
 
 from vljepa_jax.data import pipeline
+from vljepa_jax.models import predictor_backbones
 from vljepa_jax.models import vljepa
 
-# Parameters the paper does not train: the X-encoder (V-JEPA 2 is frozen) and the predictor's
-# Llama token-embedding table; the Y-encoder learns at 0.05x the base rate.
-PAPER_LR_RULES = (("x_encoder/.*", 0.0), ("predictor/llama/embed_tokens/.*", 0.0), ("y_encoder/.*", 0.05))
+
+def paper_lr_rules(predictor_backbone: str = "llama") -> tuple[tuple[str, float], ...]:
+  """Parameters the paper does not train: the X-encoder (V-JEPA 2 is frozen) and the token-embedding
+  table of the predictor's backbone (the backbone says which parameter that is); the Y-encoder learns
+  at 0.05x the base rate. A config that picks another backbone takes that backbone's rules."""
+  return (("x_encoder/.*", 0.0), (predictor_backbones.token_embedding_rule(predictor_backbone), 0.0),
+          ("y_encoder/.*", 0.05))
+
+
+# The paper's rules for its Llama predictor: ("predictor/llama/embed_tokens/.*", 0.0) freezes the table.
+PAPER_LR_RULES = paper_lr_rules("llama")
 
 
 def data_defaults() -> dict:
@@ -39,6 +51,10 @@ def base_config() -> ml_collections.ConfigDict:
   c.keep_checkpoints = 3
   c.async_checkpointing = True
   c.max_nonfinite_steps = 10  # stop after this many consecutive skipped (non-finite) steps
+  # Weights & Biases, besides metrics.jsonl and TensorBoard: off while `project` is "" (see
+  # train/wandb_log.py; needs the `wandb` extra). mode: "online", "offline", "disabled" or "" (WANDB_MODE);
+  # group "": the workdir's name; entity "": the account's default.
+  c.wandb = ml_collections.ConfigDict({"project": "", "entity": "", "group": "", "mode": ""})
   # Precision and memory: fp32 master weights, compute in `dtype`; `remat` rematerialises every
   # transformer block: "none", "full", "dots" or "dots_no_batch" (`layers.REMAT_POLICIES`).
   c.dtype = "bfloat16"
@@ -52,7 +68,8 @@ def base_config() -> ml_collections.ConfigDict:
   # Converted checkpoints to start towers from ("" = random init); see train/model_setup.py.
   # `checkpoint`: start the first stage from the parameters of another run's stage instead
   # (e.g. `<image workdir>/image` for the video stage); its towers then override the above.
-  c.init = ml_collections.ConfigDict({"x_encoder": "", "predictor_llama": "", "y_encoder": "", "checkpoint": ""})
+  # `predictor`: a converted checkpoint of the predictor backbone's family (a Llama slice for "llama").
+  c.init = ml_collections.ConfigDict({"x_encoder": "", "predictor": "", "y_encoder": "", "checkpoint": ""})
   c.tokenizers = ml_collections.ConfigDict({"query": "predictor", "target": "y_encoder"})
   # Input pipeline: `pipeline.DataConfig` fields; `sources` is {name: source spec}.
   c.data = ml_collections.ConfigDict(data_defaults())
@@ -64,11 +81,11 @@ def base_config() -> ml_collections.ConfigDict:
       "learning_rate": 5e-5, "schedule": "constant", "warmup_steps": 0, "end_learning_rate_factor": 0.0,
       "b1": 0.9, "b2": 0.999, "eps": 1e-8, "weight_decay": 0.0, "grad_clip_norm": 0.0,  # 0: no clipping
       "lr_rules": PAPER_LR_RULES})
-  # What a stage trains. "contrastive": InfoNCE between Ŝ_Y and S_Y (`loss`). "y_decoder": the
-  # Y-decoder (`model.y_decoder`) learns to write the target text back from an embedding by
-  # teacher forcing, everything else frozen; `y_decoder_condition` picks the embedding: "target"
-  # (S_Y of the text itself) or "predictor" (Ŝ_Y of the visual input and query). Contrastive stages
-  # keep the Y-decoder frozen.
+  # What a stage trains: a name in `objectives/registry.py`. "contrastive": InfoNCE between Ŝ_Y and
+  # S_Y (`loss`). "y_decoder": the Y-decoder (`model.y_decoder`) learns to write the target text
+  # back from an embedding by teacher forcing, everything else frozen; `y_decoder_condition` picks
+  # the embedding: "target" (S_Y of the text itself) or "predictor" (Ŝ_Y of the visual input and
+  # query). Contrastive stages keep the Y-decoder frozen.
   c.objective = "contrastive"
   c.y_decoder_condition = "target"
   # Evaluators by name: {name: {"type": ..., options}}; run after the last stage, every

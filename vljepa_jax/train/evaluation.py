@@ -27,21 +27,13 @@ from vljepa_jax.eval import evaluator as evaluator_lib
 from vljepa_jax.eval import results as results_lib
 from vljepa_jax.train import checkpointing
 from vljepa_jax.train import model_setup
+from vljepa_jax.train import param_layout as param_layout_lib
 from vljepa_jax.train import sharding
 from vljepa_jax.train import stages as stages_lib
 
 # Data settings the evaluators inherit from the training stage unless their own `data` overrides them.
 INHERITED_DATA = ("num_frames", "crop_size", "short_side", "query_length", "target_length", "video_dtype",
                   "default_query", "num_threads")
-
-
-def stage_offsets(config: ml_collections.ConfigDict) -> dict[str, int]:
-  """Global step at which each stage starts (the sum of the earlier stages' `total_steps`)."""
-  offsets, offset = {}, 0
-  for name, stage_config in stages_lib.resolve(config):
-    offsets[name] = offset
-    offset += int(stage_config.total_steps)
-  return offsets
 
 
 class Evaluation:
@@ -102,11 +94,8 @@ def checkpoint_steps(stage_workdir: str) -> list[int]:
 def sweep(config: ml_collections.ConfigDict, workdir: str, steps: Sequence[int] | None = None,
           *, plots: bool = True) -> results_lib.Results:
   """Evaluates the saved checkpoints of every stage (or those at the given global `steps`)."""
-  # Imported here: the trainer imports this module for its in-training evaluation.
-  from vljepa_jax.train import trainer  # pylint: disable=g-import-not-at-top
-
   stages = stages_lib.resolve(config)
-  offsets = stage_offsets(config)
+  offsets = stages_lib.stage_offsets(config)
   final_config = stages[-1][1]
   if not final_config.evals:
     raise ValueError("config.evals is empty: nothing to evaluate")
@@ -138,7 +127,7 @@ def sweep(config: ml_collections.ConfigDict, workdir: str, steps: Sequence[int] 
     if not remaining:  # a shared workdir is assumed here: every process reads the same file
       continue
     if name not in layouts:
-      layouts[name] = trainer.param_layout(stage_config, setup, mesh)
+      layouts[name] = param_layout_lib.param_layout(stage_config, setup, mesh)
     params, _ = checkpointing.restore_params(os.path.join(workdir, name), layouts[name], step=stage_step)
     evaluation.run_missing(params, step=global_step, stage=name, stage_step=stage_step)
   results = results_lib.load(workdir)

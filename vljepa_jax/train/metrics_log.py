@@ -1,12 +1,16 @@
-"""Where training metrics go: `metrics.jsonl`, TensorBoard event files, and the terminal.
+"""Where training metrics go: `metrics.jsonl`, TensorBoard, optionally Weights & Biases, and the terminal.
 
 Only process 0 writes; the other processes get a logger that does nothing, so the train loop
 calls it unconditionally. `metrics.jsonl` is appended to and flushed after every logged step, so
 it survives a crash and a resumed run continues it (entries past the restored step, written
 after the last checkpoint by the run that died, are dropped on resume so steps never repeat).
 
-On a terminal a one-line progress bar with the rate and ETA is redrawn; elsewhere (a log file,
-a cluster job) each logged step is one plain line instead.
+TensorBoard event files go to `<workdir>/tensorboard`, one file per start; TensorBoard drops the
+steps an interrupted run logged past the checkpoint a resumed one starts from (`tensorboard.py`).
+The optional W&B run is `wandb_log`'s.
+
+On a terminal a tqdm progress bar with the rate and ETA is redrawn and messages print above it;
+elsewhere (a log file, a cluster job) each logged step is one plain line instead.
 """
 from __future__ import annotations
 
@@ -14,20 +18,17 @@ import json
 import math
 import os
 import sys
-import time
-from typing import Any, Mapping
+from typing import Any, Mapping, TextIO
+
+import tqdm
 
 from vljepa_jax.train import tensorboard
+from vljepa_jax.train import wandb_log
 
 METRICS_FILE = "metrics.jsonl"
-_BAR_WIDTH = 24
-
-
-def _format_duration(seconds: float) -> str:
-  if not math.isfinite(seconds):
-    return "?"
-  seconds = int(seconds)
-  return f"{seconds // 3600:d}:{seconds // 60 % 60:02d}:{seconds % 60:02d}"
+TENSORBOARD_DIR = "tensorboard"
+# The metrics shown on the terminal, in this order.
+SHOWN_METRICS = ("loss", "learning_rate", "grad_norm", "samples_per_second")
 
 
 def _format_value(value: Any) -> str:
@@ -56,74 +57,106 @@ def truncate_jsonl(path: str, last_step: int) -> None:
     os.replace(tmp, path)
 
 
+class _Terminal:
+  """A tqdm bar with messages printed above it on a terminal; plain lines (no bar) anywhere else."""
+
+  def __init__(self, stream: TextIO, *, stage: str, total_steps: int, start_step: int):
+    self._stream = stream
+    self._stage = stage
+    self._total = total_steps
+    self.is_tty = hasattr(stream, "isatty") and stream.isatty()
+    self._bar = tqdm.tqdm(total=total_steps, initial=start_step, desc=f"[{stage}]", unit="step", file=stream,
+                          dynamic_ncols=True) if self.is_tty else None
+
+  def progress(self, step: int, shown: str | None = None) -> None:
+    if self._bar is None:
+      return
+    if shown is not None:
+      self._bar.set_postfix_str(shown, refresh=False)
+    self._bar.update(step - self._bar.n)
+
+  def log_line(self, step: int, shown: str) -> None:
+    if self._bar is None:
+      print(f"[{self._stage}] step {step}/{self._total} {shown}", file=self._stream, flush=True)
+    else:
+      self.progress(step, shown)
+      self._bar.refresh()
+
+  def message(self, text: str) -> None:
+    if self._bar is None:
+      print(text, file=self._stream, flush=True)
+    else:
+      self._bar.write(text, file=self._stream)
+
+  def close(self) -> None:
+    if self._bar is not None:
+      self._bar.close()
+      self._bar = None
+
+
 class MetricsLogger:
-  """`log(step, metrics)` to JSONL, TensorBoard and the terminal; `progress(step)` for the bar."""
+  """`log(step, metrics)` to JSONL, TensorBoard, W&B and the terminal; `progress(step)` for the bar.
+
+  `wandb_config` is `config.wandb` (no W&B run when its `project` is empty) and `run_config` the
+  stage's config, recorded with the W&B run.
+  """
 
   def __init__(self, workdir: str, *, total_steps: int, stage: str, enabled: bool = True,
-               resume_step: int = 0, stream=None):
+               resume_step: int = 0, stream: TextIO | None = None,
+               wandb_config: Mapping[str, Any] | None = None, run_config: Mapping[str, Any] | None = None):
+    if wandb_config is not None:
+      wandb_log.check_config(wandb_config)  # on every process, so that all of them stop together
     self.enabled = enabled
-    self._total = total_steps
-    self._stage = stage
-    self._stream = stream or sys.stdout
-    self._tty = hasattr(self._stream, "isatty") and self._stream.isatty()
-    self._start_time = time.time()
-    self._start_step = resume_step
-    self._last_line = ""
     if not enabled:
       return
+    self._terminal = _Terminal(stream or sys.stdout, stage=stage, total_steps=total_steps,
+                               start_step=resume_step)
     os.makedirs(workdir, exist_ok=True)
     path = os.path.join(workdir, METRICS_FILE)
     truncate_jsonl(path, resume_step)
     self._jsonl = open(path, "a")
-    self._tb = tensorboard.SummaryWriter(os.path.join(workdir, "tensorboard"))
+    self._tb = tensorboard.ScalarWriter(os.path.join(workdir, TENSORBOARD_DIR),
+                                        purge_step=resume_step + 1 if resume_step else None)
+    self._wandb = None
+    if wandb_config is not None and wandb_config.get("project"):
+      self._wandb = wandb_log.WandbRun(wandb_config, workdir=workdir, stage=stage, resume_step=resume_step,
+                                       run_config=run_config)
 
   def log(self, step: int, metrics: Mapping[str, Any]) -> None:
     if not self.enabled:
       return
+    step = int(step)
     values = {k: v.item() if hasattr(v, "item") else v for k, v in metrics.items()}
-    record = {"step": int(step), **{k: _json_value(v) for k, v in values.items()}}
+    record = {"step": step, **{k: _json_value(v) for k, v in values.items()}}
     self._jsonl.write(json.dumps(record) + "\n")
     self._jsonl.flush()
-    # TensorBoard takes NaN and inf as they are (JSON cannot, so the JSONL has them as strings).
-    self._tb.scalars({k: float(v) for k, v in values.items() if isinstance(v, (int, float))}, int(step))
-    self._tb.flush()
-    shown = " ".join(f"{k}={_format_value(record[k])}" for k in ("loss", "learning_rate", "grad_norm",
-                                                                  "samples_per_second") if k in record)
-    self._last_line = shown
-    if self._tty:
-      self.progress(step)
-    else:
-      print(f"[{self._stage}] step {step}/{self._total} {shown}", file=self._stream, flush=True)
+    # TensorBoard and W&B take NaN and inf as they are (JSON cannot, so the JSONL has them as strings).
+    scalars = {k: float(v) for k, v in values.items() if isinstance(v, (int, float))}
+    self._tb.write(step, scalars)
+    if self._wandb is not None:
+      self._wandb.log(step, scalars)
+    self._terminal.log_line(step, " ".join(f"{k}={_format_value(record[k])}" for k in SHOWN_METRICS if k in record))
 
   def progress(self, step: int) -> None:
-    """Redraws the terminal bar (a no-op off a terminal, where `log` prints lines instead)."""
-    if not (self.enabled and self._tty):
-      return
-    done = step - self._start_step
-    elapsed = time.time() - self._start_time
-    rate = done / elapsed if elapsed > 0 and done > 0 else float("nan")
-    eta = (self._total - step) / rate if rate == rate and rate > 0 else float("nan")
-    filled = int(_BAR_WIDTH * step / max(self._total, 1))
-    bar = "#" * filled + "." * (_BAR_WIDTH - filled)
-    line = (f"\r[{self._stage}] [{bar}] {step}/{self._total} {rate:.2f} steps/s ETA {_format_duration(eta)} "
-            f"{self._last_line}")
-    print(line.ljust(120), end="", file=self._stream, flush=True)
+    """Moves the terminal bar (a no-op off a terminal, where `log` prints lines instead)."""
+    if self.enabled:
+      self._terminal.progress(step)
 
   def message(self, text: str) -> None:
-    """A line of its own (ends the progress bar's line first)."""
-    if not self.enabled:
-      return
-    if self._tty:
-      print(file=self._stream)
-    print(text, file=self._stream, flush=True)
+    """A line of its own (above the progress bar on a terminal)."""
+    if self.enabled:
+      self._terminal.message(text)
 
   def close(self) -> None:
+    """Flushes and closes everything; a second call does nothing."""
     if not self.enabled:
       return
-    if self._tty:
-      print(file=self._stream, flush=True)
+    self.enabled = False
+    self._terminal.close()
     self._jsonl.close()
     self._tb.close()
+    if self._wandb is not None:
+      self._wandb.close()
 
 
 def _json_value(value: Any) -> Any:

