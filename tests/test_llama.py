@@ -159,9 +159,12 @@ def test_bidirectional_parity_with_hf_full_mask(hf_model, full, batch):
                                                     attention_mask=jnp.asarray(mask), causal=False) ** 2)
     return jax.grad(f)(params)
   plain = grads(model.config)
+  # Another program (the recomputation is fused differently): summed over 32 tokens, an element
+  # near zero can differ by 1e-6 of the largest ones (jax 0.12: 4.6e-5 at 0.099, next to 33.6).
+  # A real remat bug (a stale or missing activation) is off by the gradient's own scale.
   for policy in ("full", "dots"):
-    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5), grads(model.config.replace(
-        remat=policy)), plain)
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5 * np.abs(b).max()),
+                 grads(model.config.replace(remat=policy)), plain)
   with pytest.raises(ValueError, match="remat='everything'"):
     llama.Llama(model.config.replace(remat="everything")).apply(v, inputs_embeds=embeds)
 
