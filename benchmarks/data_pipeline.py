@@ -115,6 +115,7 @@ def _component_rates(root: str) -> None:
   """The generator alone, and `decode_video` with seeking vs a plain sequential decode."""
   import av  # pylint: disable=g-import-not-at-top
   from vljepa_jax.data import media, shapes  # pylint: disable=g-import-not-at-top
+  from vljepa_jax.data import video as video_lib  # pylint: disable=g-import-not-at-top
 
   def per_second(fn, n):
     fn(0)
@@ -141,7 +142,7 @@ def _component_rates(root: str) -> None:
     path = os.path.join(root, f"gop{gop}.mp4")
     _encode_mp4(path, base, 250, 256, gop=gop)
     timings = {}
-    for name, fn in (("seeking", lambda: media.decode_video(path, 8, short_side=256)),
+    for name, fn in (("seeking", lambda: video_lib.decode_video(path, 8, short_side=256)),
                      ("sequential", lambda: sequential(path, 8))):
       runs = []
       for _ in range(15):

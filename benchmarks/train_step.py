@@ -273,7 +273,7 @@ def aot_paper(num_devices: int, batch_size: int) -> None:
   abstract = params_lib.abstract_params(model, *example)
   specs = params_lib.logical_partition_specs(model, *example)
   param_shardings = sharding.param_shardings(specs, abstract, mesh, rules)
-  tx, _ = optimizer.make_optimizer(abstract, learning_rate=5e-5, lr_rules=config_base.PAPER_LR_RULES)
+  tx, _ = optimizer.make_optimizer(abstract, learning_rate=5e-5, lr_rules=config_base.paper_lr_rules("llama"))
   abstract_state = jax.eval_shape(lambda p: train_step.TrainState.create(p, tx), abstract)
   state_shardings = sharding.train_state_shardings(tx, abstract_state, param_shardings, mesh)
   state = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), abstract_state,
@@ -285,7 +285,7 @@ def aot_paper(num_devices: int, batch_size: int) -> None:
            "target_ids": jax.ShapeDtypeStruct((batch_size, lt), jnp.int32, sharding=bs),
            "target_mask": jax.ShapeDtypeStruct((batch_size, lt), jnp.int32, sharding=bs)}
   objective = contrastive.Contrastive(losses.make_loss("infonce", temperature=0.07, mesh=mesh, chunk_size=1000))
-  frozen = jax.tree.map(lambda m: m == 0.0, optimizer.lr_multipliers(abstract, config_base.PAPER_LR_RULES))
+  frozen = jax.tree.map(lambda m: m == 0.0, optimizer.lr_multipliers(abstract, config_base.paper_lr_rules("llama")))
   step = train_step.jit_train_step(train_step.make_train_step(model, tx, objective, rules=rules, frozen=frozen),
                                    mesh=mesh, state_shardings=state_shardings, batch_shardings=bs)
   start = time.perf_counter()

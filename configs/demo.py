@@ -106,13 +106,13 @@ def get_config(arg: str = ""):
   held_out = {"sources": {"shapes": _shapes("video" if last != "image" else "image", 512, HELD_OUT_SEED)}}
   if last == "image":
     c.evals = {
-        "zero_shot_objects": {"type": "classification", "class_names": "shapes_objects",
+        "zero_shot_objects": {"type": "classification", "class_names": "source",
                               "templates": ("a {}", "a picture of a {}"), "data": held_out},
         "text_to_image": {"type": "retrieval", "data": held_out},
     }
     return config_base.finalize(c)
   c.evals = {
-      "zero_shot_actions": {"type": "classification", "class_names": "shapes_actions", "data": held_out,
+      "zero_shot_actions": {"type": "classification", "class_names": "source", "data": held_out,
                             "templates": tuple(f"a {color} {shape} {{}}" for color, shape in objects)},
       "text_to_video": {"type": "retrieval", "data": held_out},
       "vqa": {"type": "vqa", "data": held_out},

@@ -8,6 +8,9 @@ change for a new backbone. Also: converted Llama checkpoints load into `predicto
 import dataclasses
 import json
 import os
+import subprocess
+import sys
+import textwrap
 
 import flax.linen as nn
 import jax
@@ -83,7 +86,7 @@ def _toy_experiment():
   with config.unlocked():
     config.model.predictor.backbone = "toy"
     config.model.predictor.backbone_config = ToyConfig().to_dict()
-    config.optimizer.lr_rules = config_base.paper_lr_rules("toy")
+    config.optimizer.lr_rules = config_base.PAPER_LR_RULES  # the table rule resolves to the toy's own
   config.model.predictor.backbone_config.hidden_size = 32  # a command-line-style override of the toy's field
   config.model.x_encoder.num_layers = 1  # the encoders only need to exist: one layer each compiles faster
   config.model.y_encoder.backbone_config.num_layers = 1
@@ -131,7 +134,7 @@ def test_a_registered_backbone_trains_through_the_trainer(toy_registered, tmp_pa
 
 def test_unknown_backbone_and_mismatched_configs_fail_by_name(toy_registered, tmp_path):
   tiny = vljepa.tiny_config()
-  unknown = r"predictor backbone='mamba9'; expected one of \['llama', 'toy'\]"
+  unknown = r"predictor backbone='mamba9'; expected one of \['hybrid', 'llama', 'mamba3', 'toy'\]"
   with pytest.raises(ValueError, match=unknown):
     tiny.predictor.replace(backbone="mamba9")
   config = tiny_train_config.get_config()
@@ -147,10 +150,10 @@ def test_unknown_backbone_and_mismatched_configs_fail_by_name(toy_registered, tm
     model_setup.build(config, str(tmp_path))
   with pytest.raises(ValueError, match=r"backbone_config is a LlamaConfig, but backbone 'toy' takes a ToyConfig"):
     tiny.predictor.replace(backbone="toy")
-  # The paper's LR rule for the Llama embedding matches nothing in a toy model: refused, not ignored.
+  # A rule for the Llama embedding matches nothing in a toy model: refused, not ignored.
   config = _toy_experiment()
   with config.unlocked():
-    config.optimizer.lr_rules = config_base.PAPER_LR_RULES
+    config.optimizer.lr_rules = config_base.paper_lr_rules("llama")
   setup = model_setup.build(config, str(tmp_path))
   stage_name, stage_config = stages.resolve(config)[0]
   with pytest.raises(ValueError, match=r"lr rule 'predictor/llama/embed_tokens/\.\*' matches no parameter"):
@@ -170,7 +173,10 @@ def test_config_round_trip_names_the_backbone_not_its_class(toy_registered):
   assert predictor_lib.PredictorConfig.from_dict(d) == predictor
   paper = vljepa.paper_config()
   assert vljepa.VLJEPAConfig.from_dict(paper.to_dict()) == paper
-  assert config_base.PAPER_LR_RULES[1] == ("predictor/llama/embed_tokens/.*", 0.0)
+  assert config_base.paper_lr_rules("llama")[1] == ("predictor/llama/embed_tokens/.*", 0.0)
+  # The paper's rules name the table symbolically; each backbone resolves it to its own.
+  assert config_base.resolve_lr_rules(config_base.PAPER_LR_RULES, "llama") == config_base.paper_lr_rules("llama")
+  assert config_base.resolve_lr_rules(config_base.PAPER_LR_RULES, "toy") == config_base.paper_lr_rules("toy")
 
 
 def test_init_predictor_loads_a_converted_llama_into_predictor_llama(tmp_path):
@@ -219,3 +225,55 @@ def test_the_llama_backbone_counts_its_own_flops():
   attention = 4 * tokens ** 2 * 64
   mlp = 2 * tokens * 64 * 128 * 3  # gate, up, down
   assert predictor_backbones.get("llama").forward_flops(cfg, tokens) == 2 * (projections + attention + mlp)
+
+
+# Parses a command line as `python -m vljepa_jax.main` does and prints the predictor it resolves to.
+_PARSE = textwrap.dedent("""
+    import json, sys
+    from absl import flags
+    from vljepa_jax import main
+    main.parse_flags(sys.argv)
+    predictor = flags.FLAGS.config.model.predictor
+    print(json.dumps({"backbone": predictor.backbone, "config": predictor.backbone_config.to_dict()}))
+""")
+
+
+def _parse(*args):
+  root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  return subprocess.run([sys.executable, "-c", _PARSE, "--config=tests/tiny_train_config.py", *args], cwd=root,
+                        capture_output=True, text=True, timeout=120)
+
+
+def test_one_flag_switches_any_config_to_a_state_space_predictor():
+  """`--config.model.predictor.backbone=mamba3` builds Mamba-3 at the Llama's width, depth and vocabulary, and
+  `backbone_config.FIELD` flags then set the new backbone's fields; a field it lacks fails naming it."""
+  llama_config = tiny_train_config.get_config().model.predictor.backbone_config
+  run = _parse("--config.model.predictor.backbone=mamba3", "--config.model.predictor.backbone_config.state_size=8",
+               "--config.model.predictor.backbone_config.rotation=false")
+  assert run.returncode == 0, run.stderr
+  got = json.loads(run.stdout.strip().splitlines()[-1])
+  assert got["backbone"] == "mamba3"
+  config = got["config"]
+  assert {k: config[k] for k in ("hidden_size", "num_layers", "vocab_size", "intermediate_size")} == {
+      k: llama_config[k] for k in ("hidden_size", "num_layers", "vocab_size", "intermediate_size")}
+  assert config["state_size"] == 8 and config["rotation"] is False and "num_kv_heads" not in config
+  bad = _parse("--config.model.predictor.backbone=mamba3", "--config.model.predictor.backbone_config.num_kv_heads=2")
+  assert bad.returncode == 2
+  assert "--config.model.predictor.backbone_config.num_kv_heads: model.predictor.backbone_config has no key " \
+         "'num_kv_heads'" in bad.stderr
+
+
+@pytest.mark.parametrize("backbone", ["mamba3", "hybrid"])
+def test_matched_configs_keep_width_depth_vocabulary_and_count_flops_by_direction(backbone):
+  llama_config = vljepa.paper_config().predictor.backbone_config
+  matched = predictor_backbones.matched_config(backbone, llama_config)
+  assert (matched.hidden_size, matched.num_layers, matched.vocab_size, matched.intermediate_size) == (
+      2048, 8, 128256, 8192)
+  assert matched.num_heads * matched.head_dim == 2 * 2048  # expand 2
+  back = predictor_backbones.matched_config("llama", matched)
+  assert (back.hidden_size, back.num_layers, back.vocab_size) == (2048, 8, 128256)
+  # Bidirectional costs two scans; the projections and the MLP are counted once.
+  spec = predictor_backbones.get(backbone)
+  one_way = spec.forward_flops(matched.replace(causal=True), 300)
+  both = spec.forward_flops(matched.replace(causal=False), 300)
+  assert one_way < both < 2 * one_way

@@ -23,6 +23,7 @@ from vljepa_jax import losses
 from vljepa_jax.data import pipeline
 from vljepa_jax.models import params as params_lib
 from vljepa_jax.models import vljepa
+from vljepa_jax.train import config_base
 from vljepa_jax.train import optimizer
 from vljepa_jax.train import sharding
 from vljepa_jax.train import stages as stages_lib
@@ -107,7 +108,8 @@ def abstract_params(model: vljepa.VLJEPAConfig):
 
 def multipliers(model: vljepa.VLJEPAConfig, rules) -> dict[str, float]:
   """'/'-joined parameter path -> learning-rate multiplier."""
-  tree = optimizer.lr_multipliers(abstract_params(model), tuple(map(tuple, rules)))
+  rules = config_base.resolve_lr_rules(tuple(map(tuple, rules)), model.predictor.backbone)  # as the trainer does
+  tree = optimizer.lr_multipliers(abstract_params(model), rules)
   return {optimizer.param_path(path): m for path, m in jax.tree_util.tree_leaves_with_path(tree)}
 
 

@@ -25,9 +25,10 @@ from vljepa_jax.data import shapes
 from vljepa_jax.data import tokenizer as tokenizer_lib
 from vljepa_jax.eval import captioning
 from vljepa_jax.eval import cider
-from vljepa_jax.eval import embedding
 from vljepa_jax.eval import evaluator as evaluator_lib
+from vljepa_jax.eval import predictions as predictions_lib
 from vljepa_jax.eval import stream_decoding
+from vljepa_jax.eval import text_decoder
 from vljepa_jax.models import llama as llama_lib
 from vljepa_jax.models import params as params_lib
 from vljepa_jax.models import vljepa
@@ -67,7 +68,7 @@ class Setup:
     self.params = _random_params(self.model, seed=0)
     self.defaults = {k: config.data[k] for k in ("num_frames", "crop_size", "query_length", "target_length",
                                                  "default_query", "num_threads")}
-    self.embedder = embedding.Embedder(self.model, text_batch_size=8)
+    self.predictions = predictions_lib.EmbeddingPredictions(self.model, text_batch_size=8)
     self.query_tok = built.query_tokenizer.with_max_length(config.data.query_length)
     self.target_tok = built.target_tokenizer.with_max_length(config.data.target_length)
     # BOS / EOS as the tokenizer itself writes them around a text.
@@ -75,9 +76,9 @@ class Setup:
     self.bos, self.eos = int(ids[0, 0]), int(ids[0, mask[0].sum() - 1])
 
   def make(self, name, config, model=None):
-    return evaluator_lib.make_evaluators(
-        {name: config}, embedder=self.embedder, query_tokenizer=self.query_tokenizer,
-        target_tokenizer=self.tokenizer, data_defaults=self.defaults, model=model or self.model)[name]
+    predictions = self.predictions if model is None else predictions_lib.EmbeddingPredictions(model)
+    context = evaluator_lib.EvalContext(self.query_tokenizer, self.tokenizer, data_defaults=self.defaults)
+    return evaluator_lib.make_evaluators({name: config}, predictions, context)[name]
 
   def visual(self, frames, query=QUERY):
     """Ŝ_Y of one uint8 (T, H, W, 3) clip, unjitted."""
@@ -215,7 +216,7 @@ def test_captioning_matches_a_per_sample_greedy_reference(setup, captioning_eval
   texts = setup.greedy(params, predictions)
   # The setting must make the comparison meaningful: different texts, of different lengths, some ending early.
   assert len(set(texts)) >= 4 and len({len(t.split()) for t in texts}) >= 3
-  assert captioning_eval.decoder(params, predictions) == texts
+  assert captioning_eval.captioner.decoder(params, predictions) == texts
   got = captioning_eval.run(params)
   _check_captions(setup, got, texts, [item["captions"] for item in items])
   assert got["cider_d"] > 0
@@ -242,7 +243,7 @@ def test_decode_function_compiles_once_across_parameter_sets(setup, captioning_e
   # `TextDecoder` jits under a one-trace guard (`trace_guard`): the runs above traced it once, or they would have
   # raised. And the guard is there: a batch of another size trips it.
   with pytest.raises(AssertionError, match="traced > 1 times"):
-    captioning_eval.decoder._decode(params[captioning.DECODER_PARAMS], np.zeros((BATCH + 1, predictions.shape[1])))
+    captioning_eval.captioner.decoder._decode(params[text_decoder.DECODER_PARAMS], np.zeros((BATCH + 1, predictions.shape[1])))
 
 
 def test_decoding_needs_a_y_decoder(setup):
@@ -258,12 +259,12 @@ def test_decoding_needs_a_y_decoder(setup):
   ev = setup.make("cap", {"type": "captioning", "data": _clip_data()})
   no_decoder = {k: v for k, v in setup.params.items() if k != "y_decoder"}
   with pytest.raises(ValueError, match=r"no 'y_decoder' subtree"):
-    ev.decoder(no_decoder, np.ones((2, setup.decoder_config.embed_dim), np.float32))
+    ev.captioner.decoder(no_decoder, np.ones((2, setup.decoder_config.embed_dim), np.float32))
 
 
 def test_special_ids_are_the_tokenizers_own_start_and_end(setup):
   tok = setup.tokenizer
-  assert captioning.special_ids(tok) == (setup.bos, setup.eos)
+  assert text_decoder.special_ids(tok) == (setup.bos, setup.eos)
   assert (setup.bos, setup.eos) == (tok.token_to_id("[CLS]"), tok.token_to_id("[SEP]"))
   for text in ("the red square moves left", "", "what happens?"):
     ids, mask = tok.with_max_length(16)([text])
@@ -275,7 +276,7 @@ def test_special_ids_are_the_tokenizers_own_start_and_end(setup):
   raw.pre_tokenizer = tokenizers.pre_tokenizers.Whitespace()
   raw.post_processor = tokenizers.processors.TemplateProcessing(single="[CLS] $A", special_tokens=[("[CLS]", 2)])
   with pytest.raises(ValueError, match=r"encodes the empty text as \[2\], not as \[start, end\].*bos_id and eos_id"):
-    captioning.special_ids(tokenizer_lib.HuggingFaceTokenizer(raw, pad_id=0))
+    text_decoder.special_ids(tokenizer_lib.HuggingFaceTokenizer(raw, pad_id=0))
 
 
 def test_derangement_moves_every_index():

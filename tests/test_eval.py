@@ -9,8 +9,8 @@ import tiny_eval_model
 import trace_checks
 from vljepa_jax.data import pipeline
 from vljepa_jax.data import shapes
-from vljepa_jax.eval import embedding
 from vljepa_jax.eval import evaluator as evaluator_lib
+from vljepa_jax.eval import predictions as predictions_lib
 from vljepa_jax.train import sharding
 
 NUM_CLIPS = 21  # not a multiple of the batch: the last batch is padded
@@ -25,13 +25,13 @@ def setup(tmp_path_factory):
 
 def _evaluators(built, defaults, mesh=None):
   data = {"sources": {"shapes": {"type": "shapes", "kind": "video", "size": NUM_CLIPS, "seed": 5}}}
-  evals = {"cls": {"type": "classification", "class_names": "shapes_actions", "templates": TEMPLATES,
+  evals = {"cls": {"type": "classification", "class_names": "source", "templates": TEMPLATES,
                    "data": data, "batch_size": 8},
            "ret": {"type": "retrieval", "data": data, "batch_size": 8, "ks": (1, 5)}}
-  embedder = embedding.Embedder(built.model, mesh=mesh, rules=sharding.logical_rules("fsdp") if mesh else None,
-                                text_batch_size=16)
-  return embedder, evaluator_lib.make_evaluators(evals, embedder=embedder, query_tokenizer=built.query_tokenizer,
-                                                 target_tokenizer=built.target_tokenizer, data_defaults=defaults)
+  predictions = predictions_lib.EmbeddingPredictions(
+      built.model, mesh=mesh, rules=sharding.logical_rules("fsdp") if mesh else None, text_batch_size=16)
+  context = evaluator_lib.EvalContext(built.query_tokenizer, built.target_tokenizer, data_defaults=defaults)
+  return predictions.embedder, evaluator_lib.make_evaluators(evals, predictions, context)
 
 
 def _reference_embeddings(built, params, defaults):
@@ -120,9 +120,69 @@ def test_embeddings_drop_padding_compile_once_and_match_when_sharded(setup):
 
 def test_bad_evaluator_configs_fail_by_name(setup):
   _, built, _, defaults = setup
-  kwargs = dict(embedder=None, query_tokenizer=built.query_tokenizer, target_tokenizer=built.target_tokenizer,
-                data_defaults=defaults)
+  context = evaluator_lib.EvalContext(built.query_tokenizer, built.target_tokenizer, data_defaults=defaults)
   with pytest.raises(ValueError, match=r"evals.x.type='open_vocabulary_detection'"):
-    evaluator_lib.make_evaluators({"x": {"type": "open_vocabulary_detection"}}, **kwargs)
+    evaluator_lib.make_evaluators({"x": {"type": "open_vocabulary_detection"}}, None, context)
   with pytest.raises(ValueError, match=r"evals.x: unknown option\(s\) \['template'\]"):
-    evaluator_lib.make_evaluators({"x": {"type": "classification", "template": "a {}"}}, **kwargs)
+    evaluator_lib.make_evaluators({"x": {"type": "classification", "template": "a {}"}}, None, context)
+  with pytest.raises(ValueError, match=r"evals.x.class_names='shapes_actions': expected a list of names or 'source'"):
+    evaluator_lib.make_evaluators({"x": {"type": "classification", "class_names": "shapes_actions"}},
+                                  ScoringOnly(), context)["x"].run(None)
+  with pytest.raises(ValueError, match=r"evals.x.templates: .*exactly once, got \['a', 'b \{\}'\]"):
+    evaluator_lib.make_evaluators({"x": {"type": "classification", "templates": ["a", "b {}"]}}, ScoringOnly(), context)
+
+
+class ScoringOnly:
+  """A model that only scores candidates, by a rule (no embeddings): stands in for a token-space VLM.
+
+  Row with source index i scores 1 for one candidate: the right one (`truth`) when `correct(i)`,
+  else the next candidate of the row, which leaves the right one second (0.5); the rest score 0.
+  """
+
+  def __init__(self, truth=None, correct=None):
+    self.truth, self.correct = truth, correct
+
+  def score_candidates(self, params, batches, candidates, tokenizer):
+    label, index = [], []
+    for batch in batches:
+      label += batch["label"][batch["valid"]].tolist()
+      index += batch["source_index"][batch["valid"]].tolist()
+    own = [list(candidates.of_source_index(i)) if candidates.of_source_index else list(range(len(candidates.texts)))
+           for i in index]
+    width = max(map(len, own))
+    scores, ids = np.full((len(own), width), -np.inf, np.float32), np.full((len(own), width), -1)
+    for row, (i, l, chosen) in enumerate(zip(index, label, own)):
+      right = self.truth(i, l, [candidates.texts[c][0] for c in chosen])  # a position in the row's candidates
+      pick = right if self.correct(i) else (right + 1) % len(chosen)
+      positions = np.arange(len(chosen))
+      scores[row, :len(chosen)] = np.where(positions == pick, 1.0, np.where(positions == right, 0.5, 0.0))
+      ids[row, :len(chosen)] = chosen
+    return predictions_lib.CandidateScores(scores, ids, np.array(label), np.array(index))
+
+
+def test_a_model_that_only_scores_candidates_reuses_the_evaluators_and_others_fail_by_name(setup):
+  """Classification and VQA read nothing but `score_candidates`; evaluators that need embeddings refuse by name."""
+  _, built, _, defaults = setup
+  context = evaluator_lib.EvalContext(built.query_tokenizer, built.target_tokenizer, data_defaults=defaults)
+  data = {"sources": {"s": {"type": "shapes", "kind": "video", "size": NUM_CLIPS, "seed": 5}}, "text_mode": "qa"}
+  every_other = ScoringOnly(truth=lambda i, label, texts: label, correct=lambda i: i % 2 == 0)
+  cls = evaluator_lib.make_evaluators({"cls": {"type": "classification", "data": data, "batch_size": 8}},
+                                      every_other, context)["cls"]
+  got = cls.run(None)
+  assert got["top1"] == pytest.approx(np.mean(np.arange(NUM_CLIPS) % 2 == 0))
+  assert got["top5"] == pytest.approx(1.0)  # the right class is always second at worst
+
+  two_in_three = ScoringOnly(correct=lambda i: i % 3 != 0)
+  vqa = evaluator_lib.make_evaluators({"vqa": {"type": "vqa", "data": data, "batch_size": 8}},
+                                      two_in_three, context)["vqa"]
+  source = vqa.source()
+  two_in_three.truth = lambda i, label, texts: texts.index(source[i]["answer"].strip())
+  got = vqa.run(None)
+  assert got["num_samples"] == NUM_CLIPS
+  assert got["accuracy"] == pytest.approx(np.mean(np.arange(NUM_CLIPS) % 3 != 0))
+
+  for kind, needs in (("inverse_dynamics", r"\['embed_visual_query'\]"), ("hard_negatives", r"\['embed_texts'\]"),
+                      ("captioning", r"\['captioner'\]")):
+    with pytest.raises(ValueError, match=rf"evals.x: a \w+ needs {needs} of the model's prediction functions; "
+                                         rf"ScoringOnly provides \['score_candidates'\]"):
+      evaluator_lib.make_evaluators({"x": {"type": kind}}, two_in_three, context)

@@ -1,4 +1,4 @@
-"""The modules of `vljepa_jax.train` import, and import one another without a cycle.
+"""The modules of `vljepa_jax.train` import, and import one another without a cycle; `eval/` keeps off the generator.
 
 The graph is read off the sources with `ast` (imports inside functions count too: a lazy import is
 how a cycle hides), independently of what Python happens to have imported already.
@@ -71,3 +71,18 @@ def test_train_modules_import_and_have_no_import_cycle():
   graph = {name: _imported(path, set(modules)) - {name} for name, path in modules.items()}
   assert f"{PACKAGE}.param_layout" in graph[f"{PACKAGE}.trainer"] & graph[f"{PACKAGE}.evaluation"]
   assert _cycle(graph) is None, f"import cycle: {' -> '.join(_cycle(graph))}"
+
+
+def test_evaluators_read_their_items_through_data_not_the_shapes_generator():
+  """`eval/` reaches the embedded dataset only through `data/` readers and sources (issue 14's layering)."""
+  import vljepa_jax.eval  # pylint: disable=g-import-not-at-top
+  root = os.path.dirname(vljepa_jax.eval.__file__)
+  shapes_modules = {"vljepa_jax.data.shapes"} | {
+      f"vljepa_jax.data.shapes.{info.name}" for info in pkgutil.iter_modules(
+          [os.path.join(os.path.dirname(root), "data", "shapes")])}
+  offenders = {info.name: sorted(_imported(os.path.join(root, info.name + ".py"), shapes_modules))
+               for info in pkgutil.iter_modules([root]) if not info.ispkg}
+  offenders = {name: found for name, found in offenders.items() if found}
+  assert not offenders, f"eval modules importing the shapes generator: {offenders}"
+  # The check sees such an import: the readers that moved out of eval/ do import it.
+  assert _imported(os.path.join(os.path.dirname(root), "data", "streams.py"), shapes_modules)

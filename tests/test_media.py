@@ -1,4 +1,4 @@
-"""vljepa_jax.data.media against independent references.
+"""vljepa_jax.data.media and vljepa_jax.data.video against independent references.
 
   sample_frame_indices   exact rational formula floor((i + 1/2) * n / T) and hand-worked cases
   decode_image           the arrays the images were written from (PNG exact, JPEG close), hand
@@ -29,6 +29,7 @@ from PIL import Image, ImageFile
 
 import media_files as mf
 from vljepa_jax.data import media
+from vljepa_jax.data import video as video_lib
 
 # A truncated or garbage file must fail fast; this is far above what any of them takes.
 PROMPT_SECONDS = 5.0
@@ -230,7 +231,7 @@ def test_decode_video_matches_sequential_decode(case, video_case_bytes):
   assert len(reference) == VIDEO_FRAMES
   assert mf.frame_indices_of(reference) == list(range(VIDEO_FRAMES))  # the codec kept the numbers
   for num_frames in (1, 5, 8, 16):
-    frames, info = media.decode_video(data, num_frames)
+    frames, info = video_lib.decode_video(data, num_frames)
     indices = _expected_indices(VIDEO_FRAMES, num_frames)
     assert frames.dtype == np.uint8 and frames.shape == (num_frames, 48, 64, 3)
     np.testing.assert_array_equal(frames, reference[indices], err_msg=f"{case} T={num_frames}")
@@ -244,14 +245,14 @@ def test_decode_video_from_path_equals_bytes(case, video_case_bytes, tmp_path):
   path = tmp_path / f"clip{VIDEO_CASES[case][0]}"
   path.write_bytes(data)
   for source in (path, str(path)):
-    frames, info = media.decode_video(source, 8)
+    frames, info = video_lib.decode_video(source, 8)
     np.testing.assert_array_equal(frames, _sequential_decode(data)[_expected_indices(VIDEO_FRAMES, 8)])
     assert info.num_available == VIDEO_FRAMES
 
 
 def test_decode_video_seeks_instead_of_decoding_everything(tmp_path):
   path = mf.write_video(tmp_path / "long.mp4", mf.numbered_frames(300, 64), gop=30)
-  frames, info = media.decode_video(path, 4)
+  frames, info = video_lib.decode_video(path, 4)
   indices = _expected_indices(300, 4)  # 37, 112, 187, 262
   np.testing.assert_array_equal(frames, _sequential_decode(path)[indices])
   assert mf.frame_indices_of(frames) == indices
@@ -265,7 +266,7 @@ def test_decode_video_does_not_reseek_within_one_long_gop(tmp_path):
   # One keyframe for the whole file: every seek lands on frame 0. After the first such seek
   # the reader must decode forward, or it would redo the same frames for every target.
   path = mf.write_video(tmp_path / "one_gop.mp4", mf.numbered_frames(300, 64), gop=300)
-  frames, info = media.decode_video(path, 8)
+  frames, info = video_lib.decode_video(path, 8)
   np.testing.assert_array_equal(frames, _sequential_decode(path)[_expected_indices(300, 8)])
   assert info.num_decoded <= 300 + 40, info
 
@@ -278,7 +279,7 @@ def test_decode_video_retries_seeks_that_land_after_the_target(tmp_path):
                         options={"x264-params": "keyint=30:min-keyint=30:scenecut=0:open-gop=1"})
   indices = _expected_indices(238, 4)
   assert indices[:2] == [29, 89]  # the frames just before keyframes 30 and 90
-  decoded, info = media.decode_video(path, 4)
+  decoded, info = video_lib.decode_video(path, 4)
   np.testing.assert_array_equal(decoded, _sequential_decode(path)[indices])
   assert info.num_seeks > 4, info  # at least one retry
 
@@ -294,7 +295,7 @@ def test_decode_video_estimated_count_is_checked(numbered, video_case_bytes):
     cut = data[:int(len(data) * keep)]
     reference = _sequential_decode(cut)
     assert 0 < len(reference) < VIDEO_FRAMES
-    frames, info = media.decode_video(cut, 8)
+    frames, info = video_lib.decode_video(cut, 8)
     assert info.num_available == len(reference)
     np.testing.assert_array_equal(frames, reference[_expected_indices(len(reference), 8)])
 
@@ -308,7 +309,7 @@ def test_decode_video_variable_frame_rate(extension):
   data = mf.video_bytes(frames, extension, timestamps_ms=timestamps)
   reference = _sequential_decode(data)
   for num_frames in (4, 8):
-    decoded, info = media.decode_video(data, num_frames)
+    decoded, info = video_lib.decode_video(data, num_frames)
     indices = _expected_indices(60, num_frames)
     np.testing.assert_array_equal(decoded, reference[indices])
     assert mf.frame_indices_of(decoded) == indices
@@ -329,7 +330,7 @@ def _dropped(slot: int) -> list[int]:
 def test_decode_video_irregular_timestamps(extension, timestamps_ms):
   data = mf.video_bytes(mf.numbered_frames(300, 64), extension, gop=30, timestamps_ms=timestamps_ms)
   reference = _sequential_decode(data)
-  frames, info = media.decode_video(data, 4)
+  frames, info = video_lib.decode_video(data, 4)
   indices = _expected_indices(300, 4)
   np.testing.assert_array_equal(frames, reference[indices])
   assert mf.frame_indices_of(frames) == indices
@@ -342,13 +343,13 @@ def test_decode_video_index_that_flags_every_frame_as_keyframe():
   data = mf.video_bytes(mf.numbered_frames(150, 64), ".avi", gop=50, flag_all_keyframes=True)
   reference = _sequential_decode(data)
   for num_frames in (4, 8):
-    frames, _ = media.decode_video(data, num_frames)
+    frames, _ = video_lib.decode_video(data, num_frames)
     np.testing.assert_array_equal(frames, reference[_expected_indices(150, num_frames)])
 
 
 def test_decode_video_short_video_repeats_frames(tmp_path):
   path = mf.write_video(tmp_path / "short.mp4", mf.numbered_frames(3, 64))
-  frames, info = media.decode_video(path, 8)
+  frames, info = video_lib.decode_video(path, 8)
   indices = [0, 0, 0, 1, 1, 2, 2, 2]
   np.testing.assert_array_equal(frames, _sequential_decode(path)[indices])
   assert mf.frame_indices_of(frames) == indices
@@ -364,7 +365,7 @@ def test_decode_video_resizes_with_ffmpeg(video_case_bytes):
   data = video_case_bytes("mp4-h264-gop10")
   reference = _sequential_decode(data)
   for short_side, shape in ((24, (24, 32)), (30, (30, 40)), (96, (96, 128))):  # from 48x64
-    frames, _ = media.decode_video(data, 6, short_side=short_side)
+    frames, _ = video_lib.decode_video(data, 6, short_side=short_side)
     assert frames.shape == (6, *shape, 3)
     indices = _expected_indices(VIDEO_FRAMES, 6)
     assert mf.frame_indices_of(frames) == indices
@@ -380,7 +381,7 @@ def test_decode_video_resizes_with_ffmpeg(video_case_bytes):
 def test_decode_video_truncated_mp4(keep, faststart, numbered):
   data = mf.video_bytes(numbered, ".mp4", gop=10, faststart=faststart)
   start = time.monotonic()
-  reason = _reason(lambda: media.decode_video(data[:int(len(data) * keep)], 8))
+  reason = _reason(lambda: video_lib.decode_video(data[:int(len(data) * keep)], 8))
   assert time.monotonic() - start < PROMPT_SECONDS
   # Without faststart the index sits at the end, so a cut file does not even open; with it
   # the file opens and fails while decoding (or ends before the frames it declares).
@@ -399,7 +400,7 @@ def test_decode_video_cut_at_packet_boundary(numbered, num_frames):
     cut = data[:container.streams.video[0].index_entries[120].pos]
   assert len(_sequential_decode(cut)) == 120
   start = time.monotonic()
-  assert _reason(lambda: media.decode_video(cut, num_frames)) == media.TRUNCATED_MEDIA
+  assert _reason(lambda: video_lib.decode_video(cut, num_frames)) == media.TRUNCATED_MEDIA
   assert time.monotonic() - start < PROMPT_SECONDS
 
 
@@ -407,15 +408,15 @@ def test_decode_video_unreadable_and_missing(tmp_path):
   garbage = np.random.default_rng(5).bytes(20_000)
   for data in (b"", garbage, b"\x00" * 5000, mf.audio_only_bytes()):
     start = time.monotonic()
-    assert _reason(lambda: media.decode_video(data, 4)) == media.UNREADABLE_MEDIA
+    assert _reason(lambda: video_lib.decode_video(data, 4)) == media.UNREADABLE_MEDIA
     assert time.monotonic() - start < PROMPT_SECONDS
   with pytest.raises(media.BadSample, match="no video stream"):
-    media.decode_video(mf.audio_only_bytes(), 4)
+    video_lib.decode_video(mf.audio_only_bytes(), 4)
   missing = tmp_path / "nope.mp4"
-  assert _reason(lambda: media.decode_video(missing, 4)) == media.MISSING_FILE
-  assert _reason(lambda: media.decode_video(str(missing), 4)) == media.MISSING_FILE
+  assert _reason(lambda: video_lib.decode_video(missing, 4)) == media.MISSING_FILE
+  assert _reason(lambda: video_lib.decode_video(str(missing), 4)) == media.MISSING_FILE
   (tmp_path / "junk.mp4").write_bytes(garbage)
-  assert _reason(lambda: media.decode_video(tmp_path / "junk.mp4", 4)) == media.UNREADABLE_MEDIA
+  assert _reason(lambda: video_lib.decode_video(tmp_path / "junk.mp4", 4)) == media.UNREADABLE_MEDIA
 
 
 # --- Geometry and normalisation --------------------------------------------------------------
@@ -536,7 +537,7 @@ def test_load_frames_video_path_and_bytes(video_case_bytes, tmp_path):
   clip, notes = media.load_frames(path, 8, crop_size=48)
   assert clip.shape == (8, 48, 48, 3) and notes == {}
   np.testing.assert_array_equal(clip, _sequential_decode(data)[indices][:, :, 8:56])
-  resized, _ = media.decode_video(data, 8, short_side=40)  # 40x53, crop at column (53 - 32) // 2
+  resized, _ = video_lib.decode_video(data, 8, short_side=40)  # 40x53, crop at column (53 - 32) // 2
   for source in (path, data):
     clip, notes = media.load_frames(source, 8, crop_size=32, short_side=40)
     assert clip.shape == (8, 32, 32, 3) and notes == {}

@@ -144,14 +144,18 @@ def test_vocabulary_constants_are_consistent():
   assert len(shapes.object_classes(CONFIG)) == 24
 
 
-def test_shapes_module_does_not_import_jax():
-  tree = ast.parse(pathlib.Path(shapes.__file__).read_text())
-  imported = {alias.name.split(".")[0] for node in ast.walk(tree)
-              if isinstance(node, (ast.Import, ast.ImportFrom))
-              for alias in getattr(node, "names", [])}
-  imported |= {node.module.split(".")[0] for node in ast.walk(tree)
-               if isinstance(node, ast.ImportFrom) and node.module}
-  assert "jax" not in imported and "flax" not in imported
+def test_shapes_package_does_not_import_jax():
+  paths = sorted(pathlib.Path(shapes.__file__).parent.glob("*.py"))
+  assert len(paths) > 10, paths  # the package's modules, not just its __init__
+  for path in paths:
+    tree = ast.parse(path.read_text(), str(path))
+    imported = {alias.name for node in ast.walk(tree) if isinstance(node, ast.Import) for alias in node.names}
+    imported |= {node.module for node in ast.walk(tree) if isinstance(node, ast.ImportFrom) and node.module}
+    tops = {name.split(".")[0] for name in imported}
+    assert "jax" not in tops and "flax" not in tops, path
+    # Project imports stay inside the package, so none can bring in JAX indirectly.
+    outside = {n for n in imported if n.split(".")[0] == "vljepa_jax" and not n.startswith("vljepa_jax.data.shapes.")}
+    assert not outside, (path, outside)
 
 
 def test_source_matches_make_clip_and_is_a_grain_source():
@@ -529,3 +533,13 @@ def test_stream_is_deterministic_and_lazy():
   assert big.clip(500, 3).shape == (3, 256, 256, 3)
   with pytest.raises(ValueError, match="duration_s"):
     shapes.LongStream(CONFIG, 0, 0, duration_s=1.0)
+
+
+def test_source_label_names_name_each_items_label():
+  for kind in ("video", "image"):
+    source = shapes.ShapesSource(CONFIG, kind=kind, size=12, seed=4)
+    names = source.label_names
+    assert len(set(names)) == len(names)
+    for i in range(len(source)):
+      item = source[i]
+      assert names[item["label"]] == item["label_name"], (kind, i)

@@ -3,7 +3,7 @@
 Each reference applies the model unjitted to one clip or one text at a time, normalises pixels
 with its own ImageNet formula and picks answers with NumPy argmax / the TOT inequalities written
 out here, so nothing is shared with the evaluators but the model. Sizes are chosen so that the
-last batch is padded; every evaluator uses one shared embedder, which must compile each embedding
+last batch is padded; every evaluator uses one shared set of prediction functions, which must compile each embedding
 function once for all of them and for a second parameter set. Manifests, SugarCrepe++ JSON and
 VISLA TSV/CSV files are written by the tests; missing files and malformed items must fail by name.
 """
@@ -18,8 +18,8 @@ from PIL import Image
 import tiny_eval_model
 import trace_checks
 from vljepa_jax.data import shapes
-from vljepa_jax.eval import embedding
 from vljepa_jax.eval import evaluator as evaluator_lib
+from vljepa_jax.eval import predictions as predictions_lib
 
 BATCH = 8
 MEAN, STD = np.array([0.485, 0.456, 0.406]), np.array([0.229, 0.224, 0.225])
@@ -28,23 +28,24 @@ MEAN, STD = np.array([0.485, 0.456, 0.406]), np.array([0.229, 0.224, 0.225])
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory):
   config, built, params, defaults = tiny_eval_model.build(str(tmp_path_factory.mktemp("task_evals")))
-  embedder = embedding.Embedder(built.model, text_batch_size=16)
-  return Setup(config, built, params, defaults, embedder)
+  predictions = predictions_lib.EmbeddingPredictions(built.model, text_batch_size=16)
+  return Setup(config, built, params, defaults, predictions)
 
 
 class Setup:
   """The model, its parameters, and per-sample reference embeddings (texts cached by content)."""
 
-  def __init__(self, config, built, params, defaults, embedder):
-    self.config, self.built, self.params, self.defaults, self.embedder = config, built, params, defaults, embedder
+  def __init__(self, config, built, params, defaults, predictions):
+    self.config, self.built, self.params, self.defaults = config, built, params, defaults
+    self.predictions = predictions
     self.query_tok = built.query_tokenizer.with_max_length(config.data.query_length)
     self.target_tok = built.target_tokenizer.with_max_length(config.data.target_length)
     self._texts = {}
 
-  def make(self, name, config, embedder=None):
-    return evaluator_lib.make_evaluators(
-        {name: config}, embedder=embedder or self.embedder, query_tokenizer=self.built.query_tokenizer,
-        target_tokenizer=self.built.target_tokenizer, data_defaults=self.defaults)[name]
+  def make(self, name, config, predictions=None):
+    context = evaluator_lib.EvalContext(self.built.query_tokenizer, self.built.target_tokenizer,
+                                        data_defaults=self.defaults)
+    return evaluator_lib.make_evaluators({name: config}, predictions or self.predictions, context)[name]
 
   def visual(self, frames, query):
     """Ŝ_Y of one uint8 (T, H, W, 3) clip and one query, unjitted."""
@@ -340,12 +341,12 @@ def test_hard_negative_files_fail_by_name(setup, tmp_path):
 
 
 class _FixedTexts:
-  """An embedder whose text embeddings are chosen by hand."""
+  """Prediction functions whose text embeddings are chosen by hand."""
 
   def __init__(self, vectors):
     self.vectors = vectors
 
-  def texts(self, params, texts, tokenizer):
+  def embed_texts(self, params, texts, tokenizer):
     return np.array([self.vectors[t] for t in texts], np.float32)
 
 
@@ -365,10 +366,10 @@ def test_tot_rule_is_strict_on_controlled_embeddings(setup, tmp_path):
     vectors.update(zip(texts, (p1, p2, n)))
     item = {"id": 0, "caption": texts[0], "caption2": texts[1], "negative_caption": texts[2]}
     (tmp_path / f"{name}.json").write_text(json.dumps([item]))
-  embedder = _FixedTexts(vectors)
+  fixed = _FixedTexts(vectors)
   for name, (*_, correct) in cases.items():
     options = {"type": "hard_negatives", "format": "sugarcrepe_pp", "path": str(tmp_path / f"{name}.json")}
-    ev = setup.make("tot", options, embedder=embedder)
+    ev = setup.make("tot", options, fixed)
     assert ev.run(None)["accuracy"] == float(correct), name
 
 
@@ -376,12 +377,13 @@ def test_tot_rule_is_strict_on_controlled_embeddings(setup, tmp_path):
 
 
 def test_each_embedding_function_compiles_once_across_evaluators_and_checkpoints(setup, tmp_path):
-  embedder = embedding.Embedder(setup.built.model, text_batch_size=16)
+  predictions = predictions_lib.EmbeddingPredictions(setup.built.model, text_batch_size=16)
+  embedder = predictions.embedder
   trace_checks.guard_embedder(embedder)
   data = {"sources": {"s": {"type": "shapes", "kind": "video", "size": 3, "seed": 2}}}
-  evaluators = [setup.make("vqa", {"type": "vqa", "batch_size": BATCH, "data": data}, embedder),
-                setup.make("id", {"type": "inverse_dynamics", "batch_size": BATCH, "source": {"size": 3}}, embedder),
-                setup.make("hn", {"type": "hard_negatives", "size": 20}, embedder)]
+  evaluators = [setup.make("vqa", {"type": "vqa", "batch_size": BATCH, "data": data}, predictions),
+                setup.make("id", {"type": "inverse_dynamics", "batch_size": BATCH, "source": {"size": 3}}, predictions),
+                setup.make("hn", {"type": "hard_negatives", "size": 20}, predictions)]
   other = jax.tree.map(lambda p: p * 1.01, setup.params)  # a second checkpoint
   results = [[ev.run(p) for ev in evaluators] for p in (setup.params, other)]
   trace_checks.assert_traced_once(embedder._visual_query)

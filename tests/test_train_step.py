@@ -11,6 +11,7 @@ import pytest
 from vljepa_jax import losses
 from vljepa_jax.data import global_batch
 from vljepa_jax.models import params as params_lib
+from vljepa_jax.models import predictor_backbones
 from vljepa_jax.models import vljepa
 from vljepa_jax.objectives import contrastive
 from vljepa_jax.train import optimizer
@@ -68,19 +69,13 @@ def _kernel_shard_maps(jaxpr) -> list:
   return found
 
 
-@pytest.mark.parametrize("attention_impl", ["xla", "pallas"])
-def test_sharded_steps_equal_single_device_steps(attention_impl):
-  """The sharded step on a data x fsdp x tensor mesh equals the single-device reference step with
-  plain XLA attention; with `pallas`, the flash kernel runs per shard inside `jax.shard_map`."""
-  # SGD with momentum rather than Adam: Adam divides by sqrt(v), so a gradient that is ~0 in both
-  # runs can flip sign between them and move a parameter by a full step; losses would still agree
-  # but an element-wise parameter comparison would not say anything about the sharding.
-  model = _model()
-  tx = optimizer.make_optimizer(_init(model, optax.sgd(0.0)).params, learning_rate=0.05, lr_rules=(
+def _sharded_optimizer(model):
+  return optimizer.make_optimizer(_init(model, optax.sgd(0.0)).params, learning_rate=0.05, lr_rules=(
       ("x_encoder/.*", 0.0), ("y_encoder/.*", 0.05)), b1=0.9, b2=0.0, eps=1.0)[0]
-  batches = [_batch(s) for s in range(1, 4)]
-  reference_state, reference_losses = _run_single_device(model, tx, batches)
 
+
+def _run_sharded(model, tx, batches, reference_state, reference_losses, attention_impl="xla"):
+  """The step on a data x fsdp x tensor mesh; its losses and parameters must equal the single-device run's."""
   mesh = sharding.make_mesh({"data": 2, "fsdp": 2, "tensor": 2})
   rules = sharding.logical_rules("fsdp_tp")
   inputs = train_step_lib.model_inputs({k: jnp.asarray(v) for k, v in batches[0].items()})
@@ -112,6 +107,22 @@ def test_sharded_steps_equal_single_device_steps(attention_impl):
   np.testing.assert_allclose(sharded_losses, reference_losses, rtol=1e-5)
   jax.tree.map(lambda a, b: np.testing.assert_allclose(np.asarray(a), np.asarray(b), atol=1e-5),
                state.params, reference_state.params)
+  return state
+
+
+@pytest.mark.parametrize("attention_impl", ["xla", "pallas"])
+def test_sharded_steps_equal_single_device_steps(attention_impl):
+  """The sharded step on a data x fsdp x tensor mesh equals the single-device reference step with
+  plain XLA attention; with `pallas`, the flash kernel runs per shard inside `jax.shard_map`."""
+  # SGD with momentum rather than Adam: Adam divides by sqrt(v), so a gradient that is ~0 in both
+  # runs can flip sign between them and move a parameter by a full step; losses would still agree
+  # but an element-wise parameter comparison would not say anything about the sharding.
+  model = _model()
+  tx = _sharded_optimizer(model)
+  batches = [_batch(s) for s in range(1, 4)]
+  reference_state, reference_losses = _run_single_device(model, tx, batches)
+
+  state = _run_sharded(model, tx, batches, reference_state, reference_losses, attention_impl)
   kernel = state.params["predictor"]["llama"]["layers_0"]["mlp"]["wi_gate"]["kernel"]
   assert tuple(kernel.sharding.spec) == ("fsdp", "tensor")
   moments = [leaf for path, leaf in jax.tree_util.tree_leaves_with_path(state.opt_state)
@@ -122,6 +133,18 @@ def test_sharded_steps_equal_single_device_steps(attention_impl):
   frozen = state.params["x_encoder"]
   jax.tree.map(lambda a, b: np.testing.assert_array_equal(np.asarray(a), np.asarray(b)), frozen,
                _init(model, optax.sgd(0.0)).params["x_encoder"])
+
+
+def test_a_mamba3_predictor_trains_sharded_as_on_one_device():
+  """A VL-JEPA whose predictor is Mamba-3 trains on 8 devices as on 1 (one layer: compiling the scan dominates)."""
+  config = _model().config
+  matched = predictor_backbones.matched_config("mamba3", config.predictor.backbone_config).replace(num_layers=1)
+  model = vljepa.VLJEPA(config.replace(predictor=config.predictor.replace(backbone="mamba3", backbone_config=matched)))
+  tx = _sharded_optimizer(model)
+  batches = [_batch(s) for s in range(1, 3)]
+  reference_state, reference_losses = _run_single_device(model, tx, batches)
+  assert reference_losses[1] != reference_losses[0]  # the first step moved the predictor
+  _run_sharded(model, tx, batches, reference_state, reference_losses)
 
 
 def test_gradcache_microbatches_equal_the_full_batch_gradient():

@@ -125,7 +125,11 @@ def parse_flags(argv: list[str]) -> list[str]:
   """
   argv = flags.FLAGS.read_flags_from_files(argv, force_gnu=False)
   stage_args = [arg for arg in argv[1:] if overrides_lib.STAGE_OVERRIDE.match(arg)]
-  _CONFIG_ARGV[:] = [argv[0]] + [arg for arg in argv[1:] if not overrides_lib.STAGE_OVERRIDE.match(arg)]
+  # After a backbone switch the backbone's own flags apply to the switched config, so they wait.
+  switching = any(overrides_lib.BACKBONE_OVERRIDE.match(arg) for arg in argv[1:])
+  backbone_args = [arg for arg in argv[1:] if switching and overrides_lib.BACKBONE_CONFIG_OVERRIDE.match(arg)]
+  _CONFIG_ARGV[:] = [argv[0]] + [arg for arg in argv[1:]
+                                 if not overrides_lib.STAGE_OVERRIDE.match(arg) and arg not in backbone_args]
   try:
     remaining = flags.FLAGS(_CONFIG_ARGV)
   except flags.Error as e:
@@ -139,6 +143,9 @@ def parse_flags(argv: list[str]) -> list[str]:
     return remaining
   try:
     overrides = dict(config_flags.get_override_values(flags.FLAGS["config"]))
+    if switching and (note := overrides_lib.switch_predictor_backbone(config)):
+      logging.info(note)
+    overrides.update(overrides_lib.apply_backbone_config_overrides(config, backbone_args))
     overrides.update(overrides_lib.apply_stage_overrides(config, stage_args))
     stages_lib.resolve(config)
     stages_lib.check_overrides(config, overrides)

@@ -10,7 +10,7 @@ are plain dicts with one visual field and the manifest's text fields (see `manif
 Decoding is deliberately *not* done here: the pipeline decodes inside its map stage, where a bad
 record becomes a counted skip instead of an exception in Grain's reader.
 
-  shapes        the embedded procedural dataset (`shapes.py`), no files needed
+  shapes        the embedded procedural dataset (package `shapes/`), no files needed
   manifest      a JSONL manifest plus a media folder
   array_record  shards written by `python -m vljepa_jax.data.write_arrayrecord`
   tfds          a TFDS dataset through `tfds.data_source` (ArrayRecord format; TensorFlow not needed)

@@ -1,9 +1,15 @@
 """What every evaluator shares: its config, its data, and the registry that picks one by name.
 
 An experiment config lists evaluators under `config.evals.<name>`, each a dict with a `type`
-(a key of `EVALUATORS`) and that type's options. `make_evaluators` builds them once per run;
-`run(params)` returns `{metric: value}` and may be called for many checkpoints (the embedding
-functions compile once).
+(a key of `EVALUATORS`) and that type's options. `make_evaluators(evals, predictions, context)`
+builds them once per run from two things: the model's prediction functions
+(`eval/predictions.py`; an evaluator names the capabilities it needs in `REQUIRES`, checked here)
+and one `EvalContext` (tokenizers, data defaults, batch size, mesh, workdir). `run(params)`
+returns `{metric: value}` and may be called for many checkpoints (the prediction functions
+compile once).
+
+To add an evaluator: subclass `Evaluator` in a new module of `eval/`, declare `OPTIONS` (name ->
+default) and `REQUIRES`, implement `run`, and add one line to `EVALUATORS`.
 
 Every evaluator reads its data through the training input pipeline in a single ordered pass
 (`shuffle=False`, one epoch, a padded final batch), so the embedded dataset, JSONL manifests,
@@ -12,13 +18,12 @@ trainer passes in (the training stage's frame count, crop and text lengths).
 """
 from __future__ import annotations
 
+import dataclasses
 from typing import Any, Mapping
-
-import numpy as np
 
 from vljepa_jax import registry
 from vljepa_jax.data import pipeline
-from vljepa_jax.eval import embedding
+from vljepa_jax.eval import predictions as predictions_lib
 
 # Evaluator type -> "module:Class", imported on first use.
 EVALUATORS = {
@@ -34,19 +39,29 @@ EVALUATORS = {
 EVAL_DATA = {"shuffle": False, "num_epochs": 1, "sample_paraphrase": False}
 
 
-def normalize(x: np.ndarray) -> np.ndarray:
-  """Rows scaled to unit L2 norm (cosine similarity is then a dot product)."""
-  return x / np.maximum(np.linalg.norm(x, axis=-1, keepdims=True), 1e-12)
+@dataclasses.dataclass(frozen=True)
+class EvalContext:
+  """What every evaluator of a run shares besides the model's prediction functions.
+
+  `data_defaults` are the data settings an evaluator inherits unless its own `data` overrides
+  them (the trainer passes the training stage's frame count, crop and text lengths);
+  `batch_size` is the default of an evaluator's `batch_size` option.
+  """
+  query_tokenizer: Any
+  target_tokenizer: Any
+  data_defaults: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+  batch_size: int = 64
+  mesh: Any = None
+  workdir: str | None = None
 
 
 class Evaluator:
-  """Base class: holds the embedder, tokenizers and the resolved data config."""
+  """Base class: the options, the resolved data config and tokenizers, and the prediction functions."""
 
   OPTIONS: Mapping[str, Any] = {}  # option name -> default, besides `type`, `data` and `batch_size`
+  REQUIRES: tuple[str, ...] = ()  # capabilities of the prediction functions (`predictions.CAPABILITIES`)
 
-  def __init__(self, name: str, config: Mapping[str, Any], *, embedder: embedding.Embedder, query_tokenizer,
-               target_tokenizer, data_defaults: Mapping[str, Any], model: Any = None, mesh: Any = None,
-               rules: Any = None, workdir: str | None = None):
+  def __init__(self, name: str, config: Mapping[str, Any], predictions: Any, context: EvalContext):
     config = dict(config)
     config.pop("type", None)
     known = set(self.OPTIONS) | {"data", "batch_size"}
@@ -55,14 +70,20 @@ class Evaluator:
       raise ValueError(f"evals.{name}: unknown option(s) {unknown}; a {type(self).__name__} takes {sorted(known)}")
     self.name = name
     self.options = {**self.OPTIONS, **{k: v for k, v in config.items() if k in self.OPTIONS}}
-    self.batch_size = int(config.get("batch_size", 64))
-    self.data = pipeline.DataConfig.from_dict({**data_defaults, **dict(config.get("data", {})), **EVAL_DATA})
-    self.embedder = embedder
-    # What evaluators that run more than the two embedding functions need (the Y-decoder, streams).
-    self.model, self.mesh, self.rules, self.workdir = model, mesh, rules, workdir
-    # Texts the evaluator embeds itself (class names, all captions) get the pipeline's lengths too.
-    self.query_tokenizer = query_tokenizer.with_max_length(self.data.query_length)
-    self.target_tokenizer = target_tokenizer.with_max_length(self.data.target_length)
+    missing = [c for c in self.requires() if c not in predictions_lib.provides(predictions)]
+    if missing:
+      raise ValueError(f"evals.{name}: a {type(self).__name__} needs {missing} of the model's prediction functions; "
+                       f"{type(predictions).__name__} provides {list(predictions_lib.provides(predictions))}")
+    self.predictions, self.context = predictions, context
+    self.batch_size = int(config.get("batch_size", context.batch_size))
+    self.data = pipeline.DataConfig.from_dict({**context.data_defaults, **dict(config.get("data", {})), **EVAL_DATA})
+    # Texts the evaluator tokenizes itself (class names, all captions) get the pipeline's lengths too.
+    self.query_tokenizer = context.query_tokenizer.with_max_length(self.data.query_length)
+    self.target_tokenizer = context.target_tokenizer.with_max_length(self.data.target_length)
+
+  def requires(self) -> tuple[str, ...]:
+    """The capabilities this evaluator calls with its options (`REQUIRES` unless an option changes them)."""
+    return self.REQUIRES
 
   def batches(self):
     """The evaluation data as padded host batches (one epoch, in order)."""
@@ -78,10 +99,11 @@ class Evaluator:
     raise NotImplementedError
 
 
-def make_evaluators(evals: Mapping[str, Mapping[str, Any]], **kwargs: Any) -> dict[str, Evaluator]:
+def make_evaluators(evals: Mapping[str, Mapping[str, Any]], predictions: Any,
+                    context: EvalContext) -> dict[str, Evaluator]:
   """`{name: Evaluator}` from `config.evals`; an unknown `type` fails by name before anything runs."""
   evaluators = {}
   for name, config in evals.items():
     kind = config.get("type")
-    evaluators[name] = registry.lookup(EVALUATORS, kind, f"evals.{name}.type")(name, config, **kwargs)
+    evaluators[name] = registry.lookup(EVALUATORS, kind, f"evals.{name}.type")(name, config, predictions, context)
   return evaluators

@@ -1,7 +1,8 @@
 """Text <-> video retrieval with several captions per video.
 
-Videos are embedded as Ŝ_Y (visual input + the retrieval query, `data.default_query`), captions
-as S_Y by the Y-encoder; similarity is the cosine. Text -> video: each caption ranks all videos
+Every video (visual input + the retrieval query, `data.default_query`) is scored against every
+caption of the evaluated records (`Predictions.score_candidates`; for VL-JEPA the cosine of Ŝ_Y
+and the Y-encoder's S_Y), giving one (videos x captions) matrix. Text -> video: each caption ranks all videos
 and hits when its own video is within the top K. Video -> text: each video ranks all captions
 and hits when any of its captions is within the top K. Ties count against the model
 (`metrics.ranks`). Captions come from the source records (`captions`, else `caption`).
@@ -14,32 +15,39 @@ import numpy as np
 
 from vljepa_jax.eval import evaluator
 from vljepa_jax.eval import metrics
+from vljepa_jax.eval import predictions as predictions_lib
 
 
 class Retrieval(evaluator.Evaluator):
   OPTIONS = {"ks": (1, 5, 10), "directions": ("t2v", "v2t")}
+  REQUIRES = ("score_candidates",)
 
-  def captions(self, source_indices: np.ndarray) -> tuple[list[str], np.ndarray]:
-    """All captions of the given records, and the row (video) each belongs to."""
+  def captions(self) -> tuple[list[str], np.ndarray]:
+    """Every caption of the source's records, and the record each belongs to."""
     source = self.source()
     texts, owner = [], []
-    for row, index in enumerate(source_indices):
-      record = source[int(index)]
+    for index in range(len(source)):
+      record = source[index]
       captions = [c for c in record.get("captions") or () if c and c.strip()] or [record.get("caption")]
       if not captions[0]:
-        raise ValueError(f"evals.{self.name}: record {int(index)} of {source!r} has no caption")
+        raise ValueError(f"evals.{self.name}: record {index} of {source!r} has no caption")
       texts += captions
-      owner += [row] * len(captions)
+      owner += [index] * len(captions)
     return texts, np.asarray(owner, np.int64)
 
   def run(self, params: Any) -> dict[str, float]:
     if len(self.data.sources) != 1:
       raise ValueError(f"evals.{self.name}: retrieval reads one source, got {len(self.data.sources)}")
-    videos, info = self.embedder.visual_query(params, self.batches())
-    texts, owner = self.captions(info["source_index"])
-    captions = self.embedder.texts(params, texts, self.target_tokenizer)
-    scores = evaluator.normalize(captions) @ evaluator.normalize(videos).T  # (num_captions, num_videos)
-    num_videos = len(videos)
+    all_texts, all_owners = self.captions()
+    scored = self.predictions.score_candidates(params, self.batches(), predictions_lib.Candidates(
+        [[t] for t in all_texts]), self.target_tokenizer)
+    # Only the captions of videos that were evaluated (the pipeline skips unreadable records).
+    row_of_record = {int(index): row for row, index in enumerate(scored.source_index)}
+    kept = np.array([int(o) in row_of_record for o in all_owners])
+    texts = [t for t, keep in zip(all_texts, kept) if keep]
+    owner = np.array([row_of_record[int(o)] for o in all_owners[kept]], np.int64)
+    scores = scored.scores[:, kept].T  # (num_captions, num_videos)
+    num_videos = len(scored.source_index)
     ks = [k for k in self.options["ks"] if k <= num_videos]
     result: dict[str, float] = {}
     for direction in self.options["directions"]:

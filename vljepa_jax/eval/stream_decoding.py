@@ -17,114 +17,30 @@ matched pairs. The reduction factor is how many times fewer decodes adaptive nee
 uniform decoding at `reference_rate_hz` (the paper: adaptive at 0.35 Hz matches uniform at 1 Hz,
 ≈2.85x), read off the adaptive curve by linear interpolation.
 
-Streams: the embedded dataset's `shapes.LongStream`s (one event per 4-30 s segment, captioned;
-annotations at segment midpoints), or a JSONL manifest of real videos, one line per video:
+Streams (option `streams`; `data/streams.py` reads them): the embedded dataset's
+`shapes.LongStream`s (one event per 4-30 s segment, captioned at its midpoint), or a JSONL
+manifest of real videos with timed captions, one line per video, sampled with PyAV at `fps`:
 
     {"id": "v1", "media": "videos/v1.mp4", "annotations": [[12.5, "cut the onion"], [30.0, "..."]]}
-
-read with PyAV at `stream_fps`.
 """
 from __future__ import annotations
 
 import concurrent.futures
 import dataclasses
-import functools
 import math
-import os
-from typing import Any, Mapping, Sequence
+from typing import Any, Sequence
 
 import jax
 import numpy as np
 
-from vljepa_jax.data import manifest
 from vljepa_jax.data import media
 from vljepa_jax.data import pipeline
-from vljepa_jax.data import shapes
+from vljepa_jax.data import streams as streams_lib
 from vljepa_jax.eval import captioning
 from vljepa_jax.eval import cider
 from vljepa_jax.eval import evaluator
+from vljepa_jax.eval import predictions as predictions_lib
 from vljepa_jax.eval import selective_decoding
-
-MANIFEST_FORMAT = ('one JSON object per line: {"id": str, "media": video path, "annotations": '
-                   '[[time_s, caption], ...]}')
-
-
-@dataclasses.dataclass
-class Stream:
-  """One long video: frames on demand, its annotations, and its frame rate."""
-  name: str
-  num_frames: int
-  fps: float
-  annotation_times: np.ndarray  # (A,) seconds
-  annotation_captions: list[str]
-  frames: Any  # callable(indices (n,)) -> uint8 (n, S, S, 3)
-
-
-def shapes_streams(spec: Mapping[str, Any], crop_size: int) -> list[Stream]:
-  spec = dict(spec)
-  count, seed = int(spec.pop("num_streams", 8)), int(spec.pop("seed", 2000))
-  duration = float(spec.pop("duration_s", 180.0))
-  spec.setdefault("image_size", crop_size)
-  config = shapes.ShapesConfig(**spec)
-  streams = []
-  for i in range(count):
-    long = shapes.LongStream(config, seed, i, duration_s=duration)
-    times = np.array([(s.start_s + s.end_s) / 2 for s in long.segments])
-
-    def frames(indices, long=long):
-      return np.concatenate([long.clip(int(i), 1) for i in indices])
-
-    streams.append(Stream(f"shapes-stream-{seed}-{i}", long.num_frames, long.fps, times,
-                          [s.caption for s in long.segments], frames))
-  return streams
-
-
-def manifest_streams(path: str, fps: float, crop_size: int, short_side: int | None,
-                     media_root: str | None = None) -> list[Stream]:
-  if not os.path.isfile(path):
-    raise FileNotFoundError(f"stream manifest {path!r} does not exist; expected {MANIFEST_FORMAT}")
-  root = media_root or os.path.dirname(os.path.abspath(path))
-  streams = []
-  for where, entry in manifest.iter_json_lines(path):
-    try:
-      video = os.path.join(root, entry["media"])
-      annotations = sorted((float(t), str(c)) for t, c in entry["annotations"])
-    except (ValueError, KeyError, TypeError) as e:
-      raise ValueError(f"{where}: not a stream entry ({type(e).__name__}: {e}); expected {MANIFEST_FORMAT}") from None
-    if not annotations:
-      raise ValueError(f"{where}: no annotations")
-    if not os.path.isfile(video):
-      raise FileNotFoundError(f"{where}: video {video!r} does not exist")
-    num_frames = max(1, int(round(video_seconds(video) * fps)))
-    streams.append(Stream(str(entry.get("id", entry["media"])), num_frames, fps,
-                          np.array([t for t, _ in annotations]), [c for _, c in annotations],
-                          functools.partial(_video_frames, video, num_frames, crop_size, short_side)))
-  if not streams:
-    raise ValueError(f"{path}: no streams; expected {MANIFEST_FORMAT}")
-  return streams
-
-
-def video_seconds(path: str) -> float:
-  """A video's duration from its container (PyAV), for sampling it at a fixed frame rate."""
-  import av  # pylint: disable=g-import-not-at-top
-  with av.open(path) as container:
-    stream = container.streams.video[0]
-    if stream.duration is not None and stream.time_base is not None:
-      return float(stream.duration * stream.time_base)
-    if container.duration is not None:
-      return container.duration / av.time_base
-  raise ValueError(f"{path}: the container states no duration; re-mux it (ffmpeg -c copy) to add one")
-
-
-@functools.lru_cache(maxsize=2)  # batches walk the streams in order: keep the current (and previous) one
-def _decoded_video(path: str, num_frames: int, crop_size: int, short_side: int | None) -> np.ndarray:
-  frames, _ = media.decode_video(path, num_frames)
-  return media.center_crop(media.resize_short_side(frames, short_side or crop_size), crop_size)
-
-
-def _video_frames(path: str, num_frames: int, crop_size: int, short_side: int | None, indices) -> np.ndarray:
-  return _decoded_video(path, num_frames, crop_size, short_side)[np.asarray(indices)]
-
 
 def window_starts(num_frames: int, window: int, frame_stride: int, step: int) -> np.ndarray:
   """First frame of each sliding window; the last windows are clamped to the stream's end."""
@@ -167,26 +83,19 @@ class SelectiveDecoding(evaluator.Evaluator):
              "online_thresholds": (), "reference_rate_hz": 1.0, "max_new_tokens": None, "beam_size": 1,
              "report_curve": True}
 
-  def __init__(self, name, config, **kwargs):
-    super().__init__(name, config, **kwargs)
+  REQUIRES = ("embed_visual_query", "text_decoder")  # decodes (means of) predictions along a stream
+
+  def __init__(self, name, config, predictions, context):
+    super().__init__(name, config, predictions, context)
     opts = self.options
     if opts["pooling"] not in ("mean", "midpoint"):
       raise ValueError(f"evals.{name}.pooling={opts['pooling']!r}; expected 'mean' or 'midpoint'")
-    spec = dict(opts["streams"])
-    kind = spec.pop("type", "shapes")
-    if kind == "shapes":
-      self.streams = shapes_streams(spec, self.data.crop_size)
-    elif kind == "manifest":
-      self.streams = manifest_streams(spec["path"], float(spec.get("fps", 2.0)), self.data.crop_size,
-                                      self.data.short_side, spec.get("media_root"))
-    else:
-      raise ValueError(f"evals.{name}.streams.type={kind!r}; expected 'shapes' or 'manifest' ({MANIFEST_FORMAT})")
+    self.streams = streams_lib.make_streams(opts["streams"], self.data, f"evals.{name}.streams")
     self.window = int(opts["window"] or self.data.num_frames)
     self.query = self.query_tokenizer([opts["query"] if opts["query"] is not None else self.data.default_query])
-    self.decoder = captioning.TextDecoder(
-        self.model, self.target_tokenizer, self.embedder,
-        max_new_tokens=int(opts["max_new_tokens"] or self.data.target_length), beam_size=int(opts["beam_size"]),
-        batch_size=self.batch_size, rules=self.rules)
+    self.decoder = predictions.text_decoder(
+        self.target_tokenizer, max_new_tokens=int(opts["max_new_tokens"] or self.data.target_length),
+        beam_size=int(opts["beam_size"]), batch_size=self.batch_size)
 
   # --- the embedding streams ---------------------------------------------------------------------
 
@@ -220,7 +129,7 @@ class SelectiveDecoding(evaluator.Evaluator):
 
   def stream_embeddings(self, params: Any) -> list[tuple[np.ndarray, np.ndarray]]:
     """Per stream: (times (T,) in seconds of each window's centre, Ŝ_Y (T, D)), in time order."""
-    out, info = self.embedder.visual_query(params, self.batches())
+    out, info = self.predictions.embed_visual_query(params, self.batches())
     centre = (self.window - 1) * int(self.options["frame_stride"]) / 2
     result = []
     for s, stream in enumerate(self.streams):
@@ -244,7 +153,7 @@ class SelectiveDecoding(evaluator.Evaluator):
     for threshold in opts["online_thresholds"]:
       plans["online", float(threshold)] = [
           _segments_from_indices(len(e), selective_decoding.online_trigger(
-              evaluator.normalize(e), int(opts["online_window"]), float(threshold))) for _, e in streams]
+              predictions_lib.normalize(e), int(opts["online_window"]), float(threshold))) for _, e in streams]
     return plans
 
   def curves(self, params: Any) -> tuple[list[Curve], dict[str, Any]]:

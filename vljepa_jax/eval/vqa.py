@@ -2,7 +2,8 @@
 
 VL-JEPA has no answer head and generates no text here: the predictor maps (visual input,
 question) to Ŝ_Y, the Y-encoder maps every candidate answer to S_Y, and the prediction is the
-candidate with the highest cosine. A sample is correct when its answer's cosine is strictly
+candidate with the highest cosine (`Predictions.score_candidates`, with each record's own
+candidates; another model may score them another way). A sample is correct when its answer's cosine is strictly
 higher than every other candidate's: ties count against the model (`metrics.ranks`), so a
 collapsed embedding that scores all candidates alike gets no credit.
 
@@ -12,8 +13,8 @@ question. The candidates of a record are its `answer_candidates` (the embedded d
 them); the option `candidates` gives one fixed list for records without their own (e.g. a
 manifest for yes/no or counting questions, whose schema has no per-record candidates). A record
 whose answer is not among its candidates, or that has no candidates at all, fails the run with
-its id: a silently dropped sample would change the accuracy. Every distinct candidate text is
-embedded once, however many records share it.
+its id, before the model runs: a silently dropped sample would change the accuracy. Every
+distinct candidate text is one candidate, however many records share it.
 
 Metrics: `accuracy`, `accuracy/<question_type>` where records carry a `question_type`, each with
 `chance_<metric>` (the mean over samples of 1 / number of candidates) and `num_samples[/<type>]`.
@@ -27,13 +28,15 @@ import numpy as np
 
 from vljepa_jax.eval import evaluator
 from vljepa_jax.eval import metrics
+from vljepa_jax.eval import predictions as predictions_lib
 
 
 class DiscriminativeVQA(evaluator.Evaluator):
   OPTIONS = {"candidates": None}
+  REQUIRES = ("score_candidates",)
 
-  def __init__(self, name: str, config: Mapping[str, Any], **kwargs: Any):
-    super().__init__(name, config, **kwargs)
+  def __init__(self, name: str, config: Mapping[str, Any], predictions: Any, context: evaluator.EvalContext):
+    super().__init__(name, config, predictions, context)
     # The query must be the record's question, whatever the training stage's text mode was;
     # a per-source `text_mode` would override the global one, so both are forced.
     sources = tuple({**spec, "text_mode": "qa"} for spec in self.data.sources)
@@ -61,24 +64,19 @@ class DiscriminativeVQA(evaluator.Evaluator):
   def run(self, params: Any) -> dict[str, float]:
     if len(self.data.sources) != 1:
       raise ValueError(f"evals.{self.name}: VQA reads one source, got {len(self.data.sources)}")
-    predictions, info = self.embedder.visual_query(params, self.batches())
     source = self.source()
-    per_sample = [self.sample_candidates(source[int(i)], int(i)) for i in info["source_index"]]
+    per_record = [self.sample_candidates(source[i], i) for i in range(len(source))]
     texts: dict[str, int] = {}
-    for candidates, _, _ in per_sample:
+    for candidates, _, _ in per_record:
       for text in candidates:
         texts.setdefault(text, len(texts))
-    answers = evaluator.normalize(self.embedder.texts(params, list(texts), self.target_tokenizer))
-    predictions = evaluator.normalize(predictions)
-    # One padded score matrix: absent candidates score -inf, so they rank behind every real one.
-    width = max(len(c) for c, _, _ in per_sample)
-    scores = np.full((len(per_sample), width), -np.inf, np.float32)
-    positives = np.zeros(scores.shape, bool)
-    for row, (candidates, answer, _) in enumerate(per_sample):
-      rows = [texts[t] for t in candidates]
-      scores[row, :len(rows)] = answers[rows] @ predictions[row]
-      positives[row, answer] = True
-    correct = metrics.ranks(scores, positives) == 1
+    own = [[texts[t] for t in candidates] for candidates, _, _ in per_record]
+    scored = self.predictions.score_candidates(
+        params, self.batches(), predictions_lib.Candidates([[t] for t in texts], own.__getitem__),
+        self.target_tokenizer)
+    answers = np.array([texts[per_record[i][0][per_record[i][1]]] for i in scored.source_index.astype(int)])
+    correct = metrics.ranks(scored.scores, scored.ids == answers[:, None]) == 1
+    per_sample = [per_record[i] for i in scored.source_index.astype(int)]
     chance = np.array([1.0 / len(c) for c, _, _ in per_sample])
     result = _summary("", correct, chance)
     types = np.array([t if t is not None else "" for _, _, t in per_sample])

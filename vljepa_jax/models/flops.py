@@ -13,6 +13,8 @@ transformer backbones use `transformer_layer` below.
 """
 from __future__ import annotations
 
+import dataclasses
+
 from typing import TYPE_CHECKING
 
 from vljepa_jax.models import predictor_backbones
@@ -44,8 +46,12 @@ def forward_flops(config: vljepa.VLJEPAConfig, *, num_frames: int, crop_size: in
                                                  False)
 
   predictor = config.predictor
-  backbone_flops = predictor_backbones.get(predictor.backbone).forward_flops(predictor.backbone_config,
-                                                                             n + query_length)
+  backbone_config = predictor.backbone_config
+  if "causal" in {f.name for f in dataclasses.fields(backbone_config)}:
+    # The predictor sets the attention pattern; a backbone whose cost depends on it (Mamba-3 runs two
+    # directions when bidirectional) counts the pattern the predictor uses.
+    backbone_config = dataclasses.replace(backbone_config, causal=predictor.causal)
+  backbone_flops = predictor_backbones.get(predictor.backbone).forward_flops(backbone_config, n + query_length)
   p = (2 * n * predictor.vision_dim * predictor.hidden_size + backbone_flops
        + 2 * predictor.hidden_size * predictor.embed_dim)
 

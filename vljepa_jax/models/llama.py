@@ -235,6 +235,19 @@ def forward_flops(config: LlamaConfig, tokens: int) -> float:
                                                      gated=True)
 
 
+def matched_config(other: ArchConfig) -> LlamaConfig:
+  """A Llama stack at another backbone's width, depth, vocabulary and MLP size (multi-head attention with
+  64-wide heads, narrower below width 256, and plain RoPE)."""
+  fields = predictor_backbones.shared_fields(other)
+  hidden = fields["hidden_size"]
+  head_dim = 64 if hidden >= 256 else max(2, hidden // 4 // 2 * 2)  # even: half-split RoPE
+  if not fields.get("intermediate_size"):
+    fields["intermediate_size"] = 4 * hidden
+  return LlamaConfig(**fields, num_heads=max(1, hidden // head_dim), num_kv_heads=max(1, hidden // head_dim),
+                     head_dim=head_dim, rope_theta=10000.0, rope_scaling_factor=None)
+
+
 # Converted Llama folders (`python -m vljepa_jax.convert --model llama --layers 8:16`) load into it.
 PREDICTOR_BACKBONE = predictor_backbones.Backbone(module=Llama, config=LlamaConfig, token_embedding="embed_tokens",
-                                                  forward_flops=forward_flops, checkpoint_family="llama")
+                                                  forward_flops=forward_flops, checkpoint_family="llama",
+                                                  matched_config=matched_config)

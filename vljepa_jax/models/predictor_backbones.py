@@ -13,7 +13,7 @@ A backbone's parameters live under `predictor/<name>/`, so the Llama backbone's 
 Adding a backbone is one module that defines the Linen module, its config and a `Backbone`
 describing them, plus one line in `BACKBONES`:
 
-    BACKBONES["mamba3"] = "vljepa_jax.models.mamba3:PREDICTOR_BACKBONE"
+    BACKBONES["mamba3"] = "vljepa_jax.models.mamba3_block:PREDICTOR_BACKBONE"
 """
 from __future__ import annotations
 
@@ -30,7 +30,15 @@ from vljepa_jax.models.config import ArchConfig
 # backbone costs nothing until a config names it).
 BACKBONES = {
     "llama": "vljepa_jax.models.llama:PREDICTOR_BACKBONE",
+    "mamba3": "vljepa_jax.models.mamba3_block:PREDICTOR_BACKBONE",
+    "hybrid": "vljepa_jax.models.hybrid:PREDICTOR_BACKBONE",
 }
+
+
+def shared_fields(other: ArchConfig) -> dict:
+  """The fields every backbone config shares with `other`: what a matched config keeps."""
+  keep = ("vocab_size", "hidden_size", "num_layers", "intermediate_size", "dtype", "param_dtype", "remat")
+  return {k: getattr(other, k) for k in keep if hasattr(other, k)}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -51,6 +59,10 @@ class Backbone:
       tokens, counted as `models/flops.py` does (multiply-add = 2; norms, elementwise left out).
     checkpoint_family: the `vljepa_jax.convert` family whose converted folders load into this
       backbone through `config.init.predictor` (their config must be a `config`), or None.
+    matched_config: `(other backbone's config) -> config` of this backbone at the same width,
+      depth, vocabulary, MLP size, dtypes and remat: what `--config.model.predictor.backbone=<name>`
+      switches to (`train/overrides.switch_predictor_backbone`), and what comparisons at matched
+      size build.
   """
 
   module: type[nn.Module]
@@ -58,6 +70,7 @@ class Backbone:
   token_embedding: str
   forward_flops: Callable[[ArchConfig, int], float]
   checkpoint_family: str | None = None
+  matched_config: Callable[[ArchConfig], ArchConfig] | None = None
 
 
 def get(name: str) -> Backbone:
@@ -67,6 +80,17 @@ def get(name: str) -> Backbone:
     raise TypeError(f"predictor backbone {name!r}: {BACKBONES[name]} is a {type(backbone).__name__}, "
                     "expected a predictor_backbones.Backbone")
   return backbone
+
+
+def matched_config(name: str, other: ArchConfig) -> ArchConfig:
+  """A config of backbone `name` at `other`'s width, depth and vocabulary (`Backbone.matched_config`)."""
+  spec = get(name)
+  if isinstance(other, spec.config):
+    return other
+  if spec.matched_config is None:
+    raise ValueError(f"predictor backbone {name!r} cannot be matched to a {type(other).__name__}: give its "
+                     f"backbone_config (a {spec.config.__name__}) explicitly")
+  return spec.matched_config(other)
 
 
 def token_embedding_rule(name: str) -> str:

@@ -23,16 +23,28 @@ from vljepa_jax.models import predictor_backbones
 from vljepa_jax.models import vljepa
 
 
-def paper_lr_rules(predictor_backbone: str = "llama") -> tuple[tuple[str, float], ...]:
+# An LR-rule pattern standing for the token-embedding table of whichever predictor backbone the run
+# uses (`model.predictor.backbone`); `resolve_lr_rules` replaces it, so one config serves every backbone.
+PREDICTOR_TOKEN_EMBEDDING = "<predictor token embedding>"
+
+
+def paper_lr_rules(predictor_backbone: str | None = None) -> tuple[tuple[str, float], ...]:
   """Parameters the paper does not train: the X-encoder (V-JEPA 2 is frozen) and the token-embedding
   table of the predictor's backbone (the backbone says which parameter that is); the Y-encoder learns
-  at 0.05x the base rate. A config that picks another backbone takes that backbone's rules."""
-  return (("x_encoder/.*", 0.0), (predictor_backbones.token_embedding_rule(predictor_backbone), 0.0),
-          ("y_encoder/.*", 0.05))
+  at 0.05x the base rate. Without a backbone name the table's rule is `PREDICTOR_TOKEN_EMBEDDING`,
+  resolved for the run's backbone when the stage is built."""
+  table = PREDICTOR_TOKEN_EMBEDDING if predictor_backbone is None else predictor_backbones.token_embedding_rule(
+      predictor_backbone)
+  return (("x_encoder/.*", 0.0), (table, 0.0), ("y_encoder/.*", 0.05))
 
 
-# The paper's rules for its Llama predictor: ("predictor/llama/embed_tokens/.*", 0.0) freezes the table.
-PAPER_LR_RULES = paper_lr_rules("llama")
+PAPER_LR_RULES = paper_lr_rules()
+
+
+def resolve_lr_rules(rules, predictor_backbone: str) -> tuple[tuple[str, float], ...]:
+  """`rules` with `PREDICTOR_TOKEN_EMBEDDING` replaced by the regex of `predictor_backbone`'s embedding table."""
+  table = predictor_backbones.token_embedding_rule(predictor_backbone)
+  return tuple((table if pattern == PREDICTOR_TOKEN_EMBEDDING else pattern, multiplier) for pattern, multiplier in rules)
 
 
 def data_defaults() -> dict:

@@ -22,8 +22,8 @@ from jax.experimental import multihost_utils
 import ml_collections
 import numpy as np
 
-from vljepa_jax.eval import embedding
 from vljepa_jax.eval import evaluator as evaluator_lib
+from vljepa_jax.eval import predictions as predictions_lib
 from vljepa_jax.eval import results as results_lib
 from vljepa_jax.train import checkpointing
 from vljepa_jax.train import model_setup
@@ -43,12 +43,13 @@ class Evaluation:
                workdir: str | None = None):
     self.workdir = workdir
     rules = sharding.logical_rules(config.sharding_rules)
-    self.embedder = embedding.Embedder(setup.model, mesh=mesh, rules=rules, text_batch_size=config.eval_batch_size)
-    defaults = {k: config.data[k] for k in INHERITED_DATA}
-    self.evaluators = evaluator_lib.make_evaluators(
-        {name: dict(config.evals[name]) for name in config.evals}, embedder=self.embedder,
-        query_tokenizer=setup.query_tokenizer, target_tokenizer=setup.target_tokenizer, data_defaults=defaults,
-        model=setup.model, mesh=mesh, rules=rules, workdir=workdir)
+    self.predictions = predictions_lib.EmbeddingPredictions(setup.model, mesh=mesh, rules=rules,
+                                                            text_batch_size=config.eval_batch_size)
+    context = evaluator_lib.EvalContext(
+        query_tokenizer=setup.query_tokenizer, target_tokenizer=setup.target_tokenizer,
+        data_defaults={k: config.data[k] for k in INHERITED_DATA}, mesh=mesh, workdir=workdir)
+    self.evaluators = evaluator_lib.make_evaluators({name: dict(config.evals[name]) for name in config.evals},
+                                                    self.predictions, context)
 
   def __bool__(self) -> bool:
     return bool(self.evaluators)

@@ -8,8 +8,8 @@ against '/'-joined parameter paths, e.g.
 
     lr_rules = (("x_encoder/.*", 0.0), ("predictor/llama/embed_tokens/.*", 0.0), ("y_encoder/.*", 0.05))
 
-(`config_base.paper_lr_rules(backbone)`: the predictor backbone names its own token-embedding table,
-`predictor/llama/embed_tokens` for the Llama backbone.)
+(`config_base.PAPER_LR_RULES`; its `PREDICTOR_TOKEN_EMBEDDING` rule is resolved by the trainer to
+the table of the run's predictor backbone, `predictor/llama/embed_tokens` for Llama.)
 
 Parameters with the same multiplier form one group with its own AdamW. A multiplier of 0 means
 frozen: that group gets `optax.set_to_zero()`, so frozen parameters carry no Adam moments (the

@@ -1,5 +1,14 @@
 """Command-line overrides of an experiment config that ml_collections cannot apply alone.
 
+`--config.model.predictor.backbone=NAME` switches the predictor's backbone: unless the config
+already holds a config of NAME, its `backbone_config` becomes NAME's config matched to the one the
+config file gave (same width, depth, vocabulary and MLP size; `Backbone.matched_config`), and
+`--config.model.predictor.backbone_config.FIELD=VALUE` flags then apply to that new config, so
+
+    --config.model.predictor.backbone=mamba3 --config.model.predictor.backbone_config.state_size=64
+
+runs every experiment config with a Mamba-3 predictor.
+
 `--config.stages.STAGE.KEY=VALUE` sets KEY for one stage, even one the stage's dict does not set
 yet: each stage's flags are parsed by ml_collections against that stage's full config (so the value
 gets the top level's type) and written into `config.stages.STAGE`. ml_collections' own errors on
@@ -9,6 +18,7 @@ then rejects top-level overrides that a stage would override again.
 """
 from __future__ import annotations
 
+import dataclasses
 import difflib
 import re
 from typing import Any
@@ -17,11 +27,16 @@ from absl import flags
 import ml_collections
 from ml_collections import config_flags
 
+from vljepa_jax.models import predictor_backbones
 from vljepa_jax.train import stages as stages_lib
 
 CONFIG_FILE_ARG = re.compile(r"^--?config(=|$)")
 CONFIG_OVERRIDE = re.compile(r"^--?(?:no)?config\.([^=]+)")
 STAGE_OVERRIDE = re.compile(r"^(--?(?:no)?)config\.stages\.([^.=]+)\.([^=]+)(=.*)?$", re.DOTALL)
+BACKBONE_OVERRIDE = re.compile(r"^--?config\.model\.predictor\.backbone(=|$)")
+BACKBONE_CONFIG = "model.predictor.backbone_config"
+BACKBONE_CONFIG_OVERRIDE = re.compile(r"^(--?(?:no)?)config\.model\.predictor\.backbone_config\.([^=]+)(=.*)?$",
+                                      re.DOTALL)
 
 
 def missing_key(config: ml_collections.ConfigDict, path: str) -> str | None:
@@ -110,4 +125,58 @@ def apply_stage_overrides(config: ml_collections.ConfigDict, args: list[str]) ->
       except (TypeError, AttributeError, KeyError) as e:
         raise ValueError(f"--config.stages.{name}.{path}={value!r}: {e}") from None
       applied[f"stages.{name}.{path}"] = value
+  return applied
+
+
+def switch_predictor_backbone(config: ml_collections.ConfigDict) -> str | None:
+  """Makes `model.predictor.backbone_config` a config of `model.predictor.backbone`; what it did, or None.
+
+  A backbone_config whose fields are exactly another registered backbone's is replaced by the named
+  backbone's matched config (`predictor_backbones.matched_config`). One that is already the named
+  backbone's is left alone; anything else fails, naming both.
+  """
+  predictor = config.model.predictor
+  name, current = predictor.backbone, predictor.backbone_config.to_dict()
+  target = predictor_backbones.get(name).config
+  fields = lambda cls: {f.name for f in dataclasses.fields(cls)}
+  if set(current) == fields(target):
+    return None
+  owners = [other for other in predictor_backbones.BACKBONES
+            if other != name and set(current) == fields(predictor_backbones.get(other).config)]
+  if not owners:
+    raise ValueError(f"--config.model.predictor.backbone={name}: {BACKBONE_CONFIG} has fields {sorted(current)}, "
+                     f"neither a {target.__name__} nor another registered backbone's config")
+  matched = predictor_backbones.matched_config(name, predictor_backbones.get(owners[0]).config.from_dict(current))
+  with predictor.unlocked():
+    predictor.backbone_config = ml_collections.ConfigDict(matched.to_dict())
+  return (f"model.predictor.backbone={name}: {BACKBONE_CONFIG} is the {type(matched).__name__} matched to the "
+          f"config's {owners[0]} (hidden_size={matched.hidden_size}, num_layers={matched.num_layers}); set its "
+          f"fields with --config.{BACKBONE_CONFIG}.FIELD=VALUE")
+
+
+def apply_backbone_config_overrides(config: ml_collections.ConfigDict, args: list[str]) -> dict[str, Any]:
+  """Applies `--config.model.predictor.backbone_config.FIELD=VALUE` flags (after a backbone switch)."""
+  if not args:
+    return {}
+  schema = config.model.predictor.backbone_config
+  for arg in args:
+    path = BACKBONE_CONFIG_OVERRIDE.match(arg).group(2)
+    if problem := missing_key(schema, path):
+      raise ValueError(f"--config.{BACKBONE_CONFIG}.{path}: {problem.replace('config', BACKBONE_CONFIG, 1)}")
+  values = flags.FlagValues()
+  argv = ["backbone overrides"] + [f"{prefix}backbone.{path}{value or ''}" for prefix, path, value in
+                                   (BACKBONE_CONFIG_OVERRIDE.match(arg).groups() for arg in args)]
+  config_flags.DEFINE_config_dict("backbone", schema, flag_values=values, sys_argv=argv)
+  try:
+    values(argv)
+  except flags.Error as e:
+    raise ValueError(str(e).replace("--backbone.", f"--config.{BACKBONE_CONFIG}.")) from None
+  applied = {}
+  for path, value in config_flags.get_override_values(values["backbone"]).items():
+    node = schema
+    *parents, leaf = path.split(".")
+    for key in parents:
+      node = node[key]
+    node[leaf] = value
+    applied[f"{BACKBONE_CONFIG}.{path}"] = value
   return applied

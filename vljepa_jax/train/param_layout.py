@@ -34,17 +34,19 @@ def with_shardings(abstract: Any, shardings: Any) -> Any:
   return jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), abstract, shardings)
 
 
-def param_layout(config: ml_collections.ConfigDict, setup: model_setup.ModelSetup, mesh: jax.sharding.Mesh) -> Any:
+def param_layout(config: ml_collections.ConfigDict, setup: model_setup.ModelSetup, mesh: jax.sharding.Mesh,
+                 objective: objectives_base.Objective | None = None) -> Any:
   """The stage's parameters as `ShapeDtypeStruct`s carrying their shardings.
 
-  The model's, plus the parameters of the stage's objective (`config.objective`) at
-  `params["objective"]`, replicated: they are a few scalars.
+  The model's, plus the parameters of the stage's objective (`objective`, else the one
+  `config.objective` names) at `params["objective"]`, replicated: they are a few scalars.
   """
   rules = sharding.logical_rules(config.sharding_rules)
   inputs = example_inputs(pipeline.DataConfig.from_dict(config.data))
   abstract = params_lib.abstract_params(setup.model, *inputs)
   specs = params_lib.logical_partition_specs(setup.model, *inputs)
-  objective_params = jax.eval_shape(objectives_registry.make_objective(config, mesh=mesh).init_params)
+  objective = objective or objectives_registry.make_objective(config, mesh=mesh)
+  objective_params = jax.eval_shape(objective.init_params)
   abstract = objectives_base.with_objective_params(abstract, objective_params)
   specs = objectives_base.with_objective_params(
       specs, jax.tree.map(lambda _: jax.sharding.PartitionSpec(), objective_params))

@@ -37,6 +37,7 @@ from vljepa_jax.models import params as params_lib
 from vljepa_jax.objectives import base as objectives_base
 from vljepa_jax.objectives import registry as objectives_registry
 from vljepa_jax.train import checkpointing
+from vljepa_jax.train import config_base
 from vljepa_jax.train import evaluation as evaluation_lib
 from vljepa_jax.train import metrics_log
 from vljepa_jax.train import model_setup
@@ -97,10 +98,13 @@ class _SigtermFlag:
     return bool(np.any(multihost_utils.process_allgather(np.asarray(self.raised))))
 
 
-def stage_lr_rules(config: ml_collections.ConfigDict, abstract_params: Any) -> tuple[tuple[str, float], ...]:
-  """The optimizer's LR rules of a stage: `config.optimizer.lr_rules` as the stage's objective adapts them."""
-  objective = objectives_registry.make_objective(config)
-  return objective.lr_rules(config.optimizer.lr_rules, abstract_params)
+def stage_lr_rules(config: ml_collections.ConfigDict, abstract_params: Any, objective: Any = None
+                   ) -> tuple[tuple[str, float], ...]:
+  """The optimizer's LR rules of a stage: `config.optimizer.lr_rules` for the run's predictor backbone, as the
+  stage's objective adapts them."""
+  objective = objective or objectives_registry.make_objective(config)
+  configured = config_base.resolve_lr_rules(config.optimizer.lr_rules, config.model.predictor.backbone)
+  return objective.lr_rules(configured, abstract_params)
 
 
 class Stage:
@@ -113,11 +117,11 @@ class Stage:
     self.rules = sharding.logical_rules(config.sharding_rules)
     self.data = pipeline.DataConfig.from_dict(config.data)
     model = setup.model
-    layout = param_layout_lib.param_layout(config, setup, mesh)
+    layout = param_layout_lib.param_layout(config, setup, mesh, self.objective)
     self.abstract_params = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype), layout)
     self.param_shardings = jax.tree.map(lambda a: a.sharding, layout)
     opt = config.optimizer
-    lr_rules = self.objective.lr_rules(config.optimizer.lr_rules, self.abstract_params)
+    lr_rules = stage_lr_rules(config, self.abstract_params, self.objective)
     self.schedule_kwargs = dict(learning_rate=opt.learning_rate, schedule=opt.schedule, warmup_steps=opt.warmup_steps,
                                 total_steps=config.total_steps, end_learning_rate_factor=opt.end_learning_rate_factor)
     self.tx, self.groups = optimizer_lib.make_optimizer(

@@ -1,0 +1,116 @@
+"""The `hybrid` predictor backbone: Mamba-3 layers with a few attention layers interleaved.
+
+A pure state-space stack compresses everything it has read into a fixed-size state; a few
+attention layers give it exact retrieval over the sequence again at a fraction of the quadratic
+cost (the recipe of hybrid models such as Jamba and Samba, and the source document's suggestion
+for long video). Layer i is a Llama attention layer (`llama.LlamaLayer`: pre-norm self-attention
+with RoPE, then SwiGLU) when (i + 1) is a multiple of `attention_every`, else a Mamba-3 layer
+(`mamba3_block.Mamba3Layer`). Both kinds take the padding mask and the `causal` switch the
+predictor passes, so the hybrid is a drop-in predictor backbone:
+
+    --config.model.predictor.backbone=hybrid [--config.model.predictor.backbone_config.attention_every=4]
+"""
+from __future__ import annotations
+
+import dataclasses
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from vljepa_jax.models import layers
+from vljepa_jax.models import llama
+from vljepa_jax.models import mamba3_block
+from vljepa_jax.models import predictor_backbones
+from vljepa_jax.models.config import ArchConfig
+
+
+@dataclasses.dataclass(frozen=True)
+class HybridConfig(mamba3_block.Mamba3Config):
+  attention_every: int = 4  # layers 3, 7, ... (0-based) attend; the rest are Mamba-3
+  attention_heads: int = 16
+  attention_kv_heads: int = 4
+  attention_head_dim: int = 64
+  rope_theta: float = 10000.0
+
+  def __post_init__(self):
+    super().__post_init__()
+    if not isinstance(self.attention_every, int) or self.attention_every < 1:
+      raise ValueError(f"HybridConfig.attention_every must be a positive int, got {self.attention_every!r}")
+    if self.attention_heads % self.attention_kv_heads:
+      raise ValueError(f"HybridConfig.attention_kv_heads ({self.attention_kv_heads}) must divide attention_heads "
+                       f"({self.attention_heads})")
+    if not self.intermediate_size:
+      raise ValueError("HybridConfig.intermediate_size must be > 0: the attention layers have a SwiGLU MLP")
+
+  def is_attention(self, layer: int) -> bool:
+    return (layer + 1) % self.attention_every == 0
+
+  def attention_config(self) -> llama.LlamaConfig:
+    """The Llama config its attention layers are built from."""
+    return llama.LlamaConfig(
+        vocab_size=self.vocab_size, hidden_size=self.hidden_size, intermediate_size=self.intermediate_size,
+        num_layers=1, num_heads=self.attention_heads, num_kv_heads=self.attention_kv_heads,
+        head_dim=self.attention_head_dim, rms_norm_eps=self.rms_norm_eps, rope_theta=self.rope_theta,
+        rope_scaling_factor=None, dtype=self.dtype, param_dtype=self.param_dtype)
+
+
+class Hybrid(nn.Module):
+  """`apply(v, inputs_embeds=..., attention_mask=..., causal=...) -> (B, L, D)` final-normed hidden states."""
+
+  config: HybridConfig
+
+  def setup(self):
+    cfg = self.config
+    self.embed_tokens = nn.Embed(
+        cfg.vocab_size, cfg.hidden_size, dtype=cfg.compute_dtype, param_dtype=cfg.weight_dtype,
+        embedding_init=nn.with_logical_partitioning(layers.default_kernel_init, ("vocab", "embed")))
+    ssm = layers.remat_block(mamba3_block.Mamba3Layer, cfg.remat, static_argnums=(3,))
+    attention = layers.remat_block(llama.LlamaLayer, cfg.remat, static_argnums=(3, 4, 5))
+    self.layers = [attention(cfg.attention_config()) if cfg.is_attention(i) else ssm(cfg)
+                   for i in range(cfg.num_layers)]
+    self.final_norm = layers.RMSNorm(cfg.rms_norm_eps, dtype=cfg.compute_dtype, param_dtype=cfg.weight_dtype)
+
+  def embed(self, input_ids: jax.Array) -> jax.Array:
+    return self.embed_tokens(input_ids)
+
+  def __call__(self, input_ids: jax.Array | None = None, attention_mask: jax.Array | None = None, *,
+               inputs_embeds: jax.Array | None = None, causal: bool | None = None) -> jax.Array:
+    if (input_ids is None) == (inputs_embeds is None):
+      raise ValueError("pass exactly one of input_ids and inputs_embeds")
+    causal = self.config.causal if causal is None else causal
+    if inputs_embeds is None:
+      x = self.embed(input_ids)
+    else:
+      x = inputs_embeds.astype(self.config.compute_dtype)
+      if self.is_initializing():  # the table must exist in the init tree
+        self.embed(jnp.zeros((1, 1), jnp.int32))
+    x = layers.constrain_activations(x)
+    for i, layer in enumerate(self.layers):
+      if self.config.is_attention(i):
+        x = layer(x, attention_mask, causal, False, None)
+      else:
+        x = layer(x, attention_mask, causal)
+    return self.final_norm(x)
+
+
+def forward_flops(config: HybridConfig, tokens: int) -> float:
+  """Mamba-3 layers counted as Mamba-3 does, attention layers as Llama does (models/flops.py)."""
+  attention = sum(config.is_attention(i) for i in range(config.num_layers))
+  ssm = config.num_layers - attention
+  per_ssm = mamba3_block.forward_flops(dataclasses.replace(config, num_layers=1), tokens)
+  per_attention = llama.forward_flops(config.attention_config(), tokens)  # num_layers=1
+  return float(ssm * per_ssm + attention * per_attention)
+
+
+def matched_config(other: ArchConfig) -> HybridConfig:
+  """Mamba-3's matched config (`mamba3_block.matched_config`) with attention in every 4th layer at 64-wide heads."""
+  ssm = mamba3_block.matched_config(other)
+  head_dim = 64 if ssm.hidden_size >= 256 else max(2, ssm.hidden_size // 4 // 2 * 2)
+  heads = max(1, ssm.hidden_size // head_dim)
+  fields = {f.name: getattr(ssm, f.name) for f in dataclasses.fields(ssm)}
+  return HybridConfig(**fields, attention_heads=heads, attention_kv_heads=heads, attention_head_dim=head_dim)
+
+
+PREDICTOR_BACKBONE = predictor_backbones.Backbone(module=Hybrid, config=HybridConfig, token_embedding="embed_tokens",
+                                                  forward_flops=forward_flops, matched_config=matched_config)
