@@ -9,6 +9,11 @@ Compiled programs go to a persistent XLA cache private to this session, shared w
 the same tiny train step many times, and a cache hit returns the identical executable, so the
 bit-for-bit resume checks are unaffected. In-process jit caches, which the compile-once tests
 count, are not involved.
+
+Random keys are "rbg" (XLA's RngBitGenerator) rather than JAX's default threefry, here and in the
+subprocesses: XLA:CPU compiles threefry's unrolled rounds slowly (a tiny Llama's init: 11 s against
+2.7 s), and every test initialises models. No test depends on which generator drew its numbers;
+the library keeps the default, and the README's demo figures come from it.
 """
 import atexit
 import os
@@ -21,6 +26,8 @@ import jax
 import pytest
 
 jax.config.update("jax_default_matmul_precision", "highest")
+os.environ["JAX_DEFAULT_PRNG_IMPL"] = "rbg"
+jax.config.update("jax_default_prng_impl", "rbg")
 jax.config.update("jax_num_cpu_devices", 8)
 _XLA_CACHE = tempfile.mkdtemp(prefix="vljepa-jax-tests-xla-cache-")
 atexit.register(shutil.rmtree, _XLA_CACHE, ignore_errors=True)

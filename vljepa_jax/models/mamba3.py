@@ -182,6 +182,8 @@ def _chunked(x, dt, A, B, C, lam, D, chunk_size, initial_state):
   per_group = heads // groups
   if length == 0:
     raise ValueError("x has length 0; expected at least one token")
+  # A sequence shorter than a chunk is one chunk of its own length: padding it would only add work.
+  chunk_size = min(chunk_size, length)
   f32 = lambda v: v.astype(jnp.float32)
   xf, B, C, dt, lam = f32(x), f32(B), f32(C), f32(dt), f32(lam)
   adt = dt * f32(A)
