@@ -62,20 +62,45 @@ def _unit(x):
   return x / np.linalg.norm(x, axis=-1, keepdims=True)
 
 
+def _recall_bounds(scores, positives, k, tol=1e-5):
+  """Bounds on recall@k (a hit: some positive strictly above all but k - 1 negatives) that float noise cannot cross.
+
+  A query whose best positive is within `tol` of its k-th best negative is a near-tie: two
+  programs computing the same cosines (batched and jitted vs one sample at a time) may round it
+  either way. Clear hits give the lower bound, clear hits plus near-ties the upper one.
+  """
+  hits = fragile = 0
+  for row, pos in zip(scores, positives):
+    best = row[pos].max()
+    negatives = np.sort(row[~pos])[::-1]
+    kth = negatives[k - 1] if len(negatives) >= k else -np.inf
+    if abs(best - kth) < tol:
+      fragile += 1
+    elif best > kth:
+      hits += 1
+  return hits / len(scores), (hits + fragile) / len(scores), fragile
+
+
+def _assert_recall(got, scores, positives, k):
+  low, high, fragile = _recall_bounds(scores, positives, k)
+  assert fragile <= len(scores) // 4, f"{fragile} near-ties: the reference cannot check this recall"
+  assert low - 1e-9 <= got <= high + 1e-9, (got, low, high)
+
+
 def test_classification_and_retrieval_match_a_per_sample_reference(setup):
   config, built, params, defaults = setup
   _, evaluators = _evaluators(built, defaults)
   preds, labels = _reference_embeddings(built, params, defaults)
-  # Classification: template-averaged class embeddings, argmax of cosine.
+  # Classification: template-averaged class embeddings, ranked by cosine.
   names = shapes.action_classes()
   class_emb = _text_embeddings(built, params, [t.format(n) for n in names for t in TEMPLATES], config.data.target_length)
   class_emb = _unit(_unit(class_emb).reshape(len(names), len(TEMPLATES), -1).mean(1))
   scores = _unit(preds) @ class_emb.T
-  expected_top1 = float(np.mean(scores.argmax(1) == labels))
-  expected_top5 = float(np.mean([label in np.argsort(-s)[:5] for s, label in zip(scores, labels)]))
+  is_label = np.arange(len(names))[None, :] == labels[:, None]
   got = evaluators["cls"].run(params)
   assert got["num_samples"] == NUM_CLIPS
-  assert got["top1"] == pytest.approx(expected_top1) and got["top5"] == pytest.approx(expected_top5)
+  _assert_recall(got["top1"], scores, is_label, 1)
+  _assert_recall(got["top5"], scores, is_label, 5)
   assert got["chance_top1"] == pytest.approx(1 / len(names))
   # Retrieval: every caption of every clip against every clip.
   source = shapes.ShapesSource(shapes.ShapesConfig(image_size=16, num_frames=2), kind="video", size=NUM_CLIPS, seed=5)
@@ -85,14 +110,13 @@ def test_classification_and_retrieval_match_a_per_sample_reference(setup):
     owner += [i] * len(source[i]["captions"])
   owner = np.array(owner)
   caption_emb = _text_embeddings(built, params, texts, config.data.target_length)
-  sim = _unit(caption_emb) @ _unit(preds).T
-  t2v_r1 = np.mean(sim.argmax(1) == owner)
-  t2v_r5 = np.mean([o in np.argsort(-row)[:5] for row, o in zip(sim, owner)])
-  v2t_r1 = np.mean([owner[sim[:, v].argmax()] == v for v in range(NUM_CLIPS)])
+  sim = _unit(caption_emb) @ _unit(preds).T  # (captions, videos)
+  own = owner[:, None] == np.arange(NUM_CLIPS)[None, :]
   got = evaluators["ret"].run(params)
   assert got["num_videos"] == NUM_CLIPS and got["num_captions"] == len(texts)
-  assert got["t2v_R@1"] == pytest.approx(t2v_r1) and got["t2v_R@5"] == pytest.approx(t2v_r5)
-  assert got["v2t_R@1"] == pytest.approx(v2t_r1)
+  _assert_recall(got["t2v_R@1"], sim, own, 1)
+  _assert_recall(got["t2v_R@5"], sim, own, 5)
+  _assert_recall(got["v2t_R@1"], sim.T, own.T, 1)
 
 
 def test_embeddings_drop_padding_compile_once_and_match_when_sharded(setup):
