@@ -277,3 +277,18 @@ def test_matched_configs_keep_width_depth_vocabulary_and_count_flops_by_directio
   one_way = spec.forward_flops(matched.replace(causal=True), 300)
   both = spec.forward_flops(matched.replace(causal=False), 300)
   assert one_way < both < 2 * one_way
+
+
+def test_hybrid_interleaves_attention_layers_and_refuses_a_stack_without_any():
+  from vljepa_jax.models import hybrid  # pylint: disable=g-import-not-at-top
+  config = predictor_backbones.matched_config("hybrid", vljepa.tiny_config().predictor.backbone_config)
+  assert config.num_layers == 2 and config.attention_every == 2  # the last layer of a shallow stack attends
+  x = jnp.asarray(np.random.default_rng(0).normal(size=(2, 6, config.hidden_size)), jnp.float32)
+  mask = jnp.array([[1] * 6, [1] * 4 + [0] * 2], jnp.int32)
+  module = hybrid.Hybrid(config)
+  variables = params_lib.unbox(jax.eval_shape(
+      lambda: module.init(jax.random.key(0), inputs_embeds=x, attention_mask=mask, causal=False)))
+  layers = variables["params"]
+  assert "mixer" in layers["layers_0"] and "attention" in layers["layers_1"]
+  with pytest.raises(ValueError, match=r"attention_every=3: expected an int in \[1, num_layers=2\]"):
+    config.replace(attention_every=3)

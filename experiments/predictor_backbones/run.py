@@ -6,8 +6,8 @@ Trains `configs/demo.py`'s image and video stages once per backbone, switching n
 `--config.model.predictor.backbone` (Mamba-3's config is matched to the demo Llama's width, depth,
 vocabulary and MLP size: `predictor_backbones.matched_config`), with `--steps` steps per stage,
 and evaluates both with the same evaluators on the same held-out data (zero-shot classification,
-text-to-video retrieval, VQA, inverse dynamics; hard negatives probe only the frozen Y-encoder, so
-they match by construction). Writes next to this file:
+text-to-video retrieval, VQA, inverse dynamics, and hard negatives, which read only the text side:
+the frozen Y-encoder and its trained head). Writes next to this file:
   results.json   {"backbones": {NAME: {"predictor_parameters", "train_seconds", "samples_per_second",
                   "metrics": {task: {metric: value}}}}, "steps_per_stage", "command", "seconds"}
   results.md     the side-by-side table
@@ -29,7 +29,7 @@ REPO = os.path.dirname(os.path.dirname(HERE))
 SHOWN = (("zero_shot_actions", "top1", "zero-shot top-1"), ("zero_shot_actions", "top5", "zero-shot top-5"),
          ("text_to_video", "t2v_R@1", "t2v R@1"), ("text_to_video", "v2t_R@1", "v2t R@1"),
          ("vqa", "accuracy", "VQA accuracy"), ("inverse_dynamics", "accuracy", "inverse dynamics"),
-         ("hard_negatives", "accuracy", "hard negatives (Y-encoder only)"))
+         ("hard_negatives", "accuracy", "hard negatives (text side only)"))
 
 
 def parse_args(argv=None):
@@ -113,11 +113,16 @@ def main(argv=None):
   os.makedirs(args.output, exist_ok=True)
   with open(os.path.join(args.output, "results.json"), "w") as f:
     json.dump(results, f, indent=2, sort_keys=True)
+  print(write_markdown(results, args.output), flush=True)
+
+
+def write_markdown(results: dict, output: str) -> str:
+  """Writes `results.md` from the results (a saved `results.json` can be re-rendered without training)."""
   table = markdown(results)
-  with open(os.path.join(args.output, "results.md"), "w") as f:
-    f.write(f"# Predictor backbones on the demo ({args.steps} steps per stage)\n\n`{results['command']}`\n\n"
-            f"{table}\n")
-  print(table, flush=True)
+  with open(os.path.join(output, "results.md"), "w") as f:
+    f.write(f"# Predictor backbones on the demo ({results['steps_per_stage']} steps per stage)\n\n"
+            f"`{results['command']}`\n\n{table}\n")
+  return table
 
 
 if __name__ == "__main__":

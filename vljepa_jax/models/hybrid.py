@@ -32,11 +32,13 @@ class HybridConfig(mamba3_block.Mamba3Config):
   attention_kv_heads: int = 4
   attention_head_dim: int = 64
   rope_theta: float = 10000.0
+  attention_impl: str = "xla"  # of the attention layers; the model-level `attention_impl` sets it (models/attention.py)
 
   def __post_init__(self):
     super().__post_init__()
-    if not isinstance(self.attention_every, int) or self.attention_every < 1:
-      raise ValueError(f"HybridConfig.attention_every must be a positive int, got {self.attention_every!r}")
+    if not isinstance(self.attention_every, int) or not 1 <= self.attention_every <= self.num_layers:
+      raise ValueError(f"HybridConfig.attention_every={self.attention_every!r}: expected an int in [1, num_layers="
+                       f"{self.num_layers}] (a larger one leaves the hybrid without attention)")
     if self.attention_heads % self.attention_kv_heads:
       raise ValueError(f"HybridConfig.attention_kv_heads ({self.attention_kv_heads}) must divide attention_heads "
                        f"({self.attention_heads})")
@@ -52,7 +54,7 @@ class HybridConfig(mamba3_block.Mamba3Config):
         vocab_size=self.vocab_size, hidden_size=self.hidden_size, intermediate_size=self.intermediate_size,
         num_layers=1, num_heads=self.attention_heads, num_kv_heads=self.attention_kv_heads,
         head_dim=self.attention_head_dim, rms_norm_eps=self.rms_norm_eps, rope_theta=self.rope_theta,
-        rope_scaling_factor=None, dtype=self.dtype, param_dtype=self.param_dtype)
+        rope_scaling_factor=None, attention_impl=self.attention_impl, dtype=self.dtype, param_dtype=self.param_dtype)
 
 
 class Hybrid(nn.Module):
@@ -98,18 +100,21 @@ def forward_flops(config: HybridConfig, tokens: int) -> float:
   """Mamba-3 layers counted as Mamba-3 does, attention layers as Llama does (models/flops.py)."""
   attention = sum(config.is_attention(i) for i in range(config.num_layers))
   ssm = config.num_layers - attention
-  per_ssm = mamba3_block.forward_flops(dataclasses.replace(config, num_layers=1), tokens)
+  ssm_fields = {f.name: getattr(config, f.name) for f in dataclasses.fields(mamba3_block.Mamba3Config)}
+  per_ssm = mamba3_block.forward_flops(mamba3_block.Mamba3Config(**{**ssm_fields, "num_layers": 1}), tokens)
   per_attention = llama.forward_flops(config.attention_config(), tokens)  # num_layers=1
   return float(ssm * per_ssm + attention * per_attention)
 
 
 def matched_config(other: ArchConfig) -> HybridConfig:
-  """Mamba-3's matched config (`mamba3_block.matched_config`) with attention in every 4th layer at 64-wide heads."""
+  """Mamba-3's matched config (`mamba3_block.matched_config`) with attention in every 4th layer (the last of a
+  shallower stack) at 64-wide heads."""
   ssm = mamba3_block.matched_config(other)
   head_dim = 64 if ssm.hidden_size >= 256 else max(2, ssm.hidden_size // 4 // 2 * 2)
   heads = max(1, ssm.hidden_size // head_dim)
   fields = {f.name: getattr(ssm, f.name) for f in dataclasses.fields(ssm)}
-  return HybridConfig(**fields, attention_heads=heads, attention_kv_heads=heads, attention_head_dim=head_dim)
+  return HybridConfig(**fields, attention_every=min(4, ssm.num_layers), attention_heads=heads,
+                      attention_kv_heads=heads, attention_head_dim=head_dim)
 
 
 PREDICTOR_BACKBONE = predictor_backbones.Backbone(module=Hybrid, config=HybridConfig, token_embedding="embed_tokens",
