@@ -16,7 +16,6 @@ import dataclasses
 
 import flax.linen as nn
 import jax
-import jax.numpy as jnp
 
 from vljepa_jax.models import layers
 from vljepa_jax.models import llama
@@ -57,43 +56,27 @@ class HybridConfig(mamba3_block.Mamba3Config):
         rope_scaling_factor=None, attention_impl=self.attention_impl, dtype=self.dtype, param_dtype=self.param_dtype)
 
 
-class Hybrid(nn.Module):
-  """`apply(v, inputs_embeds=..., attention_mask=..., causal=...) -> (B, L, D)` final-normed hidden states."""
+class Hybrid(mamba3_block.Mamba3Stack):
+  """`apply(v, inputs_embeds=..., attention_mask=..., causal=...) -> (B, L, D)` final-normed hidden states.
+
+  A `Mamba3Stack` (embedding, input checks, final norm) whose attention layers are Llama layers.
+  """
 
   config: HybridConfig
 
-  def setup(self):
+  def make_layers(self) -> list[nn.Module]:
     cfg = self.config
-    self.embed_tokens = nn.Embed(
-        cfg.vocab_size, cfg.hidden_size, dtype=cfg.compute_dtype, param_dtype=cfg.weight_dtype,
-        embedding_init=nn.with_logical_partitioning(layers.default_kernel_init, ("vocab", "embed")))
     ssm = layers.remat_block(mamba3_block.Mamba3Layer, cfg.remat, static_argnums=(3,))
     attention = layers.remat_block(llama.LlamaLayer, cfg.remat, static_argnums=(3, 4, 5))
-    self.layers = [attention(cfg.attention_config()) if cfg.is_attention(i) else ssm(cfg)
-                   for i in range(cfg.num_layers)]
-    self.final_norm = layers.RMSNorm(cfg.rms_norm_eps, dtype=cfg.compute_dtype, param_dtype=cfg.weight_dtype)
+    return [attention(cfg.attention_config()) if cfg.is_attention(i) else ssm(cfg) for i in range(cfg.num_layers)]
 
-  def embed(self, input_ids: jax.Array) -> jax.Array:
-    return self.embed_tokens(input_ids)
+  def call_layer(self, index: int, layer: nn.Module, x: jax.Array, mask: jax.Array | None, causal: bool) -> jax.Array:
+    if self.config.is_attention(index):
+      return layer(x, mask, causal, False, None)  # no KV cache
+    return layer(x, mask, causal)
 
-  def __call__(self, input_ids: jax.Array | None = None, attention_mask: jax.Array | None = None, *,
-               inputs_embeds: jax.Array | None = None, causal: bool | None = None) -> jax.Array:
-    if (input_ids is None) == (inputs_embeds is None):
-      raise ValueError("pass exactly one of input_ids and inputs_embeds")
-    causal = self.config.causal if causal is None else causal
-    if inputs_embeds is None:
-      x = self.embed(input_ids)
-    else:
-      x = inputs_embeds.astype(self.config.compute_dtype)
-      if self.is_initializing():  # the table must exist in the init tree
-        self.embed(jnp.zeros((1, 1), jnp.int32))
-    x = layers.constrain_activations(x)
-    for i, layer in enumerate(self.layers):
-      if self.config.is_attention(i):
-        x = layer(x, attention_mask, causal, False, None)
-      else:
-        x = layer(x, attention_mask, causal)
-    return self.final_norm(x)
+  def step(self, inputs_embeds: jax.Array, state):
+    raise NotImplementedError("the hybrid's attention layers have no constant-size state: stream with `mamba3`")
 
 
 def forward_flops(config: HybridConfig, tokens: int) -> float:

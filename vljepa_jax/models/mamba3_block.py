@@ -341,9 +341,16 @@ class Mamba3Stack(nn.Module):
     self.embed_tokens = nn.Embed(
         cfg.vocab_size, cfg.hidden_size, dtype=cfg.compute_dtype, param_dtype=cfg.weight_dtype,
         embedding_init=nn.with_logical_partitioning(layers.default_kernel_init, ("vocab", "embed")))
-    block = layers.remat_block(Mamba3Layer, cfg.remat, static_argnums=(3,))  # `causal` picks the directions
-    self.layers = [block(cfg) for _ in range(cfg.num_layers)]
+    self.layers = self.make_layers()
     self.final_norm = layers.RMSNorm(cfg.rms_norm_eps, dtype=cfg.compute_dtype, param_dtype=cfg.weight_dtype)
+
+  def make_layers(self) -> list[nn.Module]:
+    """The stack's layers (`layers_0`, `layers_1`, ...); subclasses (the hybrid) interleave other kinds."""
+    block = layers.remat_block(Mamba3Layer, self.config.remat, static_argnums=(3,))  # `causal` picks the directions
+    return [block(self.config) for _ in range(self.config.num_layers)]
+
+  def call_layer(self, index: int, layer: nn.Module, x: jax.Array, mask: jax.Array | None, causal: bool) -> jax.Array:
+    return layer(x, mask, causal)
 
   def embed(self, input_ids: jax.Array) -> jax.Array:
     """Token embeddings `(B, L, D)` in the compute dtype."""
@@ -366,8 +373,8 @@ class Mamba3Stack(nn.Module):
     if attention_mask is not None and attention_mask.shape != x.shape[:2]:
       raise ValueError(f"attention_mask has shape {attention_mask.shape}; expected (batch, length) = {x.shape[:2]}")
     x = layers.constrain_activations(x)
-    for layer in self.layers:
-      x = layer(x, attention_mask, causal)
+    for index, layer in enumerate(self.layers):
+      x = self.call_layer(index, layer, x, attention_mask, causal)
     return self.final_norm(x)
 
   def step(self, inputs_embeds: jax.Array, state: list[LayerState]) -> tuple[jax.Array, list[LayerState]]:

@@ -74,16 +74,29 @@ def config_error(argv: list[str], error: Exception) -> str:
   return str(error)
 
 
-def set_stage_key(stage: ml_collections.ConfigDict, path: str, value: Any) -> None:
-  """Sets `path` in a stage's dict of overrides, adding the keys (and dicts) it did not have."""
+def set_path(node: ml_collections.ConfigDict, path: str, value: Any) -> None:
+  """Sets dotted `path` in `node`, adding the keys (and dicts) it did not have."""
   *parents, leaf = path.split(".")
-  with stage.unlocked():
-    node = stage
+  with node.unlocked():
     for key in parents:
       if key not in node:
         node[key] = ml_collections.ConfigDict()
       node = node[key]
     node[leaf] = value
+
+
+def parse_against(schema: ml_collections.ConfigDict, args: list[str], name: str, shown: str) -> dict[str, Any]:
+  """`{path: value}` of `--NAME.PATH=VALUE` flags, parsed by ml_collections against `schema` (so each value
+  gets the schema's type); errors name the flags as the user wrote them, `--SHOWN.PATH`."""
+  values = flags.FlagValues()
+  argv = [f"{name} overrides", *args]
+  config_flags.DEFINE_config_dict(name, schema, flag_values=values, sys_argv=argv)
+  try:
+    values(argv)
+  except flags.Error as e:
+    hint = "" if all("=" in arg for arg in args) else " (write these overrides as KEY=VALUE)"
+    raise ValueError(str(e).replace(f"--{name}.", f"--{shown}.") + hint) from None
+  return dict(config_flags.get_override_values(values[name]))
 
 
 def apply_stage_overrides(config: ml_collections.ConfigDict, args: list[str]) -> dict[str, Any]:
@@ -111,17 +124,10 @@ def apply_stage_overrides(config: ml_collections.ConfigDict, args: list[str]) ->
     for path, _ in stage_args:
       if problem := missing_key(schema, path):
         raise ValueError(f"--config.stages.{name}.{path}: {problem}")
-    values = flags.FlagValues()
-    argv = ["stage overrides", *(arg for _, arg in stage_args)]
-    config_flags.DEFINE_config_dict("stage", schema, flag_values=values, sys_argv=argv)
-    try:
-      values(argv)
-    except flags.Error as e:
-      hint = "" if all("=" in arg for _, arg in stage_args) else " (write per-stage overrides as KEY=VALUE)"
-      raise ValueError(str(e).replace("--stage.", f"--config.stages.{name}.") + hint) from None
-    for path, value in config_flags.get_override_values(values["stage"]).items():
+    parsed = parse_against(schema, [arg for _, arg in stage_args], "stage", f"config.stages.{name}")
+    for path, value in parsed.items():
       try:
-        set_stage_key(config.stages[name], path, value)
+        set_path(config.stages[name], path, value)
       except (TypeError, AttributeError, KeyError) as e:
         raise ValueError(f"--config.stages.{name}.{path}={value!r}: {e}") from None
       applied[f"stages.{name}.{path}"] = value
@@ -163,20 +169,10 @@ def apply_backbone_config_overrides(config: ml_collections.ConfigDict, args: lis
     path = BACKBONE_CONFIG_OVERRIDE.match(arg).group(2)
     if problem := missing_key(schema, path):
       raise ValueError(f"--config.{BACKBONE_CONFIG}.{path}: {problem.replace('config', BACKBONE_CONFIG, 1)}")
-  values = flags.FlagValues()
-  argv = ["backbone overrides"] + [f"{prefix}backbone.{path}{value or ''}" for prefix, path, value in
-                                   (BACKBONE_CONFIG_OVERRIDE.match(arg).groups() for arg in args)]
-  config_flags.DEFINE_config_dict("backbone", schema, flag_values=values, sys_argv=argv)
-  try:
-    values(argv)
-  except flags.Error as e:
-    raise ValueError(str(e).replace("--backbone.", f"--config.{BACKBONE_CONFIG}.")) from None
+  renamed = [f"{prefix}backbone.{path}{value or ''}" for prefix, path, value in
+             (BACKBONE_CONFIG_OVERRIDE.match(arg).groups() for arg in args)]
   applied = {}
-  for path, value in config_flags.get_override_values(values["backbone"]).items():
-    node = schema
-    *parents, leaf = path.split(".")
-    for key in parents:
-      node = node[key]
-    node[leaf] = value
+  for path, value in parse_against(schema, renamed, "backbone", f"config.{BACKBONE_CONFIG}").items():
+    set_path(schema, path, value)
     applied[f"{BACKBONE_CONFIG}.{path}"] = value
   return applied
