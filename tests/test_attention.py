@@ -122,10 +122,12 @@ def _logits_batches(fn, *args, platform: str | None = None) -> list[int]:
 
 def test_cpu_attention_runs_one_slice_of_the_batch_per_core(monkeypatch):
   """On a one-device CPU process the "xla" attention is one independent product per core (XLA:CPU's
-  batched matmuls are single-threaded), uneven slices included; the result is unchanged. Compiled for
+  batched matmuls are single-threaded up to jaxlib 0.10), uneven slices included; the result is unchanged. Compiled for
   a GPU, under a mesh of several devices, or while decoding, it is one batched product."""
   monkeypatch.setattr(attention_lib.os, "sched_getaffinity", lambda pid: {0, 1, 2}, raising=False)
   monkeypatch.setattr(attention_lib, "_MIN_SLICED_WORK", 0)  # slice even these tiny shapes
+  # Whatever jaxlib runs the test: the slicing itself must be right wherever it is switched on.
+  monkeypatch.setattr(attention_lib, "_SINGLE_THREADED_BATCHED_MATMUL", True)
   rng = np.random.default_rng(7)
   b, l, d = 5, 6, 8
   q = rng.normal(size=(b, l, 4, d)).astype(np.float32)
@@ -148,6 +150,13 @@ def test_cpu_attention_runs_one_slice_of_the_batch_per_core(monkeypatch):
   monkeypatch.setattr(attention_lib.os, "sched_getaffinity", lambda pid: set(range(64)), raising=False)
   assert attention_lib.cpu_batch_slices(32, 1) == attention_lib._MAX_CPU_SLICES
   monkeypatch.undo()
+  monkeypatch.setattr(attention_lib, "_SINGLE_THREADED_BATCHED_MATMUL", True)
   # Small products (the demo's attention: 8-16 M multiply-adds) stay whole; small's ViT (0.8 G) is sliced.
   assert attention_lib.cpu_batch_slices(64, 64 * 4 * 44 * 44 * 32) == 1
   assert attention_lib.cpu_batch_slices(32, 32 * 6 * 256 * 256 * 64) == min(32, len(os.sched_getaffinity(0)), 8)
+  # From jaxlib 0.11 XLA:CPU's batched products use every core: nothing is sliced.
+  monkeypatch.setattr(attention_lib, "_SINGLE_THREADED_BATCHED_MATMUL", False)
+  assert attention_lib.cpu_batch_slices(32, 32 * 6 * 256 * 256 * 64) == 1
+  monkeypatch.setattr(attention_lib, "_MIN_SLICED_WORK", 0)
+  fresh = lambda q, k, v, m: attention_lib.attention(q, k, v, kv_mask=m, causal=True, scale=0.3)  # not traced yet
+  assert _logits_batches(fresh, q, k, v, kv_mask) == [b]

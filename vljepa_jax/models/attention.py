@@ -16,8 +16,8 @@ there, and keys not yet written (beyond the queries' positions) are hidden by th
 `impl` (a model config's `attention_impl`) selects the implementation:
 - `"xla"`: the reference below, materialising the (Lq, Lk) logits. Runs everywhere. On a CPU,
   outside a mesh of several devices and where the products are large, it runs as one independent
-  attention per core over slices of the batch (`cpu_batch_slices`): XLA:CPU's batched matmuls run
-  on one thread each.
+  attention per core over slices of the batch (`cpu_batch_slices`): up to jaxlib 0.10, XLA:CPU's
+  batched matmuls run on one thread each.
 - `"pallas"`: `kernels.flash_attention` (O(L) memory; Triton on GPU, Mosaic on TPU, interpret
   mode on CPU). `kv_mask` becomes segment ids (queries 1, keys 1/0), so every query attends to the
   real keys exactly as here.
@@ -173,6 +173,12 @@ _MAX_CPU_SLICES = 8
 # few ms on one core, and slicing the demo's (8-16 M) gained nothing and cost 3 s of its step's
 # compile time (7 -> 10 s); small's (0.8-1.2 G) gain.
 _MIN_SLICED_WORK = 10**8
+# XLA:CPU runs a batched matmul on one thread up to jaxlib 0.10 and on all cores from 0.11: the same
+# 192 x 256x64x256 product at 25-28 GFLOP/s with CPU/wall 1.00 on jax 0.10.2, 49 GFLOP/s with CPU/wall
+# 1.8-2.0 on 0.11.2 and 0.12.0 (2-core AMD EPYC; `/tmp`-style timing of the jitted einsum). From 0.11
+# slicing only adds work: `small`'s step at batch 16 on jax 0.12, sliced / whole 1.020
+# (`benchmarks/cpu_attention_slices.py`).
+_SINGLE_THREADED_BATCHED_MATMUL = jax.__version_info__ < (0, 11)
 
 
 def cpu_batch_slices(batch: int, work: int) -> int:
@@ -188,9 +194,11 @@ def cpu_batch_slices(batch: int, work: int) -> int:
   (`benchmarks/cpu_attention_slices.py`; the demo's attention is too small to gain). Only outside
   a mesh of several devices (the main job's single-device mesh, or none): across devices the batch
   is sharded and each device already runs its own share, and slicing it would move data between
-  them. GPUs and TPUs run one batched product (or a kernel) as is.
+  them. GPUs and TPUs run one batched product (or a kernel) as is, and so does XLA:CPU from jaxlib
+  0.11, whose batched matmuls use every core (`_SINGLE_THREADED_BATCHED_MATMUL`).
   """
-  if work < _MIN_SLICED_WORK or flash_lib.target_platform() != "cpu" or jax.sharding.get_abstract_mesh().size > 1:
+  if (not _SINGLE_THREADED_BATCHED_MATMUL or work < _MIN_SLICED_WORK or flash_lib.target_platform() != "cpu"
+      or jax.sharding.get_abstract_mesh().size > 1):
     return 1
   cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
   return max(1, min(batch, cores, _MAX_CPU_SLICES))
