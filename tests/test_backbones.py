@@ -292,3 +292,23 @@ def test_hybrid_interleaves_attention_layers_and_refuses_a_stack_without_any():
   assert "mixer" in layers["layers_0"] and "attention" in layers["layers_1"]
   with pytest.raises(ValueError, match=r"attention_every=3: expected an int in \[1, num_layers=2\]"):
     config.replace(attention_every=3)
+
+
+def test_flops_of_a_frame_chunked_x_encoder():
+  """With x_encoder_chunk_frames the ViT attends within chunks: the clip costs its chunks' sum."""
+  cfg = vljepa.tiny_config()
+  vit = cfg.x_encoder
+  shape = dict(crop_size=4 * vit.patch_size, query_length=8, target_length=12)
+  per_tubelet = 16  # (crop / patch)^2 tokens
+  d, mlp = vit.hidden_size, vit.mlp_dim
+
+  def vit_flops(tokens, clips):
+    patch = 2 * tokens * clips * vit.tubelet_size * vit.patch_size ** 2 * vit.in_channels * d
+    layer = 2 * tokens * 4 * d * d + 4 * tokens * tokens * d + 4 * tokens * d * mlp
+    return patch + clips * vit.num_layers * layer
+
+  whole = flops.forward_flops(cfg, num_frames=8, **shape)["x_encoder"]
+  chunked = flops.forward_flops(cfg.replace(x_encoder_chunk_frames=2), num_frames=8, **shape)["x_encoder"]
+  assert whole == vit_flops(4 * per_tubelet, 1)
+  assert chunked == vit_flops(per_tubelet, 4)
+  assert flops.forward_flops(cfg.replace(x_encoder_chunk_frames=8), num_frames=8, **shape)["x_encoder"] == whole

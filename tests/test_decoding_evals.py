@@ -592,3 +592,67 @@ def test_stream_manifest_errors_name_the_file_and_line(setup, tmp_path):
     make(bad)
   with pytest.raises(ValueError, match=r"evals.sd.streams.type='youtube'"):
     setup.make("sd", {"type": "selective_decoding", "streams": {"type": "youtube"}})
+
+
+# --- the recurrent stream mode: a streaming predictor reads each frame once --------------------------
+
+
+def _streaming_model(setup):
+  """The setup's model with a causal Mamba-3 predictor pooling the query, and a frame-chunked X-encoder."""
+  from vljepa_jax.models import predictor_backbones  # pylint: disable=g-import-not-at-top
+  config = setup.model.config
+  backbone = predictor_backbones.matched_config("mamba3", config.predictor.backbone_config)
+  predictor = config.predictor.replace(backbone="mamba3", backbone_config=backbone.replace(chunk_size=4), causal=True,
+                                       pool="query")
+  return vljepa.VLJEPA(config.replace(predictor=predictor, x_encoder_chunk_frames=2))
+
+
+def test_recurrent_stream_mode_equals_the_offline_model_on_every_prefix(setup):
+  """Each recurrent Ŝ_Y equals the offline model over the whole prefix its phase has read.
+
+  frame_stride 2 and 2 frames per step span 4 raw frames; emitting every 2 raw frames takes 2
+  phase-shifted streams, starting at raw frames 0 and 2. Step i of the phase starting at f reads
+  raw frames f + 2j for j < 2(i + 1), so its Ŝ_Y is the offline one of that clip, stamped where a
+  window (2 frames, stride 2) ending at its last frame is centred."""
+  model = _streaming_model(setup)
+  params = _random_params(model, seed=3)
+  ev = setup.make("sd", {**SD_OPTIONS, "stream_mode": "recurrent"}, model=model)
+  assert ev.requires() == ("embed_stream", "text_decoder")
+  got = ev.stream_embeddings(params)
+
+  fps, stride, k, centre = STREAMS["stream_fps"], 2, 2, (WINDOW - 1) * 2 / 2
+  config = shapes.ShapesConfig(image_size=16, stream_fps=fps)
+  ids, mask = setup.query_tok([QUERY])
+  # The whole-clip model, compiled once per prefix length (eager Mamba-3 takes seconds per call).
+  offline = jax.jit(lambda p, video: model.apply({"params": p}, video, ids, mask, method="encode_visual_query"))
+  for i, (got_times, got_embeddings) in enumerate(got):
+    long = shapes.LongStream(config, STREAMS["seed"], i, duration_s=STREAMS["duration_s"])
+    expected = []
+    for first in (0, 2):
+      for step in range(long.num_frames):
+        last = first + ((step + 1) * k - 1) * stride
+        if last >= long.num_frames:
+          break
+        frames = long.clip(first, (step + 1) * k, stride)
+        video = ((frames.astype(np.float64) / 255.0 - MEAN) / STD).astype(np.float32)[None]
+        s_hat = offline(params, video)[0]
+        expected.append(((last - centre) / fps, np.asarray(s_hat)))
+    expected.sort(key=lambda e: e[0])
+    np.testing.assert_allclose(got_times, [t for t, _ in expected])
+    # Emissions every `step` (2) raw frames, from the first phase's first step on.
+    np.testing.assert_allclose(np.diff(got_times), 2 / fps)
+    np.testing.assert_allclose(got_embeddings, np.stack([e for _, e in expected]), atol=2e-5)
+  # The decoding and scoring downstream are the window mode's; they run on the recurrent stream.
+  result = ev.run(params)
+  assert result["num_streams"] == 2 and "reference_cider_d" in result
+
+
+def test_recurrent_stream_mode_refuses_a_model_that_cannot_stream(setup):
+  with pytest.raises(ValueError, match=r"evals.sd.stream_mode='recurrent': the predictor cannot stream: backbone "
+                                       r"'llama' carries no constant-size state.*predictor.causal=False.*"
+                                       r"predictor.pool='all'"):
+    setup.make("sd", {**SD_OPTIONS, "stream_mode": "recurrent"})
+  with pytest.raises(ValueError, match=r"evals.sd.stream_mode='sliding'; expected one of \('window', 'recurrent'\)"):
+    setup.make("sd", {**SD_OPTIONS, "stream_mode": "sliding"})
+  with pytest.raises(ValueError, match=r"evals.sd.step=3: stream_mode='recurrent' .* step must divide 4"):
+    setup.make("sd", {**SD_OPTIONS, "stream_mode": "recurrent", "step": 3}, model=_streaming_model(setup))

@@ -203,3 +203,36 @@ def test_initialisers():
   np.testing.assert_allclose(mamba3_block.decay_rate(u), [-1e-4, -0.25, -1.0, -2.0, -3.0], rtol=1e-6)
   grad = jax.grad(lambda v: mamba3_block.decay_rate(v).sum())(u)  # u = 1 is the pole of the unused branch
   np.testing.assert_allclose(grad, [0.0, -1 / 16, -1.0, -1.0, -1.0], rtol=1e-6)
+
+
+@pytest.mark.parametrize("overrides", [dict(), dict(mimo_rank=2, trapezoid=False)])
+def test_chunks_with_the_carried_state_equal_one_call_and_hand_over_to_step(overrides):
+  """A causal stack fed in pieces (lengths not multiples of the chunk) with the state carried equals
+  one call; the state after a piece continues token by token with `step`, and matches the state the
+  next piece's call returns."""
+  cfg = TINY.replace(**overrides)
+  model, params, embeds, run = _stack(cfg, length=17)
+  full = run(params, embeds, None, True)
+  piece = jax.jit(lambda v, e, s: model.apply(v, inputs_embeds=e, causal=True, initial_state=s, return_state=True))
+  state, outs = mamba3_block.initial_state(cfg, 2), []
+  for begin, end in ((0, 5), (5, 6), (6, 17)):
+    out, state = piece(params, embeds[:, begin:end], state)
+    outs.append(out)
+  np.testing.assert_allclose(np.concatenate(outs, 1), full, rtol=0, atol=2e-5 * np.abs(full).max())
+  _, mid_state = piece(params, embeds[:, :9], mamba3_block.initial_state(cfg, 2))
+  step = jax.jit(lambda v, e, s: model.apply(v, e, s, method="step"))
+  stepped = []
+  for t in range(9, 17):
+    out, mid_state = step(params, embeds[:, t], mid_state)
+    stepped.append(out)
+  np.testing.assert_allclose(np.stack(stepped, 1), full[:, 9:], rtol=0, atol=2e-5 * np.abs(full).max())
+  for got, want in zip(jax.tree.leaves(mid_state), jax.tree.leaves(state)):
+    np.testing.assert_allclose(got, want, rtol=0, atol=2e-5 * max(1.0, np.abs(want).max()))
+
+
+def test_a_state_is_carried_in_causal_mode_only():
+  model, params, embeds, _ = _stack(TINY, length=5)
+  with pytest.raises(ValueError, match="carried in causal mode only"):
+    model.apply(params, inputs_embeds=embeds, causal=False, return_state=True)
+  with pytest.raises(ValueError, match=r"initial_state has 1 layer states; expected 2"):
+    model.apply(params, inputs_embeds=embeds, causal=True, initial_state=mamba3_block.initial_state(TINY, 2)[:1])

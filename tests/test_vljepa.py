@@ -147,3 +147,63 @@ def test_bf16_compute_over_fp32_params_tracks_fp32(tiny):
     assert o.dtype == jnp.float32 and np.isfinite(np.asarray(o)).all()
     cos = np.sum(np.asarray(r) * np.asarray(o), -1) / np.linalg.norm(r, axis=-1) / np.linalg.norm(o, axis=-1)
     assert cos.min() > 0.99, cos
+
+
+def _streaming_config(chunk=2):
+  """The tiny model with a causal Mamba-3 predictor pooling the query and a frame-chunked X-encoder."""
+  from vljepa_jax.models import predictor_backbones  # pylint: disable=g-import-not-at-top
+  cfg = vljepa.tiny_config()
+  backbone = predictor_backbones.matched_config("mamba3", cfg.predictor.backbone_config).replace(chunk_size=4)
+  predictor = cfg.predictor.replace(backbone="mamba3", backbone_config=backbone, causal=True, pool="query")
+  return cfg.replace(predictor=predictor, x_encoder_chunk_frames=chunk)
+
+
+def test_x_encoder_chunks_are_independent_clips_in_time_order():
+  """With x_encoder_chunk_frames=k the tokens are the ViT's over each k-frame clip alone, in order:
+  no token depends on a later frame."""
+  from vljepa_jax.models import vit as vit_lib  # pylint: disable=g-import-not-at-top
+  cfg = _streaming_config(chunk=2)
+  model = vljepa.VLJEPA(cfg)
+  video, q_ids, q_mask, t_ids, t_mask = _batch(cfg, frames=6)
+  params = params_lib.unbox(jax.jit(model.init)(jax.random.key(1), video, q_ids, q_mask, t_ids, t_mask)["params"])
+  tokens = jax.jit(lambda p, v: model.apply({"params": p}, v, method="encode_visual"))(params, video)
+  vit = vit_lib.VisionTransformer(cfg.x_encoder)
+  per_clip = [vit.apply({"params": params["x_encoder"]}, video[:, t:t + 2]) for t in (0, 2, 4)]
+  np.testing.assert_allclose(tokens, np.concatenate(per_clip, 1), rtol=0, atol=1e-5)
+  later = video.copy()
+  later[:, 4:] += 1.0
+  changed = jax.jit(lambda p, v: model.apply({"params": p}, v, method="encode_visual"))(params, later)
+  n = tokens.shape[1] // 3
+  np.testing.assert_array_equal(changed[:, :2 * n], tokens[:, :2 * n])
+  assert np.abs(np.asarray(changed[:, 2 * n:] - tokens[:, 2 * n:])).max() > 1e-3
+  with pytest.raises(ValueError, match=r"T=5 frames, not a whole number of x_encoder_chunk_frames=2"):
+    model.apply({"params": params}, video[:, :5], method="encode_visual")
+  with pytest.raises(ValueError, match=r"x_encoder_chunk_frames=3: expected None or a positive multiple of the "
+                                       r"X-encoder's tubelet_size \(2\)"):
+    cfg.replace(x_encoder_chunk_frames=3)
+
+
+def test_streaming_steps_equal_the_clip_so_far():
+  """Ŝ_Y after stream steps over frames 1..t equals encode_visual_query over that clip."""
+  cfg = _streaming_config(chunk=2)
+  model = vljepa.VLJEPA(cfg)
+  video, q_ids, q_mask, t_ids, t_mask = _batch(cfg, frames=8)
+  params = params_lib.unbox(jax.jit(model.init)(jax.random.key(2), video, q_ids, q_mask, t_ids, t_mask)["params"])
+  step = jax.jit(lambda p, f, s: model.apply({"params": p}, f, s, q_ids, q_mask, method="stream_step"))
+  offline = jax.jit(lambda p, v: model.apply({"params": p}, v, q_ids, q_mask, method="encode_visual_query"))
+  state = vljepa.initial_stream_state(cfg, 2)
+  for t in range(0, 8, 2):
+    s_hat, state = step(params, video[:, t:t + 2], state)
+    want = offline(params, video[:, :t + 2])
+    np.testing.assert_allclose(s_hat, want, rtol=0, atol=2e-5 * np.abs(want).max())
+
+
+def test_a_predictor_that_cannot_stream_fails_by_name():
+  cfg = _streaming_config()
+  with pytest.raises(ValueError, match=r"backbone 'llama' carries no constant-size state"):
+    vljepa.initial_stream_state(vljepa.tiny_config().replace(
+        predictor=vljepa.tiny_config().predictor.replace(causal=True, pool="query")), 1)
+  with pytest.raises(ValueError, match=r"predictor.causal=False: a bidirectional predictor reads the future"):
+    vljepa.initial_stream_state(cfg.replace(predictor=cfg.predictor.replace(causal=False)), 1)
+  with pytest.raises(ValueError, match=r"predictor.pool='all'"):
+    vljepa.initial_stream_state(cfg.replace(predictor=cfg.predictor.replace(pool="all")), 1)

@@ -15,6 +15,7 @@ from jax.experimental import multihost_utils
 import numpy as np
 
 from vljepa_jax.data import global_batch
+from vljepa_jax.models import vljepa
 
 
 def _to_host(x: jax.Array) -> np.ndarray:
@@ -44,8 +45,15 @@ class Embedder:
       with nn.logical_axis_rules(rules or ()):
         return model.apply({"params": params}, ids, mask, method="encode_text")
 
+    def stream_step(params, frames, state, query_ids, query_mask):
+      with nn.logical_axis_rules(rules or ()):
+        return model.apply({"params": params}, global_batch.normalize_video(frames), state, query_ids, query_mask,
+                           method="stream_step")
+
+    self._model = model
     self._visual_query = jax.jit(visual_query)
     self._text = jax.jit(text)
+    self._stream_step = jax.jit(stream_step, donate_argnums=(2,))  # the state is replaced every step
 
   def _put(self, batch: dict[str, np.ndarray]) -> dict[str, jax.Array]:
     if self._mesh is None:
@@ -73,6 +81,28 @@ class Embedder:
       labels.append(_to_host(extra["label"])[valid])
       indices.append(_to_host(extra["source_index"])[valid])
     return np.concatenate(embeddings), {"label": np.concatenate(labels), "source_index": np.concatenate(indices)}
+
+  def stream(self, params: Any, frames: Iterable[np.ndarray], query_ids: np.ndarray, query_mask: np.ndarray
+             ) -> np.ndarray:
+    """Ŝ_Y after every step of a batch of video streams fed together (`VLJEPA.stream_step`).
+
+    `frames` yields each step's next frames `(b, k, H, W, C)` of this process's b rows of the
+    global batch (the same rows every step), `query_ids` / `query_mask` `(b, Lq)` are their
+    queries. The state stays on the device, donated from step to step; one program serves every
+    step. Returns `(steps, global batch, D)`.
+    """
+    query = self._put({"ids": query_ids, "mask": query_mask})
+    state, out = None, []
+    for chunk in frames:
+      if state is None:
+        empty = vljepa.initial_stream_state(self._model.config, chunk.shape[0])
+        leaves, tree = jax.tree.flatten(jax.tree.map(np.asarray, empty))
+        put = self._put({str(i): v for i, v in enumerate(leaves)})
+        state = jax.tree.unflatten(tree, [put[str(i)] for i in range(len(leaves))])
+      embedding, state = self._call(self._stream_step, params, self._put({"video": chunk})["video"], state,
+                                    query["ids"], query["mask"])
+      out.append(embedding)  # left on the device: the next step is dispatched without waiting
+    return np.stack([_to_host(e) for e in out])
 
   def texts(self, params: Any, texts: Sequence[str], tokenizer) -> np.ndarray:
     """S_Y of each text, `(len(texts), D)`; every process passes the same texts."""

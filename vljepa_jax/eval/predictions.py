@@ -17,6 +17,9 @@ Capabilities (methods; a model implements those it can):
   text_decoder(tokenizer, **decoding) -> fn(params, embeddings) -> texts
       the embedding-space functions (inverse dynamics compares two predictions, hard negatives
       probe the text encoder, selective decoding decodes a stream of predictions).
+  embed_stream(params, frames, query_ids, query_mask) -> embeddings (steps, B, D)
+      Ŝ_Y after every step of B streams fed `stream_frames_per_step()` frames at a time, from a
+      carried state (a streaming predictor: selective decoding's `stream_mode="recurrent"`).
 
 `info` holds each valid row's `label` and `source_index` (the pipeline's bookkeeping). VL-JEPA's
 implementation is `EmbeddingPredictions`: scores are cosines between Ŝ_Y and S_Y.
@@ -32,8 +35,9 @@ import numpy as np
 
 from vljepa_jax.eval import embedding
 from vljepa_jax.eval import text_decoder as text_decoder_lib
+from vljepa_jax.models import vljepa
 
-CAPABILITIES = ("score_candidates", "captioner", "embed_visual_query", "embed_texts", "text_decoder")
+CAPABILITIES = ("score_candidates", "captioner", "embed_visual_query", "embed_texts", "text_decoder", "embed_stream")
 Batches = Iterable[dict[str, np.ndarray]]
 
 
@@ -108,6 +112,16 @@ class EmbeddingPredictions:
 
   def embed_texts(self, params: Any, texts: Sequence[str], tokenizer) -> np.ndarray:
     return self.embedder.texts(params, texts, tokenizer)
+
+  def embed_stream(self, params: Any, frames: Iterable[np.ndarray], query_ids: np.ndarray,
+                   query_mask: np.ndarray) -> np.ndarray:
+    return self.embedder.stream(params, frames, query_ids, query_mask)
+
+  def stream_frames_per_step(self) -> int:
+    """Frames each `embed_stream` step reads; raises, naming the config keys, if the model cannot stream."""
+    config = self.model.config
+    vljepa.initial_stream_state(config, 1)  # the predictor's checks
+    return config.x_encoder_chunk_frames or config.x_encoder.tubelet_size
 
   def candidate_embeddings(self, params: Any, candidates: Candidates, tokenizer) -> np.ndarray:
     """Unit-norm S_Y per candidate (C, D): the mean of its phrasings' unit-norm embeddings, renormalised."""

@@ -17,6 +17,20 @@ matched pairs. The reduction factor is how many times fewer decodes adaptive nee
 uniform decoding at `reference_rate_hz` (the paper: adaptive at 0.35 Hz matches uniform at 1 Hz,
 ≈2.85x), read off the adaptive curve by linear interpolation.
 
+How the stream of Ŝ_Y is made (option `stream_mode`):
+
+  window     (default) the model reads a sliding window of `window` frames, `frame_stride` raw
+             frames apart, every `step` raw frames; each step costs a whole clip's forward, and
+             Ŝ_Y is stamped at the window's centre.
+  recurrent  a streaming predictor (causal Mamba-3, query pooling: `VLJEPA.stream_step`) reads
+             each frame once: every step feeds its next k frames (`x_encoder_chunk_frames`),
+             `frame_stride` raw frames apart, into a carried state and reads the query from it,
+             at constant cost and memory per step. To emit as often as the window mode (every
+             `step` raw frames), k x frame_stride / step phase-shifted streams run side by side,
+             each sampling the video at the training clips' frame spacing. Ŝ_Y is stamped where a
+             window ending at the same frame would be centred, so both modes' embeddings at a time
+             have seen the same latest frames.
+
 Streams (option `streams`; `data/streams.py` reads them): the embedded dataset's
 `shapes.LongStream`s (one event per 4-30 s segment, captioned at its midpoint), or a JSONL
 manifest of real videos with timed captions, one line per video, sampled with PyAV at `fps`:
@@ -77,25 +91,45 @@ def decode_points(embeddings: np.ndarray, labels: np.ndarray, pooling: str) -> t
 class SelectiveDecoding(evaluator.Evaluator):
   """Decodes vs CIDEr-D for uniform, adaptive (Ward) and online decoding of embedding streams."""
 
-  OPTIONS = {"streams": {"type": "shapes"}, "window": None, "frame_stride": 2, "step": 1, "query": None,
+  OPTIONS = {"streams": {"type": "shapes"}, "stream_mode": "window", "window": None, "frame_stride": 2, "step": 1,
+             "query": None,
              "pooling": "mean", "uniform_rates_hz": (2.0, 1.0, 0.5, 0.35, 0.25, 0.1, 0.05),
              "adaptive_rates_hz": (1.0, 0.5, 0.35, 0.25, 0.1, 0.05), "online_window": 8,
              "online_thresholds": (), "reference_rate_hz": 1.0, "max_new_tokens": None, "beam_size": 1,
              "report_curve": True}
 
   REQUIRES = ("embed_visual_query", "text_decoder")  # decodes (means of) predictions along a stream
+  STREAM_MODES = ("window", "recurrent")
 
   def __init__(self, name, config, predictions, context):
+    mode = dict(config).get("stream_mode", self.OPTIONS["stream_mode"])
+    if mode not in self.STREAM_MODES:
+      raise ValueError(f"evals.{name}.stream_mode={mode!r}; expected one of {self.STREAM_MODES}")
     super().__init__(name, config, predictions, context)
     opts = self.options
     if opts["pooling"] not in ("mean", "midpoint"):
       raise ValueError(f"evals.{name}.pooling={opts['pooling']!r}; expected 'mean' or 'midpoint'")
+    if mode == "recurrent":
+      try:
+        self.frames_per_step = int(predictions.stream_frames_per_step())
+      except ValueError as e:
+        raise ValueError(f"evals.{name}.stream_mode='recurrent': {e}") from None
+      span, step = self.frames_per_step * int(opts["frame_stride"]), int(opts["step"])
+      if span % step:
+        raise ValueError(f"evals.{name}.step={step}: stream_mode='recurrent' emits every `step` raw frames with "
+                         f"(frames per step {self.frames_per_step} x frame_stride {opts['frame_stride']}) / step "
+                         f"phase-shifted streams, so step must divide {span}")
     self.streams = streams_lib.make_streams(opts["streams"], self.data, f"evals.{name}.streams")
     self.window = int(opts["window"] or self.data.num_frames)
     self.query = self.query_tokenizer([opts["query"] if opts["query"] is not None else self.data.default_query])
     self.decoder = predictions.text_decoder(
         self.target_tokenizer, max_new_tokens=int(opts["max_new_tokens"] or self.data.target_length),
         beam_size=int(opts["beam_size"]), batch_size=self.batch_size)
+
+  def requires(self) -> tuple[str, ...]:
+    if self.options["stream_mode"] == "recurrent":
+      return ("embed_stream", "text_decoder")
+    return self.REQUIRES
 
   # --- the embedding streams ---------------------------------------------------------------------
 
@@ -129,6 +163,8 @@ class SelectiveDecoding(evaluator.Evaluator):
 
   def stream_embeddings(self, params: Any) -> list[tuple[np.ndarray, np.ndarray]]:
     """Per stream: (times (T,) in seconds of each window's centre, Ŝ_Y (T, D)), in time order."""
+    if self.options["stream_mode"] == "recurrent":
+      return self.recurrent_embeddings(params)
     out, info = self.predictions.embed_visual_query(params, self.batches())
     centre = (self.window - 1) * int(self.options["frame_stride"]) / 2
     result = []
@@ -136,6 +172,57 @@ class SelectiveDecoding(evaluator.Evaluator):
       rows = np.flatnonzero(info["label"] == s)
       rows = rows[np.argsort(info["source_index"][rows], kind="stable")]
       result.append(((info["source_index"][rows] + centre) / stream.fps, out[rows]))
+    return result
+
+  def recurrent_rows(self) -> tuple[list[tuple[int, int]], int]:
+    """The phase-shifted streams as (stream, first raw frame) rows, and the raw frames one step advances."""
+    stride, step = int(self.options["frame_stride"]), int(self.options["step"])
+    span = self.frames_per_step * stride
+    return [(s, p * step) for s in range(len(self.streams)) for p in range(span // step)], span
+
+  def recurrent_embeddings(self, params: Any) -> list[tuple[np.ndarray, np.ndarray]]:
+    """`stream_embeddings` of the recurrent mode: each frame read once, the state carried (module docstring)."""
+    stride, k = int(self.options["frame_stride"]), self.frames_per_step
+    rows, span = self.recurrent_rows()
+    # Row r's step i reads raw frames first + (i k + j) stride, j < k; its Ŝ_Y counts once its last frame exists.
+    last_frame = lambda first, i: first + ((i + 1) * k - 1) * stride
+    steps = [max(0, (self.streams[s].num_frames - 1 - last_frame(first, 0)) // span + 1) for s, first in rows]
+    local = pipeline.per_process_batch_size(self.batch_size, jax.process_count())
+    data = self.data
+    per_stream = [([], []) for _ in self.streams]
+    centre = (self.window - 1) * stride / 2
+
+    def chunk(row, i):
+      s, first = row
+      stream = self.streams[s]
+      return stream.frames(np.minimum(first + (i * k + np.arange(k)) * stride, stream.num_frames - 1))
+
+    with concurrent.futures.ThreadPoolExecutor(max(1, data.num_threads)) as pool:
+      for begin in range(0, len(rows), self.batch_size):
+        group = rows[begin:begin + self.batch_size]
+        mine = group[jax.process_index() * local:(jax.process_index() + 1) * local]
+        num_steps = max(steps[begin:begin + len(group)])
+
+        def frames(mine=mine, num_steps=num_steps):
+          for i in range(num_steps):
+            video = np.zeros((local, k, data.crop_size, data.crop_size, 3), np.uint8)
+            for r, clip in enumerate(pool.map(lambda row: chunk(row, i), mine)):
+              video[r] = clip
+            yield media.normalize(video) if data.video_dtype == "float32" else video
+
+        query_ids, query_mask = (np.repeat(q, local, 0) for q in self.query)
+        out = self.predictions.embed_stream(params, frames(), query_ids, query_mask)  # (steps, batch, D)
+        for r, (s, first) in enumerate(group):
+          n = steps[begin + r]
+          per_stream[s][0].extend((last_frame(first, i) - centre) / self.streams[s].fps for i in range(n))
+          per_stream[s][1].extend(out[:n, r])
+    result = []
+    for stream, (times, embeddings) in zip(self.streams, per_stream):
+      if not times:
+        raise ValueError(f"stream {stream.name!r} has {stream.num_frames} frames, fewer than one recurrent step "
+                         f"({k} frames {stride} apart)")
+      order = np.argsort(np.asarray(times), kind="stable")
+      result.append((np.asarray(times)[order], np.stack(embeddings)[order]))
     return result
 
   # --- strategies --------------------------------------------------------------------------------

@@ -41,9 +41,12 @@ def forward_flops(config: vljepa.VLJEPAConfig, *, num_frames: int, crop_size: in
   """Forward FLOPs of one sample per tower: {"x_encoder", "predictor", "y_encoder"}."""
   vit = config.x_encoder
   n = x_encoder_tokens(config, num_frames, crop_size)
+  # With x_encoder_chunk_frames the X-encoder attends within chunks: the clip's cost is its chunks'.
+  chunk = config.x_encoder_chunk_frames
+  chunks = num_frames // chunk if chunk is not None and num_frames > chunk else 1
   patch = 2 * n * vit.tubelet_size * vit.patch_size ** 2 * vit.in_channels * vit.hidden_size
-  x = patch + vit.num_layers * transformer_layer(n, vit.hidden_size, vit.hidden_size, vit.hidden_size, vit.mlp_dim,
-                                                 False)
+  x = patch + chunks * vit.num_layers * transformer_layer(n // chunks, vit.hidden_size, vit.hidden_size,
+                                                          vit.hidden_size, vit.mlp_dim, False)
 
   predictor = config.predictor
   backbone_config = predictor.backbone_config

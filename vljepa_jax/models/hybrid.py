@@ -70,7 +70,10 @@ class Hybrid(mamba3_block.Mamba3Stack):
     attention = layers.remat_block(llama.LlamaLayer, cfg.remat, static_argnums=(3, 4, 5))
     return [attention(cfg.attention_config()) if cfg.is_attention(i) else ssm(cfg) for i in range(cfg.num_layers)]
 
-  def call_layer(self, index: int, layer: nn.Module, x: jax.Array, mask: jax.Array | None, causal: bool) -> jax.Array:
+  def call_layer(self, index: int, layer: nn.Module, x: jax.Array, mask: jax.Array | None, causal: bool,
+                 state=None, return_state: bool = False) -> jax.Array:
+    if state is not None or return_state:
+      raise NotImplementedError("the hybrid's attention layers have no constant-size state: stream with `mamba3`")
     if self.config.is_attention(index):
       return layer(x, mask, causal, False, None)  # no KV cache
     return layer(x, mask, causal)

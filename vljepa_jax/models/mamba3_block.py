@@ -250,18 +250,28 @@ class Mamba3Mixer(nn.Module):
       out = jnp.sum(y * gate * jnp.swapaxes(self.mimo_o, 0, 1).astype(y.dtype), axis=2)
     return self.out_proj(out)
 
-  def _core(self, x, dt, A, lam, B, C):
-    """The SSM over `(batch, L, ...)` inputs with the rank axis, from zero state."""
+  def _core(self, x, dt, A, lam, B, C, initial_state=None):
+    """The SSM over `(batch, L, ...)` inputs with the rank axis, from `initial_state` (None: zeros)."""
     cfg = self.config
     if cfg.mimo_rank is None:
-      y, _ = mamba3.ssd(x[:, :, 0], dt, A, B[:, :, 0], C[:, :, 0], lam, chunk_size=cfg.chunk_size)
-      return y[:, :, None]
-    y, _ = mamba3.mimo_ssd(x, dt, A, B, C, lam, chunk_size=cfg.chunk_size)
-    return y
+      y, state = mamba3.ssd(x[:, :, 0], dt, A, B[:, :, 0], C[:, :, 0], lam, chunk_size=cfg.chunk_size,
+                            initial_state=initial_state)
+      return y[:, :, None], state
+    return mamba3.mimo_ssd(x, dt, A, B, C, lam, chunk_size=cfg.chunk_size, initial_state=initial_state)
 
-  def __call__(self, u: jax.Array, mask: jax.Array | None, causal: bool) -> jax.Array:
+  def __call__(self, u: jax.Array, mask: jax.Array | None, causal: bool, state: LayerState | None = None,
+               return_state: bool = False):
+    """`(B, L, D) -> (B, L, D)`; with `return_state` (causal only) also the `LayerState` after the last token.
+
+    `state` continues a causal sequence from an earlier call's (or `step`'s) state: one call over
+    a sequence equals two calls over its halves with the first's state carried. A right-padded
+    position is an identity step except that it leaves no look-back (its input term is zero), so
+    a sequence continued after padding starts its trapezoid afresh.
+    """
     batch, length = u.shape[:2]
     valid = jnp.ones((batch, length), bool) if mask is None else mask.astype(bool)
+    if not causal and (state is not None or return_state):
+      raise ValueError("a Mamba-3 state is carried in causal mode only (the backward direction reads the future)")
     directions = 1 if causal else DIRECTIONS
     x, z, dt, A, lam, B, C, dphase = self._token_terms(u, valid, directions)
 
@@ -273,13 +283,18 @@ class Mamba3Mixer(nn.Module):
       return v.reshape((directions * batch,) + v.shape[2:])
 
     dt, A, lam, B, C, dphase = (to_batch(oriented(v)) for v in (dt, A, lam, B, C, dphase))
-    phase = jnp.mod(jnp.cumsum(dphase, axis=1), 2 * jnp.pi)  # (d*b, L, H, M)
+    phase = jnp.cumsum(dphase, axis=1)
+    if state is not None:
+      phase = phase + state.phase[:, None]
+    phase = jnp.mod(phase, 2 * jnp.pi)  # (d*b, L, H, M)
     B, C = (rotate_pairs(v, phase[:, :, None]) for v in (B, C))
     xs = x if causal else jnp.concatenate([x, jnp.flip(x, 1)], 0)
-    y = self._core(xs, dt, A, lam, B, C)
+    y, (h, bx) = self._core(xs, dt, A, lam, B, C, None if state is None else (state.h, state.bx))
     if not causal:
       y = y[:batch] + jnp.flip(y[batch:], 1)
-    return self._output(y, x, z)
+    out = self._output(y, x, z)
+    # Padding advances no phase, so the last position holds the last valid token's phase.
+    return (out, LayerState(h, bx, phase[:, -1])) if return_state else out
 
   def step(self, u: jax.Array, state: LayerState) -> tuple[jax.Array, LayerState]:
     """One causal token `u (b, D)` -> `(b, D)` and the updated state."""
@@ -316,9 +331,12 @@ class Mamba3Layer(nn.Module):
   def _mlp(self, h: jax.Array) -> jax.Array:
     return h + self.mlp(self.post_mixer_norm(h)) if self.config.intermediate_size else h
 
-  def __call__(self, x: jax.Array, mask: jax.Array | None, causal: bool) -> jax.Array:
-    h = x + self.mixer(self.input_norm(x), mask, causal)
-    return layers.constrain_activations(self._mlp(h))
+  def __call__(self, x: jax.Array, mask: jax.Array | None, causal: bool, state: LayerState | None = None,
+               return_state: bool = False):
+    mixed = self.mixer(self.input_norm(x), mask, causal, state, return_state)
+    mixed, state = mixed if return_state else (mixed, None)
+    out = layers.constrain_activations(self._mlp(x + mixed))
+    return (out, state) if return_state else out
 
   def step(self, x: jax.Array, state: LayerState) -> tuple[jax.Array, LayerState]:
     mixed, state = self.mixer.step(self.input_norm(x), state)
@@ -346,18 +364,27 @@ class Mamba3Stack(nn.Module):
 
   def make_layers(self) -> list[nn.Module]:
     """The stack's layers (`layers_0`, `layers_1`, ...); subclasses (the hybrid) interleave other kinds."""
-    block = layers.remat_block(Mamba3Layer, self.config.remat, static_argnums=(3,))  # `causal` picks the directions
+    # `causal` picks the directions and `return_state` the outputs: both static.
+    block = layers.remat_block(Mamba3Layer, self.config.remat, static_argnums=(3, 5))
     return [block(self.config) for _ in range(self.config.num_layers)]
 
-  def call_layer(self, index: int, layer: nn.Module, x: jax.Array, mask: jax.Array | None, causal: bool) -> jax.Array:
-    return layer(x, mask, causal)
+  def call_layer(self, index: int, layer: nn.Module, x: jax.Array, mask: jax.Array | None, causal: bool,
+                 state: LayerState | None = None, return_state: bool = False):
+    """Layer `index` over `x`; with `return_state`, `(x, its LayerState)` (see `Mamba3Mixer.__call__`)."""
+    return layer(x, mask, causal, state, return_state)
 
   def embed(self, input_ids: jax.Array) -> jax.Array:
     """Token embeddings `(B, L, D)` in the compute dtype."""
     return self.embed_tokens(input_ids)
 
   def __call__(self, input_ids: jax.Array | None = None, attention_mask: jax.Array | None = None, *,
-               inputs_embeds: jax.Array | None = None, causal: bool | None = None) -> jax.Array:
+               inputs_embeds: jax.Array | None = None, causal: bool | None = None,
+               initial_state: list[LayerState] | None = None, return_state: bool = False):
+    """Final-normed hidden states `(B, L, D)`; with `return_state`, `(hidden, per-layer states)`.
+
+    `initial_state` (causal only) continues from an earlier call's or `step`'s states: a stream
+    can be fed in chunks of any length, and stepped token by token from any chunk's end.
+    """
     if (input_ids is None) == (inputs_embeds is None):
       raise ValueError("pass exactly one of input_ids and inputs_embeds")
     causal = self.config.causal if causal is None else causal
@@ -373,9 +400,20 @@ class Mamba3Stack(nn.Module):
     if attention_mask is not None and attention_mask.shape != x.shape[:2]:
       raise ValueError(f"attention_mask has shape {attention_mask.shape}; expected (batch, length) = {x.shape[:2]}")
     x = layers.constrain_activations(x)
+    if initial_state is not None and len(initial_state) != len(self.layers):
+      raise ValueError(f"initial_state has {len(initial_state)} layer states; expected {len(self.layers)} "
+                       "(initial_state(config, batch))")
+    if not return_state and initial_state is None:
+      for index, layer in enumerate(self.layers):
+        x = self.call_layer(index, layer, x, attention_mask, causal)
+      return self.final_norm(x)
+    states = []
     for index, layer in enumerate(self.layers):
-      x = self.call_layer(index, layer, x, attention_mask, causal)
-    return self.final_norm(x)
+      x, layer_state = self.call_layer(index, layer, x, attention_mask, causal,
+                                       None if initial_state is None else initial_state[index], True)
+      states.append(layer_state)
+    hidden = self.final_norm(x)
+    return (hidden, states) if return_state else hidden
 
   def step(self, inputs_embeds: jax.Array, state: list[LayerState]) -> tuple[jax.Array, list[LayerState]]:
     """One token per sequence, `(B, D)`, through the causal stack; returns `(B, D)` and the new states."""
@@ -425,4 +463,4 @@ def matched_config(other: ArchConfig) -> Mamba3Config:
 
 PREDICTOR_BACKBONE = predictor_backbones.Backbone(module=Mamba3Stack, config=Mamba3Config,
                                                   token_embedding="embed_tokens", forward_flops=forward_flops,
-                                                  matched_config=matched_config)
+                                                  matched_config=matched_config, initial_state=initial_state)

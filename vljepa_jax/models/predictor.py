@@ -100,3 +100,46 @@ class Predictor(nn.Module):
     pool_mask = mask if cfg.pool == "all" else jnp.concatenate([jnp.zeros_like(visual_mask), query_mask], axis=1)
     pooled = layers.masked_mean(hidden, pool_mask)
     return self.head(pooled.astype(cfg.compute_dtype)).astype(jnp.float32)
+
+  # --- streaming: a causal predictor over an unbounded video, constant cost per step ---------------
+
+  def stream_visual(self, visual_tokens: jax.Array, state: Any) -> Any:
+    """The stream's state after `visual_tokens (B, n, Dv)` more: the newest frames' tokens, in order."""
+    check_streaming(self.config)
+    _, state = self.backbone(inputs_embeds=self.vision_proj(visual_tokens), causal=True, initial_state=state,
+                             return_state=True)
+    return state
+
+  def stream_query(self, state: Any, query_ids: jax.Array, query_mask: jax.Array) -> jax.Array:
+    """Ŝ_Y `(B, embed_dim)` of the stream so far: the query read from `state`, pooled over its tokens.
+
+    The state is not advanced (the caller keeps it), so every step asks the query afresh. With a
+    causal backbone and query-only pooling this is exactly `__call__` over [every visual token
+    streamed so far ; query].
+    """
+    check_streaming(self.config)
+    cfg = self.config
+    hidden = self.backbone(inputs_embeds=self.backbone.embed(query_ids).astype(cfg.compute_dtype),
+                           attention_mask=query_mask.astype(jnp.int32), causal=True, initial_state=state)
+    pooled = layers.masked_mean(hidden, query_mask.astype(jnp.int32))
+    return self.head(pooled.astype(cfg.compute_dtype)).astype(jnp.float32)
+
+
+def check_streaming(config: PredictorConfig) -> None:
+  """Raises, naming the config keys, unless the predictor can stream: Ŝ_Y(t) from a carried state."""
+  problems = []
+  if predictor_backbones.get(config.backbone).initial_state is None:
+    problems.append(f"backbone {config.backbone!r} carries no constant-size state (use 'mamba3')")
+  if not config.causal:
+    problems.append("predictor.causal=False: a bidirectional predictor reads the future")
+  if config.pool != "query":
+    problems.append(f"predictor.pool={config.pool!r}: pooling over the visual tokens would average the whole "
+                    "history (use 'query')")
+  if problems:
+    raise ValueError("the predictor cannot stream: " + "; ".join(problems))
+
+
+def initial_stream_state(config: PredictorConfig, batch: int) -> Any:
+  """The empty history of `batch` streams, for `Predictor.stream_visual`."""
+  check_streaming(config)
+  return predictor_backbones.get(config.backbone).initial_state(config.backbone_config, batch)

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import dataclasses
 import re
-from typing import Callable
+from typing import Any, Callable
 
 import flax.linen as nn
 
@@ -63,6 +63,11 @@ class Backbone:
       depth, vocabulary, MLP size, dtypes and remat: what `--config.model.predictor.backbone=<name>`
       switches to (`train/overrides.switch_predictor_backbone`), and what comparisons at matched
       size build.
+    initial_state: `(config, batch) -> state`, the empty history of a backbone that streams with a
+      constant-size state, or None (it cannot). Such a module's `__call__` also takes
+      `initial_state=state` and `return_state=True` (causal only) and returns `(hidden, state)`:
+      one call over a sequence equals calls over its pieces with the state carried. The
+      streaming predictor (`Predictor.stream_visual` / `stream_query`) runs on it.
   """
 
   module: type[nn.Module]
@@ -71,6 +76,7 @@ class Backbone:
   forward_flops: Callable[[ArchConfig, int], float]
   checkpoint_family: str | None = None
   matched_config: Callable[[ArchConfig], ArchConfig] | None = None
+  initial_state: Callable[[ArchConfig, int], Any] | None = None
 
 
 def get(name: str) -> Backbone:

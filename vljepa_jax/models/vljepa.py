@@ -52,6 +52,11 @@ class VLJEPAConfig(ArchConfig):
   # Attention implementation of every tower (`models/attention.py`: xla, pallas, cudnn, splash or
   # auto); None leaves each tower's own `attention_impl`.
   attention_impl: str | None = "auto"
+  # None: the X-encoder reads the whole clip at once (the paper). k: it reads independent chunks of
+  # k frames (a multiple of the tubelet size) and their tokens are concatenated in time order, so
+  # no visual token depends on later frames: with a causal, streaming predictor the whole model is
+  # causal in time and a stream can be fed k frames at a time (`stream_step`).
+  x_encoder_chunk_frames: int | None = None
 
   def __post_init__(self):
     if None in (self.x_encoder, self.predictor, self.y_encoder):
@@ -64,6 +69,11 @@ class VLJEPAConfig(ArchConfig):
         tower = getattr(self, name)
         if tower is not None:  # frozen: set in place once, so every tower sees the model-wide choice
           object.__setattr__(self, name, tower.with_field_everywhere("attention_impl", self.attention_impl))
+    chunk = self.x_encoder_chunk_frames
+    if chunk is not None and (isinstance(chunk, bool) or not isinstance(chunk, int) or chunk < 1
+                              or chunk % self.x_encoder.tubelet_size):
+      raise ValueError(f"x_encoder_chunk_frames={chunk!r}: expected None or a positive multiple of the X-encoder's "
+                       f"tubelet_size ({self.x_encoder.tubelet_size})")
     if self.predictor.vision_dim != self.x_encoder.hidden_size:
       raise ValueError(f"predictor.vision_dim ({self.predictor.vision_dim}) must equal the X-encoder width "
                        f"({self.x_encoder.hidden_size})")
@@ -91,12 +101,33 @@ class VLJEPA(nn.Module):
 
   def encode_visual(self, video: jax.Array) -> jax.Array:
     """`(B, T, H, W, C)` -> visual tokens `(B, N, Dv)`; a constant when the X-encoder is frozen."""
-    tokens = self.x_encoder(video)
+    chunk = self.config.x_encoder_chunk_frames
+    frames = video.shape[1]
+    if chunk is None or frames <= chunk:  # a clip of one chunk (or a single image, repeated to a tubelet)
+      tokens = self.x_encoder(video)
+    else:
+      if frames % chunk:
+        raise ValueError(f"video has T={frames} frames, not a whole number of x_encoder_chunk_frames={chunk}")
+      batch = video.shape[0]
+      tokens = self.x_encoder(video.reshape((batch * (frames // chunk), chunk) + video.shape[2:]))
+      tokens = tokens.reshape(batch, -1, tokens.shape[-1])  # chunk-major: still time-major
     return jax.lax.stop_gradient(tokens) if self.config.freeze_x_encoder else tokens
 
   def encode_visual_query(self, video: jax.Array, query_ids: jax.Array, query_mask: jax.Array) -> jax.Array:
     """Ŝ_Y `(B, embed_dim)`: the predicted embedding of the answer."""
     return self.predictor(self.encode_visual(video), query_ids, query_mask)
+
+  def stream_step(self, frames: jax.Array, state, query_ids: jax.Array, query_mask: jax.Array):
+    """One step of a video stream: the next `frames (B, k, H, W, C)` -> (Ŝ_Y `(B, embed_dim)`, new state).
+
+    k is `x_encoder_chunk_frames` (or the clip's tubelets when that is None, which only equals the
+    offline model for a stream of one step). Cost and memory per step are constant: the X-encoder
+    reads k frames and the predictor advances its carried state by their tokens, then reads the
+    query from it (`Predictor.stream_query`). Start from `initial_stream_state(config, batch)`.
+    Ŝ_Y after steps over frames f_1..f_t equals `encode_visual_query` over the clip f_1..f_t.
+    """
+    state = self.predictor.stream_visual(self.encode_visual(frames), state)
+    return self.predictor.stream_query(state, query_ids, query_mask), state
 
   def encode_text(self, ids: jax.Array, mask: jax.Array) -> jax.Array:
     """S_Y `(B, embed_dim)`: the target embedding of a text (answer, caption, class name)."""
@@ -126,6 +157,11 @@ class VLJEPA(nn.Module):
     if self.config.y_decoder is not None and self.is_initializing():
       self.y_decoder(decoder_condition(target), target_ids)  # creates its parameters in the same tree
     return pred, target
+
+
+def initial_stream_state(config: VLJEPAConfig, batch: int):
+  """The empty history of `batch` video streams for `VLJEPA.stream_step` (the predictor must stream)."""
+  return predictor_lib.initial_stream_state(config.predictor, batch)
 
 
 def decoder_condition(embedding: jax.Array) -> jax.Array:
