@@ -171,6 +171,26 @@ def test_demo(arg, order):
     assert "captioning" not in tasks and "vqa" in tasks
 
 
+def test_demo_streaming_is_the_demo_made_causal_in_time():
+  """demo_streaming.py changes the demo's predictor to a causal, query-pooled Mamba-3 matched to the demo
+  Llama, reads one tubelet at a time, and adds the recurrent selective decoding; nothing else."""
+  demo, streaming = build(load("demo", "")), build(load("demo_streaming", ""))
+  assert tuple(streaming) == tuple(demo)
+  for name, (stage, data, model) in streaming.items():
+    demo_stage, demo_data, demo_model = demo[name]
+    assert data == demo_data and stage.total_steps == demo_stage.total_steps
+    predictor, llama = model.predictor, demo_model.predictor.backbone_config
+    assert (predictor.backbone, predictor.causal, predictor.pool) == ("mamba3", True, "query")
+    backbone = predictor.backbone_config
+    assert (backbone.hidden_size, backbone.num_layers, backbone.vocab_size, backbone.intermediate_size) == (
+        llama.hidden_size, llama.num_layers, llama.vocab_size, llama.intermediate_size)
+    assert model.x_encoder_chunk_frames == model.x_encoder.tubelet_size == 2
+    assert model.replace(predictor=demo_model.predictor, x_encoder_chunk_frames=None) == demo_model
+  evals = streaming["ydecoder"][0].evals
+  assert set(evals) - set(demo["ydecoder"][0].evals) == {"selective_decoding_recurrent"}
+  assert dict(evals.selective_decoding_recurrent) == {**dict(evals.selective_decoding), "stream_mode": "recurrent"}
+
+
 # --- vljepa_pretrain.py --------------------------------------------------------------------------
 
 PRETRAIN = {  # stage: (steps, batch or None where the paper gives none, frames)

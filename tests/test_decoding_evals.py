@@ -616,32 +616,40 @@ def test_recurrent_stream_mode_equals_the_offline_model_on_every_prefix(setup):
   window (2 frames, stride 2) ending at its last frame is centred."""
   model = _streaming_model(setup)
   params = _random_params(model, seed=3)
-  ev = setup.make("sd", {**SD_OPTIONS, "stream_mode": "recurrent"}, model=model)
+  context = evaluator_lib.EvalContext(setup.query_tokenizer, setup.tokenizer, data_defaults=setup.defaults)
+  recurrent = {**SD_OPTIONS, "stream_mode": "recurrent"}
+  evaluators = evaluator_lib.make_evaluators({"sd": recurrent, "sd_reset": {**recurrent, "reset_every": 3}},
+                                             predictions_lib.EmbeddingPredictions(model), context)
+  ev = evaluators["sd"]
   assert ev.requires() == ("embed_stream", "text_decoder")
   got = ev.stream_embeddings(params)
+  got_reset = evaluators["sd_reset"].stream_embeddings(params)
 
   fps, stride, k, centre = STREAMS["stream_fps"], 2, 2, (WINDOW - 1) * 2 / 2
   config = shapes.ShapesConfig(image_size=16, stream_fps=fps)
   ids, mask = setup.query_tok([QUERY])
   # The whole-clip model, compiled once per prefix length (eager Mamba-3 takes seconds per call).
   offline = jax.jit(lambda p, video: model.apply({"params": p}, video, ids, mask, method="encode_visual_query"))
-  for i, (got_times, got_embeddings) in enumerate(got):
+  for i, ((got_times, got_embeddings), (reset_times, reset_embeddings)) in enumerate(zip(got, got_reset)):
     long = shapes.LongStream(config, STREAMS["seed"], i, duration_s=STREAMS["duration_s"])
-    expected = []
+    expected, expected_reset = [], []
     for first in (0, 2):
       for step in range(long.num_frames):
         last = first + ((step + 1) * k - 1) * stride
         if last >= long.num_frames:
           break
-        frames = long.clip(first, (step + 1) * k, stride)
-        video = ((frames.astype(np.float64) / 255.0 - MEAN) / STD).astype(np.float32)[None]
-        s_hat = offline(params, video)[0]
-        expected.append(((last - centre) / fps, np.asarray(s_hat)))
-    expected.sort(key=lambda e: e[0])
-    np.testing.assert_allclose(got_times, [t for t, _ in expected])
-    # Emissions every `step` (2) raw frames, from the first phase's first step on.
-    np.testing.assert_allclose(np.diff(got_times), 2 / fps)
-    np.testing.assert_allclose(got_embeddings, np.stack([e for _, e in expected]), atol=2e-5)
+        for since, out in ((0, expected), (step // 3 * 3, expected_reset)):  # the state's latest (re)start
+          frames = long.clip(first + since * k * stride, (step - since + 1) * k, stride)
+          video = ((frames.astype(np.float64) / 255.0 - MEAN) / STD).astype(np.float32)[None]
+          out.append(((last - centre) / fps, np.asarray(offline(params, video)[0])))
+    for want, (times, embeddings) in ((expected, (got_times, got_embeddings)),
+                                      (expected_reset, (reset_times, reset_embeddings))):
+      want.sort(key=lambda e: e[0])
+      np.testing.assert_allclose(times, [t for t, _ in want])
+      # Emissions every `step` (2) raw frames, from the first phase's first step on.
+      np.testing.assert_allclose(np.diff(times), 2 / fps)
+      np.testing.assert_allclose(embeddings, np.stack([e for _, e in want]), atol=2e-5)
+    assert np.abs(reset_embeddings - got_embeddings).max() > 1e-3  # the resets changed something
   # The decoding and scoring downstream are the window mode's; they run on the recurrent stream.
   result = ev.run(params)
   assert result["num_streams"] == 2 and "reference_cider_d" in result
@@ -656,3 +664,7 @@ def test_recurrent_stream_mode_refuses_a_model_that_cannot_stream(setup):
     setup.make("sd", {**SD_OPTIONS, "stream_mode": "sliding"})
   with pytest.raises(ValueError, match=r"evals.sd.step=3: stream_mode='recurrent' .* step must divide 4"):
     setup.make("sd", {**SD_OPTIONS, "stream_mode": "recurrent", "step": 3}, model=_streaming_model(setup))
+  with pytest.raises(ValueError, match=r"evals.sd.reset_every applies to stream_mode='recurrent' only"):
+    setup.make("sd", {**SD_OPTIONS, "reset_every": 2})
+  with pytest.raises(ValueError, match=r"evals.sd.reset_every=0; expected None \(never\) or a positive number"):
+    setup.make("sd", {**SD_OPTIONS, "stream_mode": "recurrent", "reset_every": 0}, model=_streaming_model(setup))

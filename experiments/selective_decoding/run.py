@@ -48,28 +48,40 @@ def parse_args():
   return parser.parse_args()
 
 
+class Trained:
+  """The last stage of a finished run of `config_file` in `workdir`: its config, model and parameters."""
+
+  def __init__(self, config_file: str, workdir: str):
+    config = config_base.sibling_config(config_file, os.path.splitext(os.path.basename(config_file))[0]).get_config()
+    self.name, self.stage_config = stages_lib.resolve(config)[-1]
+    self.stage_dir = os.path.join(workdir, self.name)
+    if not evaluation.checkpoint_steps(self.stage_dir):
+      sys.exit(f"error: no checkpoints in {self.stage_dir}/checkpoints; train first:\n  python -m vljepa_jax.main "
+               f"--config={os.path.relpath(config_file, REPO)} --workdir={workdir}")
+    self.mesh = sharding.make_mesh(dict(config.mesh))
+    self.setup = model_setup.build(config, cache_dir=workdir)
+    self.params, self.step = checkpointing.restore_params(
+        self.stage_dir, param_layout_lib.param_layout(self.stage_config, self.setup, self.mesh))
+
+  def evaluators(self, specs: dict) -> dict:
+    """Evaluators built from `specs` (name -> evaluator config), sharing one set of compiled prediction functions."""
+    with self.stage_config.unlocked():
+      self.stage_config.evals = specs
+    return evaluation.Evaluation(self.stage_config, self.setup, self.mesh).evaluators
+
+
 def main():
   args = parse_args()
-  config = config_base.sibling_config(args.config, os.path.splitext(os.path.basename(args.config))[0]).get_config()
-  stages = stages_lib.resolve(config)
-  name, stage_config = stages[-1]
-  stage_dir = os.path.join(args.workdir, name)
-  if not evaluation.checkpoint_steps(stage_dir):
-    sys.exit(f"error: no checkpoints in {stage_dir}/checkpoints; run the demo first:\n  python -m vljepa_jax.main "
-             f"--config=configs/demo.py --workdir={args.workdir}")
-  mesh = sharding.make_mesh(dict(config.mesh))
-  setup = model_setup.build(config, cache_dir=args.workdir)
-  params, step = checkpointing.restore_params(stage_dir, param_layout_lib.param_layout(stage_config, setup, mesh))
+  trained = Trained(args.config, args.workdir)
+  name, step, stage_config = trained.name, trained.step, trained.stage_config
   spec = dict(stage_config.evals.selective_decoding)
   spec.update(streams={**dict(spec["streams"]), "num_streams": args.num_streams, "duration_s": args.duration_s},
               uniform_rates_hz=RATES, adaptive_rates_hz=RATES, pooling=args.pooling, report_curve=True,
               online_thresholds=tuple(float(t) for t in args.online_thresholds.split(",") if t))
-  config_eval = {"selective_decoding": spec}
-  with stage_config.unlocked():
-    stage_config.evals = config_eval
-  evaluator = evaluation.Evaluation(stage_config, setup, mesh).evaluators["selective_decoding"]
+  evaluator = trained.evaluators({"selective_decoding": spec})["selective_decoding"]
+  params = trained.params
   start = time.time()
-  print(f"{len(evaluator.streams)} streams of {args.duration_s:g} s from {stage_dir} (step {step}); embedding and "
+  print(f"{len(evaluator.streams)} streams of {args.duration_s:g} s from {trained.stage_dir} (step {step}); embedding and "
         "decoding ...", flush=True)
   curves, _ = evaluator.curves(params)
   # The paper's reference is uniform decoding at 1 Hz; every uniform rate is a reference here too.

@@ -82,19 +82,20 @@ class Embedder:
       indices.append(_to_host(extra["source_index"])[valid])
     return np.concatenate(embeddings), {"label": np.concatenate(labels), "source_index": np.concatenate(indices)}
 
-  def stream(self, params: Any, frames: Iterable[np.ndarray], query_ids: np.ndarray, query_mask: np.ndarray
-             ) -> np.ndarray:
+  def stream(self, params: Any, frames: Iterable[np.ndarray], query_ids: np.ndarray, query_mask: np.ndarray,
+             reset_every: int | None = None) -> np.ndarray:
     """Ŝ_Y after every step of a batch of video streams fed together (`VLJEPA.stream_step`).
 
     `frames` yields each step's next frames `(b, k, H, W, C)` of this process's b rows of the
     global batch (the same rows every step), `query_ids` / `query_mask` `(b, Lq)` are their
     queries. The state stays on the device, donated from step to step; one program serves every
-    step. Returns `(steps, global batch, D)`.
+    step. `reset_every`: start every stream afresh (empty state) every that many steps; None never.
+    Returns `(steps, global batch, D)`.
     """
     query = self._put({"ids": query_ids, "mask": query_mask})
     state, out = None, []
-    for chunk in frames:
-      if state is None:
+    for step, chunk in enumerate(frames):
+      if state is None or (reset_every and step % reset_every == 0):
         empty = vljepa.initial_stream_state(self._model.config, chunk.shape[0])
         leaves, tree = jax.tree.flatten(jax.tree.map(np.asarray, empty))
         put = self._put({str(i): v for i, v in enumerate(leaves)})

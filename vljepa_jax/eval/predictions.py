@@ -17,9 +17,10 @@ Capabilities (methods; a model implements those it can):
   text_decoder(tokenizer, **decoding) -> fn(params, embeddings) -> texts
       the embedding-space functions (inverse dynamics compares two predictions, hard negatives
       probe the text encoder, selective decoding decodes a stream of predictions).
-  embed_stream(params, frames, query_ids, query_mask) -> embeddings (steps, B, D)
+  embed_stream(params, frames, query_ids, query_mask, reset_every=None) -> embeddings (steps, B, D)
       Ŝ_Y after every step of B streams fed `stream_frames_per_step()` frames at a time, from a
-      carried state (a streaming predictor: selective decoding's `stream_mode="recurrent"`).
+      carried state (a streaming predictor: selective decoding's `stream_mode="recurrent"`),
+      emptied every `reset_every` steps if given.
 
 `info` holds each valid row's `label` and `source_index` (the pipeline's bookkeeping). VL-JEPA's
 implementation is `EmbeddingPredictions`: scores are cosines between Ŝ_Y and S_Y.
@@ -114,8 +115,8 @@ class EmbeddingPredictions:
     return self.embedder.texts(params, texts, tokenizer)
 
   def embed_stream(self, params: Any, frames: Iterable[np.ndarray], query_ids: np.ndarray,
-                   query_mask: np.ndarray) -> np.ndarray:
-    return self.embedder.stream(params, frames, query_ids, query_mask)
+                   query_mask: np.ndarray, reset_every: int | None = None) -> np.ndarray:
+    return self.embedder.stream(params, frames, query_ids, query_mask, reset_every)
 
   def stream_frames_per_step(self) -> int:
     """Frames each `embed_stream` step reads; raises, naming the config keys, if the model cannot stream."""

@@ -29,7 +29,8 @@ How the stream of Ŝ_Y is made (option `stream_mode`):
              `step` raw frames), k x frame_stride / step phase-shifted streams run side by side,
              each sampling the video at the training clips' frame spacing. Ŝ_Y is stamped where a
              window ending at the same frame would be centred, so both modes' embeddings at a time
-             have seen the same latest frames.
+             have seen the same latest frames. `reset_every` (steps; None: never) empties every
+             state periodically, bounding how much history a model trained on short clips carries.
 
 Streams (option `streams`; `data/streams.py` reads them): the embedded dataset's
 `shapes.LongStream`s (one event per 4-30 s segment, captioned at its midpoint), or a JSONL
@@ -91,8 +92,8 @@ def decode_points(embeddings: np.ndarray, labels: np.ndarray, pooling: str) -> t
 class SelectiveDecoding(evaluator.Evaluator):
   """Decodes vs CIDEr-D for uniform, adaptive (Ward) and online decoding of embedding streams."""
 
-  OPTIONS = {"streams": {"type": "shapes"}, "stream_mode": "window", "window": None, "frame_stride": 2, "step": 1,
-             "query": None,
+  OPTIONS = {"streams": {"type": "shapes"}, "stream_mode": "window", "reset_every": None, "window": None,
+             "frame_stride": 2, "step": 1, "query": None,
              "pooling": "mean", "uniform_rates_hz": (2.0, 1.0, 0.5, 0.35, 0.25, 0.1, 0.05),
              "adaptive_rates_hz": (1.0, 0.5, 0.35, 0.25, 0.1, 0.05), "online_window": 8,
              "online_thresholds": (), "reference_rate_hz": 1.0, "max_new_tokens": None, "beam_size": 1,
@@ -109,11 +110,16 @@ class SelectiveDecoding(evaluator.Evaluator):
     opts = self.options
     if opts["pooling"] not in ("mean", "midpoint"):
       raise ValueError(f"evals.{name}.pooling={opts['pooling']!r}; expected 'mean' or 'midpoint'")
+    if mode != "recurrent" and opts["reset_every"] is not None:
+      raise ValueError(f"evals.{name}.reset_every applies to stream_mode='recurrent' only (got {mode!r})")
     if mode == "recurrent":
       try:
         self.frames_per_step = int(predictions.stream_frames_per_step())
       except ValueError as e:
         raise ValueError(f"evals.{name}.stream_mode='recurrent': {e}") from None
+      reset = opts["reset_every"]
+      if reset is not None and (isinstance(reset, bool) or not isinstance(reset, int) or reset < 1):
+        raise ValueError(f"evals.{name}.reset_every={reset!r}; expected None (never) or a positive number of steps")
       span, step = self.frames_per_step * int(opts["frame_stride"]), int(opts["step"])
       if span % step:
         raise ValueError(f"evals.{name}.step={step}: stream_mode='recurrent' emits every `step` raw frames with "
@@ -211,7 +217,8 @@ class SelectiveDecoding(evaluator.Evaluator):
             yield media.normalize(video) if data.video_dtype == "float32" else video
 
         query_ids, query_mask = (np.repeat(q, local, 0) for q in self.query)
-        out = self.predictions.embed_stream(params, frames(), query_ids, query_mask)  # (steps, batch, D)
+        out = self.predictions.embed_stream(params, frames(), query_ids, query_mask,  # (steps, batch, D)
+                                            self.options["reset_every"])
         for r, (s, first) in enumerate(group):
           n = steps[begin + r]
           per_stream[s][0].extend((last_frame(first, i) - centre) / self.streams[s].fps for i in range(n))
@@ -243,9 +250,13 @@ class SelectiveDecoding(evaluator.Evaluator):
               predictions_lib.normalize(e), int(opts["online_window"]), float(threshold))) for _, e in streams]
     return plans
 
-  def curves(self, params: Any) -> tuple[list[Curve], dict[str, Any]]:
-    """Every strategy's (decodes per second, CIDEr-D), plus the matched texts of the reference rate."""
-    streams = self.stream_embeddings(params)
+  def curves(self, params: Any, streams: Sequence[tuple[np.ndarray, np.ndarray]] | None = None
+             ) -> tuple[list[Curve], dict[str, Any]]:
+    """Every strategy's (decodes per second, CIDEr-D), plus the matched texts of the reference rate.
+
+    `streams`: `stream_embeddings(params)` if already computed (a benchmark times it on its own).
+    """
+    streams = self.stream_embeddings(params) if streams is None else streams
     plans = self.plans(streams)
     # All decodes of all strategies in one batched pass of the Y-decoder.
     points, embeddings = {}, []
