@@ -12,8 +12,10 @@ from vljepa_jax import losses
 from vljepa_jax.data import global_batch
 from vljepa_jax.models import params as params_lib
 from vljepa_jax.models import predictor_backbones
+from vljepa_jax.models import token_vlm
 from vljepa_jax.models import vljepa
 from vljepa_jax.objectives import contrastive
+from vljepa_jax.objectives import tokens
 from vljepa_jax.train import optimizer
 from vljepa_jax.train import sharding
 from vljepa_jax.train import train_step as train_step_lib
@@ -44,9 +46,12 @@ def _init(model, tx):
   return train_step_lib.TrainState.create(jax.tree.map(jnp.copy, _initial_params(model)), tx)
 
 
-def _run_single_device(model, tx, batches, **kwargs):
-  objective = contrastive.Contrastive(losses.make_loss("infonce", temperature=0.1))
-  step = jax.jit(train_step_lib.make_train_step(model, tx, objective, **kwargs))
+def _contrastive(mesh=None):
+  return contrastive.Contrastive(losses.make_loss("infonce", temperature=0.1, mesh=mesh))
+
+
+def _run_single_device(model, tx, batches, make_objective=_contrastive, **kwargs):
+  step = jax.jit(train_step_lib.make_train_step(model, tx, make_objective(), **kwargs))
   state, history = _init(model, tx), []
   for batch in batches:
     state, metrics = step(state, {k: jnp.asarray(v) for k, v in batch.items()})
@@ -69,12 +74,13 @@ def _kernel_shard_maps(jaxpr) -> list:
   return found
 
 
-def _sharded_optimizer(model):
-  return optimizer.make_optimizer(_init(model, optax.sgd(0.0)).params, learning_rate=0.05, lr_rules=(
-      ("x_encoder/.*", 0.0), ("y_encoder/.*", 0.05)), b1=0.9, b2=0.0, eps=1.0)[0]
+def _sharded_optimizer(model, lr_rules=(("x_encoder/.*", 0.0), ("y_encoder/.*", 0.05))):
+  return optimizer.make_optimizer(_init(model, optax.sgd(0.0)).params, learning_rate=0.05, lr_rules=lr_rules,
+                                  b1=0.9, b2=0.0, eps=1.0)[0]
 
 
-def _run_sharded(model, tx, batches, reference_state, reference_losses, attention_impl="xla"):
+def _run_sharded(model, tx, batches, reference_state, reference_losses, attention_impl="xla",
+                 make_objective=_contrastive):
   """The step on a data x fsdp x tensor mesh; its losses and parameters must equal the single-device run's."""
   mesh = sharding.make_mesh({"data": 2, "fsdp": 2, "tensor": 2})
   rules = sharding.logical_rules("fsdp_tp")
@@ -86,9 +92,8 @@ def _run_sharded(model, tx, batches, reference_state, reference_losses, attentio
   state_shardings = sharding.train_state_shardings(tx, abstract_state, param_shardings, mesh)
   state = jax.jit(lambda p: train_step_lib.TrainState.create(p, tx), out_shardings=state_shardings)(
       jax.device_put(_init(model, tx).params, param_shardings))
-  objective = contrastive.Contrastive(losses.make_loss("infonce", temperature=0.1, mesh=mesh))
-  sharded_model = vljepa.VLJEPA(model.config.replace(attention_impl=attention_impl))
-  step_fn = train_step_lib.make_train_step(sharded_model, tx, objective, rules=rules)
+  sharded_model = type(model)(model.config.replace(attention_impl=attention_impl))
+  step_fn = train_step_lib.make_train_step(sharded_model, tx, make_objective(mesh), rules=rules)
   step = train_step_lib.jit_train_step(step_fn, mesh=mesh, state_shardings=state_shardings,
                                        batch_shardings=global_batch.batch_sharding(mesh))
   if attention_impl == "pallas":
@@ -145,6 +150,20 @@ def test_a_mamba3_predictor_trains_sharded_as_on_one_device():
   reference_state, reference_losses = _run_single_device(model, tx, batches)
   assert reference_losses[1] != reference_losses[0]  # the first step moved the predictor
   _run_sharded(model, tx, batches, reference_state, reference_losses)
+
+
+def test_the_token_baseline_trains_sharded_as_on_one_device():
+  """The token-space baseline (`objective="tokens"`) trains on a data x fsdp x tensor mesh as on 1 device."""
+  config = _model().config
+  llama = config.predictor.backbone_config.replace(vocab_size=1000)  # the batch's target ids reach 999
+  model = token_vlm.TokenVLM(token_vlm.TokenVLMConfig.from_vljepa(
+      config.replace(predictor=config.predictor.replace(backbone_config=llama))))
+  tx = _sharded_optimizer(model, lr_rules=(("x_encoder/.*", 0.0),))
+  batches = [_batch(s) for s in range(1, 3)]
+  objective = lambda mesh=None: tokens.Tokens()
+  reference_state, reference_losses = _run_single_device(model, tx, batches, make_objective=objective)
+  assert reference_losses[1] < reference_losses[0]
+  _run_sharded(model, tx, batches, reference_state, reference_losses, make_objective=objective)
 
 
 def test_gradcache_microbatches_equal_the_full_batch_gradient():

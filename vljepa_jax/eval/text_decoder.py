@@ -53,6 +53,7 @@ class TextDecoder:
     if bos_id is None:
       bos_id, eos_id = special_ids(tokenizer)
     self.tokenizer, self.map_rows, self.batch_size = tokenizer, map_rows, batch_size
+    _decoder_module(config).cache_length(None, max_new_tokens)  # a too-long max_new_tokens fails here, not in eval
     search = generate.generator(_decoder_module(config), bos_id=bos_id, eos_id=eos_id, pad_id=tokenizer.pad_id,
                                 max_new_tokens=max_new_tokens, beam_size=beam_size)
 

@@ -4,7 +4,12 @@
                               max_new_tokens=32, beam_size=4)
 
 `params` is the decoder's own parameter tree (`decoder.init(...)["params"]`, or the subtree a
-larger model mounts it under). Outputs: tokens `(B, max_new_tokens)` int32 without BOS, EOS
+larger model mounts it under). `condition` is what the decoder's `prefill` reads before the
+first token: the Y-decoder's embedding `(B, E)`, or a tuple of batch-leading arrays, e.g. the
+token-space baseline's `(video, query_ids, query_mask)` (`models/token_vlm.py`). A decoder module
+offers `prefill(*condition, tokens, cache_length)`, `decode_step(token)`, a `vocab_size` and
+`cache_length(condition, max_new_tokens)` (the KV-cache positions a search needs, checked
+against its own limits). Outputs: tokens `(B, max_new_tokens)` int32 without BOS, EOS
 included where one was emitted and `pad_id` after it; scores `(B,)` float32.
 
 Compilation: `generator(...)` builds the jitted search for one decoder and one set of static
@@ -49,11 +54,14 @@ import jax.numpy as jnp
 
 from vljepa_jax.models.y_decoder import YDecoder
 
+Condition = jax.Array | tuple[jax.Array, ...]
 
-def generate(decoder: YDecoder, params: Any, condition: jax.Array, *, bos_id: int, eos_id: int, pad_id: int,
+
+def generate(decoder: YDecoder, params: Any, condition: Condition, *, bos_id: int, eos_id: int, pad_id: int,
              max_new_tokens: int, beam_size: int = 1,
              length_penalty: float = 1.0) -> tuple[jax.Array, jax.Array]:
-  """Decodes each condition `(B, E)` into `(tokens (B, max_new_tokens) int32, scores (B,) float32)`."""
+  """Decodes each condition `(B, E)` (or row of a tuple of them) into `(tokens (B, max_new_tokens) int32,
+  scores (B,) float32)`."""
   search = generator(decoder, bos_id=bos_id, eos_id=eos_id, pad_id=pad_id, max_new_tokens=max_new_tokens,
                      beam_size=beam_size)
   return search(params, condition, jnp.float32(length_penalty))
@@ -75,32 +83,32 @@ def generator(decoder: YDecoder, *, bos_id: int, eos_id: int, pad_id: int, max_n
 
 def _check(decoder: YDecoder, *, bos_id: int, eos_id: int, pad_id: int, max_new_tokens: int, beam_size: int) -> None:
   del pad_id  # any int32 pads the output; it is never fed to the model
-  cfg = decoder.config
-  vocab = cfg.llama.vocab_size
+  vocab = decoder.vocab_size
   for name, value in (("bos_id", bos_id), ("eos_id", eos_id)):
     if not 0 <= value < vocab:
       raise ValueError(f"{name}={value} is outside the vocabulary (size {vocab})")
   if max_new_tokens < 1:
     raise ValueError(f"max_new_tokens must be at least 1, got {max_new_tokens}")
-  if cfg.num_prefix_tokens + max_new_tokens > cfg.max_length:
-    raise ValueError(f"max_new_tokens={max_new_tokens} with {cfg.num_prefix_tokens} prefix tokens exceeds "
-                     f"YDecoderConfig.max_length={cfg.max_length}")
   # Every step must be able to keep beam_size live hypotheses that do not end in EOS.
   if not 1 <= beam_size < vocab:
     raise ValueError(f"beam_size must be in [1, vocab_size - 1 = {vocab - 1}], got {beam_size}")
 
 
-def _cache_length(decoder: YDecoder, max_new_tokens: int) -> int:
-  # Prefix + BOS, then every generated token but the last is fed back: exactly P + max_new_tokens.
-  return decoder.config.num_prefix_tokens + max_new_tokens
+def _arguments(condition: Condition) -> tuple[jax.Array, ...]:
+  return condition if isinstance(condition, tuple) else (condition,)
 
 
-def _prefill(decoder: YDecoder, params: Any, condition: jax.Array, bos_id: int,
+def _batch(condition: Condition) -> int:
+  return _arguments(condition)[0].shape[0]
+
+
+def _prefill(decoder: YDecoder, params: Any, condition: Condition, bos_id: int,
              max_new_tokens: int) -> tuple[jax.Array, Any]:
-  bos = jnp.full((condition.shape[0], 1), bos_id, jnp.int32)
+  bos = jnp.full((_batch(condition), 1), bos_id, jnp.int32)
   # Methods by name (here and in `_decode_step`), so that a subclass's overrides are the ones called.
-  logits, variables = decoder.apply({"params": params}, condition, bos, _cache_length(decoder, max_new_tokens),
-                                    method="prefill", mutable=["cache"])
+  logits, variables = decoder.apply({"params": params}, *_arguments(condition), bos,
+                                    decoder.cache_length(condition, max_new_tokens), method="prefill",
+                                    mutable=["cache"])
   return logits, variables["cache"]
 
 
@@ -114,10 +122,10 @@ def _normalise(log_prob_sum: jax.Array, length: jax.Array, length_penalty: float
   return log_prob_sum / jnp.asarray(length, jnp.float32) ** length_penalty
 
 
-def greedy_search(decoder: YDecoder, params: Any, condition: jax.Array, *, bos_id: int, eos_id: int, pad_id: int,
+def greedy_search(decoder: YDecoder, params: Any, condition: Condition, *, bos_id: int, eos_id: int, pad_id: int,
                   max_new_tokens: int, length_penalty: float | jax.Array = 1.0) -> tuple[jax.Array, jax.Array]:
   """Arg-max decoding (un-jitted; `generate` jits it). See the module docstring for the score."""
-  batch = condition.shape[0]
+  batch = _batch(condition)
   logits, cache = _prefill(decoder, params, condition, bos_id, max_new_tokens)
 
   def choose(state, logits):
@@ -147,11 +155,11 @@ def greedy_search(decoder: YDecoder, params: Any, condition: jax.Array, *, bos_i
   return state["tokens"], _normalise(state["log_prob_sum"], state["length"], length_penalty)
 
 
-def beam_search(decoder: YDecoder, params: Any, condition: jax.Array, *, bos_id: int, eos_id: int, pad_id: int,
+def beam_search(decoder: YDecoder, params: Any, condition: Condition, *, bos_id: int, eos_id: int, pad_id: int,
                 max_new_tokens: int, beam_size: int,
                 length_penalty: float | jax.Array = 1.0) -> tuple[jax.Array, jax.Array]:
   """Beam search (un-jitted; `generate` jits it) with the semantics of the module docstring."""
-  batch, beams, steps = condition.shape[0], beam_size, max_new_tokens
+  batch, beams, steps = _batch(condition), beam_size, max_new_tokens
   logits, cache = _prefill(decoder, params, condition, bos_id, max_new_tokens)
   vocab = logits.shape[-1]
   # The model runs on batch * beams rows, row b * beams + k holding beam k of batch row b. All beams

@@ -206,7 +206,9 @@ class SelfAttention(nn.Module):
   so the causal mask hides them). The first call passes `cache_length` (the capacity) and
   creates the cache; later calls pass None and append. The caller owns the index (so it can
   offset RoPE too), keeps `cache_index + len(x) <= capacity`, and applies `positions` for the
-  absolute positions. Shapes are static, so each chunk length compiles once.
+  absolute positions. Shapes are static, so each chunk length compiles once. A `kv_mask` on the
+  prefill call (a padded prompt) is kept in the cache (`cached_mask`) and applied to every later
+  query; later calls may pass None (their tokens are real).
   """
 
   num_heads: int
@@ -247,11 +249,13 @@ class SelfAttention(nn.Module):
       q, k = positions(q, k)
     q_offset = 0
     if cache_index is not None:
-      # A cached key is never re-masked per query, so padding and bidirectional attention have no
-      # meaning here; decoding is causal over an unpadded (lock-step) batch.
-      if not causal or kv_mask is not None:
-        raise ValueError(f"{self.name}: decoding with a KV cache needs causal=True and kv_mask=None")
+      if not causal:
+        raise ValueError(f"{self.name}: decoding with a KV cache needs causal=True")
       exists = self.has_variable("cache", "cached_key")
+      masked = self.has_variable("cache", "cached_mask")
+      if exists and kv_mask is not None and not masked:
+        raise ValueError(f"{self.name}: a kv_mask while decoding needs one on the prefill call too (the cache "
+                         "keeps which of its keys are padding)")
       if exists and cache_length is not None:
         raise ValueError(f"{self.name}: a KV cache already exists; pass cache_length only on the first (prefill) "
                          "call, with variables that hold no 'cache' collection")
@@ -267,6 +271,13 @@ class SelfAttention(nn.Module):
       cached_key.value = jax.lax.dynamic_update_slice(cached_key.value, k.astype(cached_key.value.dtype), start)
       cached_value.value = jax.lax.dynamic_update_slice(cached_value.value, v.astype(cached_value.value.dtype), start)
       k, v, q_offset = cached_key.value, cached_value.value, cache_index
+      if kv_mask is not None or masked:
+        # A padded prompt: its padding stays hidden from every later query. Only created when the
+        # prefill passes a mask, so unpadded decoding (the Y-decoder's) carries none.
+        cached_mask = self.variable("cache", "cached_mask", jnp.zeros, shape[:2], jnp.int32)
+        written = jnp.ones(x.shape[:2], jnp.int32) if kv_mask is None else kv_mask.astype(jnp.int32)
+        cached_mask.value = jax.lax.dynamic_update_slice(cached_mask.value, written, (0, cache_index))
+        kv_mask = cached_mask.value
     out = attention_lib.attention(q, k, v, kv_mask=kv_mask, causal=causal, window=window,
                                   scale=self.scale, q_offset=q_offset, impl=self.attention_impl)
     return dense(x.shape[-1], ("heads", "head_dim", "embed"), axis=(-2, -1),

@@ -183,10 +183,11 @@ class Llama(nn.Module):
   Or `apply(v, inputs_embeds=..., attention_mask=..., causal=False)`; `method="embed"`
   gives token embeddings. `attention_mask` is 1 for tokens, 0 for (right) padding.
 
-  `decode=True` (causal, unpadded) appends the input to a KV cache in the mutable "cache"
-  collection: the first call passes `cache_length`, the cache's capacity in positions, and must
-  start from variables without a cache; later calls pass None. The caller keeps the total
-  length within the capacity (a write past it is not detected).
+  `decode=True` (causal) appends the input to a KV cache in the mutable "cache" collection: the
+  first call passes `cache_length`, the cache's capacity in positions, and must start from
+  variables without a cache; later calls pass None. The caller keeps the total length within the
+  capacity (a write past it is not detected). An `attention_mask` on the first call (a prompt
+  with padding anywhere) stays in the cache: those positions are hidden from every later token.
   """
 
   config: LlamaConfig
@@ -212,8 +213,8 @@ class Llama(nn.Module):
     if (input_ids is None) == (inputs_embeds is None):
       raise ValueError("pass exactly one of input_ids and inputs_embeds")
     causal = self.config.causal if causal is None else causal
-    if decode and (not causal or attention_mask is not None):
-      raise ValueError("decode=True needs causal attention and no attention_mask (a lock-step, unpadded batch)")
+    if decode and not causal:
+      raise ValueError("decode=True needs causal attention")
     if cache_length is not None and not decode:
       raise ValueError("cache_length sizes a KV cache; it needs decode=True")
     if inputs_embeds is None:

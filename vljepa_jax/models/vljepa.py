@@ -101,17 +101,8 @@ class VLJEPA(nn.Module):
 
   def encode_visual(self, video: jax.Array) -> jax.Array:
     """`(B, T, H, W, C)` -> visual tokens `(B, N, Dv)`; a constant when the X-encoder is frozen."""
-    chunk = self.config.x_encoder_chunk_frames
-    frames = video.shape[1]
-    if chunk is None or frames <= chunk:  # a clip of one chunk (or a single image, repeated to a tubelet)
-      tokens = self.x_encoder(video)
-    else:
-      if frames % chunk:
-        raise ValueError(f"video has T={frames} frames, not a whole number of x_encoder_chunk_frames={chunk}")
-      batch = video.shape[0]
-      tokens = self.x_encoder(video.reshape((batch * (frames // chunk), chunk) + video.shape[2:]))
-      tokens = tokens.reshape(batch, -1, tokens.shape[-1])  # chunk-major: still time-major
-    return jax.lax.stop_gradient(tokens) if self.config.freeze_x_encoder else tokens
+    return encode_video(self.x_encoder, video, chunk_frames=self.config.x_encoder_chunk_frames,
+                        frozen=self.config.freeze_x_encoder)
 
   def encode_visual_query(self, video: jax.Array, query_ids: jax.Array, query_mask: jax.Array) -> jax.Array:
     """Ŝ_Y `(B, embed_dim)`: the predicted embedding of the answer."""
@@ -157,6 +148,24 @@ class VLJEPA(nn.Module):
     if self.config.y_decoder is not None and self.is_initializing():
       self.y_decoder(decoder_condition(target), target_ids)  # creates its parameters in the same tree
     return pred, target
+
+
+def encode_video(x_encoder: nn.Module, video: jax.Array, *, chunk_frames: int | None, frozen: bool) -> jax.Array:
+  """`(B, T, H, W, C)` -> the X-encoder's tokens `(B, N, Dv)`, in chunks of `chunk_frames` frames if set.
+
+  Chunks are independent clips whose tokens are concatenated in time order (time-major, as one
+  clip's are). A frozen X-encoder's tokens are a constant (`stop_gradient`).
+  """
+  frames = video.shape[1]
+  if chunk_frames is None or frames <= chunk_frames:  # one chunk (or a single image, repeated to a tubelet)
+    tokens = x_encoder(video)
+  else:
+    if frames % chunk_frames:
+      raise ValueError(f"video has T={frames} frames, not a whole number of x_encoder_chunk_frames={chunk_frames}")
+    batch = video.shape[0]
+    tokens = x_encoder(video.reshape((batch * (frames // chunk_frames), chunk_frames) + video.shape[2:]))
+    tokens = tokens.reshape(batch, -1, tokens.shape[-1])
+  return jax.lax.stop_gradient(tokens) if frozen else tokens
 
 
 def initial_stream_state(config: VLJEPAConfig, batch: int):

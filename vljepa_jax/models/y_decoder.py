@@ -91,6 +91,20 @@ class YDecoder(nn.Module):
     self.llama = llama_lib.Llama(cfg.llama)
     self.lm_head = layers.dense(cfg.llama.vocab_size, ("embed", "vocab"), use_bias=False, name="lm_head", **kw)
 
+  @property
+  def vocab_size(self) -> int:
+    return self.config.llama.vocab_size
+
+  def cache_length(self, condition: jax.Array, max_new_tokens: int) -> int:
+    """KV-cache positions to generate `max_new_tokens` (`models/generate.py`): the prefix, BOS, and
+    every generated token but the last, fed back."""
+    del condition
+    cfg = self.config
+    if cfg.num_prefix_tokens + max_new_tokens > cfg.max_length:
+      raise ValueError(f"max_new_tokens={max_new_tokens} with {cfg.num_prefix_tokens} prefix tokens exceeds "
+                       f"YDecoderConfig.max_length={cfg.max_length}")
+    return cfg.num_prefix_tokens + max_new_tokens
+
   def prefix(self, condition: jax.Array) -> jax.Array:
     """The prefix vectors `(B, P, D)` of a condition `(B, E)`."""
     if condition.ndim != 2 or condition.shape[-1] != self.config.embed_dim:

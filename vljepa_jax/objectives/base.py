@@ -57,9 +57,15 @@ def split_microbatches(inputs: Inputs, num_microbatches: int) -> dict[str, jax.A
 class Objective:
   """Base class. Subclasses implement `loss` and may override the rest.
 
+  `MODEL` names the model it trains: "vljepa" (`models/vljepa.py`) or "token_vlm" (the token-space
+  baseline, `models/token_vlm.py`); every stage of a run must train the same one
+  (`train/model_setup.model_kind`).
+
   `from_config(config, mesh=...)` is how the registry builds one for a stage; it is also where the
   objective checks the config keys it reads, so a bad setting fails before anything compiles.
   """
+
+  MODEL = "vljepa"
 
   @classmethod
   def from_config(cls, config: ml_collections.ConfigDict, *, mesh: jax.sharding.Mesh | None = None) -> "Objective":
@@ -98,3 +104,32 @@ class Objective:
     """Scalars to log after a step, from the updated params (e.g. a learnable temperature)."""
     del params
     return {}
+
+
+class TokenCrossEntropy(Objective):
+  """A mean next-token cross-entropy over every target token of the batch (the Y-decoder's, the baseline's).
+
+  Subclasses give `token_loss_sum(model, params, inputs, frozen) -> (summed cross-entropy, token
+  count)`. The mean is over tokens, so microbatches simply add their sums, gradients and counts.
+  """
+
+  def token_loss_sum(self, model: nn.Module, params: Mapping[str, Any], inputs: Inputs, frozen: Any
+                     ) -> tuple[jax.Array, jax.Array]:
+    raise NotImplementedError
+
+  def loss(self, model: nn.Module, params: Mapping[str, Any], inputs: Inputs, frozen: Any = None) -> jax.Array:
+    total, count = self.token_loss_sum(model, params, inputs, frozen)
+    return total / jnp.maximum(count, 1.0)
+
+  def loss_and_grads(self, model: nn.Module, params: Mapping[str, Any], inputs: Inputs, *, frozen: Any = None,
+                     num_microbatches: int = 1) -> tuple[jax.Array, Any]:
+    def accumulate(carry, mb):
+      grads, total, count = carry
+      (mb_total, mb_count), mb_grads = jax.value_and_grad(
+          lambda p: self.token_loss_sum(model, p, mb, frozen), has_aux=True)(params)
+      return (jax.tree.map(jnp.add, grads, mb_grads), total + mb_total, count + mb_count), None
+
+    zero = (jax.tree.map(jnp.zeros_like, params), jnp.zeros((), jnp.float32), jnp.zeros((), jnp.float32))
+    (grads, total, count), _ = jax.lax.scan(accumulate, zero, split_microbatches(inputs, num_microbatches))
+    count = jnp.maximum(count, 1.0)
+    return total / count, jax.tree.map(lambda g: g / count, grads)

@@ -15,7 +15,13 @@ from vljepa_jax.objectives import base
 OBJECTIVES = {
     "contrastive": "vljepa_jax.objectives.contrastive:Contrastive",
     "y_decoder": "vljepa_jax.objectives.y_decoder:YDecoder",
+    "tokens": "vljepa_jax.objectives.tokens:Tokens",
 }
+
+
+def objective_class(name: str) -> type[base.Objective]:
+  """The objective class `config.objective=name` selects; an unknown name fails listing the known."""
+  return registry.lookup(OBJECTIVES, name, "config.objective")
 
 
 def make_objective(config: ml_collections.ConfigDict, *, mesh: jax.sharding.Mesh | None = None) -> base.Objective:
@@ -23,4 +29,4 @@ def make_objective(config: ml_collections.ConfigDict, *, mesh: jax.sharding.Mesh
 
   `mesh`: where the loss runs (a contrastive loss then shards its logits over the batch axes).
   """
-  return registry.lookup(OBJECTIVES, config.objective, "config.objective").from_config(config, mesh=mesh)
+  return objective_class(config.objective).from_config(config, mesh=mesh)

@@ -3,16 +3,13 @@
 The loss is the mean next-token cross-entropy of the target text given an embedding
 (`config.y_decoder_condition`: "target" = S_Y of the text itself, "predictor" = Ŝ_Y of the visual
 input and query; see `VLJEPA.y_decoder_loss`), as the paper's inference-only decoder is fitted
-with the rest of the model fixed. It is a mean over tokens, so microbatches simply add their
-token-loss sums, gradients and token counts.
+with the rest of the model fixed (`base.TokenCrossEntropy`: a mean over tokens).
 """
 from __future__ import annotations
 
 from typing import Any, Mapping, Sequence
 
-import flax.linen as nn
 import jax
-import jax.numpy as jnp
 import ml_collections
 
 from vljepa_jax.objectives import base
@@ -20,7 +17,7 @@ from vljepa_jax.objectives import base
 CONDITIONS = ("target", "predictor")
 
 
-class YDecoder(base.Objective):
+class YDecoder(base.TokenCrossEntropy):
   """Trains `params["y_decoder"]` only, on the caption loss of the embedding named by `condition`."""
 
   def __init__(self, condition: str = "target"):
@@ -42,24 +39,7 @@ class YDecoder(base.Objective):
       raise ValueError("the y_decoder objective needs a model with a Y-decoder (config.model.y_decoder)")
     return (("y_decoder/.*", 1.0), (".*", 0.0))
 
-  def _loss_sum(self, model, params, inputs, frozen):
+  def token_loss_sum(self, model, params, inputs, frozen):
     """(summed token cross-entropy, token count) of a batch."""
     return model.apply(base.model_variables(params, frozen), **inputs, condition=self.condition,
                        method="y_decoder_loss")
-
-  def loss(self, model: nn.Module, params: Mapping[str, Any], inputs: base.Inputs, frozen: Any = None) -> jax.Array:
-    total, count = self._loss_sum(model, params, inputs, frozen)
-    return total / jnp.maximum(count, 1.0)
-
-  def loss_and_grads(self, model: nn.Module, params: Mapping[str, Any], inputs: base.Inputs, *, frozen: Any = None,
-                     num_microbatches: int = 1) -> tuple[jax.Array, Any]:
-    def accumulate(carry, mb):
-      grads, total, count = carry
-      (mb_total, mb_count), mb_grads = jax.value_and_grad(
-          lambda p: self._loss_sum(model, p, mb, frozen), has_aux=True)(params)
-      return (jax.tree.map(jnp.add, grads, mb_grads), total + mb_total, count + mb_count), None
-
-    zero = (jax.tree.map(jnp.zeros_like, params), jnp.zeros((), jnp.float32), jnp.zeros((), jnp.float32))
-    (grads, total, count), _ = jax.lax.scan(accumulate, zero, base.split_microbatches(inputs, num_microbatches))
-    count = jnp.maximum(count, 1.0)
-    return total / count, jax.tree.map(lambda g: g / count, grads)

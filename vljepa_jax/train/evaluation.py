@@ -23,8 +23,10 @@ import ml_collections
 import numpy as np
 
 from vljepa_jax.eval import evaluator as evaluator_lib
+from vljepa_jax.eval import likelihood
 from vljepa_jax.eval import predictions as predictions_lib
 from vljepa_jax.eval import results as results_lib
+from vljepa_jax.models import token_vlm
 from vljepa_jax.train import checkpointing
 from vljepa_jax.train import model_setup
 from vljepa_jax.train import param_layout as param_layout_lib
@@ -36,6 +38,14 @@ INHERITED_DATA = ("num_frames", "crop_size", "short_side", "query_length", "targ
                   "default_query", "num_threads")
 
 
+def prediction_functions(model: Any, *, mesh: jax.sharding.Mesh | None, rules: Any, batch_size: int) -> Any:
+  """What the evaluators call on `model` (`eval/predictions.py`): VL-JEPA's embeddings, or the token
+  baseline's likelihoods (`eval/likelihood.py`)."""
+  if isinstance(model, token_vlm.TokenVLM):
+    return likelihood.LikelihoodPredictions(model, mesh=mesh, rules=rules, pair_batch_size=batch_size)
+  return predictions_lib.EmbeddingPredictions(model, mesh=mesh, rules=rules, text_batch_size=batch_size)
+
+
 class Evaluation:
   """The configured evaluators, built once; `run` evaluates one set of parameters and records it."""
 
@@ -43,8 +53,7 @@ class Evaluation:
                workdir: str | None = None):
     self.workdir = workdir
     rules = sharding.logical_rules(config.sharding_rules)
-    self.predictions = predictions_lib.EmbeddingPredictions(setup.model, mesh=mesh, rules=rules,
-                                                            text_batch_size=config.eval_batch_size)
+    self.predictions = prediction_functions(setup.model, mesh=mesh, rules=rules, batch_size=config.eval_batch_size)
     context = evaluator_lib.EvalContext(
         query_tokenizer=setup.query_tokenizer, target_tokenizer=setup.target_tokenizer,
         data_defaults={k: config.data[k] for k in INHERITED_DATA}, mesh=mesh, workdir=workdir)

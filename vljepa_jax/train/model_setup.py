@@ -34,7 +34,10 @@ from vljepa_jax.data import shapes
 from vljepa_jax.data import tokenizer as tokenizer_lib
 from vljepa_jax.models import attention as attention_lib
 from vljepa_jax.models import predictor_backbones
+from vljepa_jax.models import token_vlm
 from vljepa_jax.models import vljepa
+from vljepa_jax.objectives import registry as objectives_registry
+from vljepa_jax.train import stages as stages_lib
 
 MINILM = "minilm"
 # Towers `config.init` can start from converted checkpoints.
@@ -45,7 +48,7 @@ _ENCODER_FAMILIES = {"x_encoder": ("vjepa2",), "y_encoder": ("bert", "embeddingg
 
 @dataclasses.dataclass(frozen=True)
 class ModelSetup:
-  model: vljepa.VLJEPA
+  model: vljepa.VLJEPA | token_vlm.TokenVLM  # which one: `model_kind` (the objectives')
   query_tokenizer: tokenizer_lib.Tokenizer
   target_tokenizer: tokenizer_lib.Tokenizer
   # Where converted weights go in the parameter tree ('/'-joined, e.g. "predictor/llama") -> the
@@ -165,20 +168,62 @@ def check_vocab(config: vljepa.VLJEPAConfig, query_tokenizer: tokenizer_lib.Toke
                        f"is {table}; raise vocab_size or choose another tokenizer")
 
 
+def model_kind(config: Any) -> str:
+  """The model a run trains, "vljepa" or "token_vlm": the one every stage's objective names (`Objective.MODEL`)."""
+  kinds: dict[str, list[str]] = {}
+  for name, stage in stages_lib.resolve(config):
+    kinds.setdefault(objectives_registry.objective_class(stage.objective).MODEL, []).append(
+        f"{name} (objective {stage.objective!r})")
+  if len(kinds) > 1:
+    raise ValueError("the stages of one run train one model, but " + "; ".join(
+        f"{', '.join(stages)} train{'s' if len(stages) == 1 else ''} a {kind!r} model" for kind, stages in kinds.items())
+                     + ": run them as separate runs")
+  return next(iter(kinds))
+
+
 def build(config: Any, cache_dir: str) -> ModelSetup:
   """Model, tokenizers and pretrained-checkpoint folders for an experiment config."""
   backbone = config.model.predictor.backbone
-  checkpoints = resolve_checkpoints({k: v for k, v in config.init.items() if k in TOWERS}, cache_dir,
-                                    predictor_backbone=backbone)
+  kind = model_kind(config)
+  init = {k: v for k, v in config.init.items() if k in TOWERS}
+  if kind == "token_vlm" and init.get("predictor"):
+    raise ValueError("config.objective='tokens' with config.init.predictor: the token-space baseline's decoder is "
+                     "the whole language model, not VL-JEPA's predictor layers; starting it from a converted "
+                     "Llama is not supported yet (leave config.init.predictor empty)")
+  checkpoints = resolve_checkpoints(init, cache_dir, predictor_backbone=backbone)
   arch = model_config(config.model, checkpoints, dtype=config.dtype, param_dtype=config.param_dtype,
                       remat=config.remat)
   query_tok = _tokenizer(config.tokenizers.query, checkpoints, "query")
   target_tok = _tokenizer(config.tokenizers.target, checkpoints, "target")
-  check_vocab(arch, query_tok, target_tok)
   if arch.attention_impl is not None:  # logs what "auto" means here; each tower's head_dim is logged at compile
     attention_lib.resolve_impl(arch.attention_impl, dtype=arch.compute_dtype)
+  if kind == "token_vlm":
+    model = token_baseline(config, arch, target_tok)
+    checkpoints = {k: v for k, v in checkpoints.items() if k == "x_encoder"}  # the towers it has
+  else:
+    check_vocab(arch, query_tok, target_tok)
+    model = vljepa.VLJEPA(arch)
   locations = {"/".join(param_location(tower, backbone)): path for tower, path in checkpoints.items()}
-  return ModelSetup(vljepa.VLJEPA(arch), query_tok, target_tok, locations)
+  return ModelSetup(model, query_tok, target_tok, locations)
+
+
+def token_baseline(config: Any, arch: vljepa.VLJEPAConfig, target_tokenizer: tokenizer_lib.Tokenizer
+                   ) -> token_vlm.TokenVLM:
+  """The token-space VLM of a VL-JEPA architecture (`TokenVLMConfig.from_vljepa`), checked against the tokenizers.
+
+  Its decoder reads the query and writes the target with one embedding table and LM head, so both
+  must come from one tokenizer.
+  """
+  if config.tokenizers.query != config.tokenizers.target:
+    raise ValueError(f"config.objective='tokens': the baseline reads the query and writes the target with one "
+                     f"vocabulary, but config.tokenizers.query={config.tokenizers.query!r} and "
+                     f"config.tokenizers.target={config.tokenizers.target!r}; set both to the same tokenizer")
+  baseline = token_vlm.TokenVLMConfig.from_vljepa(arch)
+  if target_tokenizer.vocab_size > baseline.vocab_size:
+    raise ValueError(f"the tokenizer ({target_tokenizer.source}) has {target_tokenizer.vocab_size} tokens but the "
+                     f"baseline's decoder (model.predictor.backbone_config.vocab_size) has {baseline.vocab_size}; "
+                     "raise vocab_size or choose another tokenizer")
+  return token_vlm.TokenVLM(baseline)
 
 
 def load_pretrained(checkpoints: Mapping[str, str], params: Any, shardings: Any) -> Any:
