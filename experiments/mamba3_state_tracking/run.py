@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import io
 import os
 import shlex
 import sys
@@ -296,11 +295,7 @@ def plot(record: dict[str, Any], path: str) -> None:
   for ax in axes:
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
-  fig.tight_layout()
-  buffer = io.BytesIO()
-  fig.savefig(buffer, format="png")
-  plt.close(fig)
-  results_lib.write_atomic(path, buffer.getvalue())
+  results_lib.write_figure(fig, path)
 
 
 def write(record: dict[str, Any], out: str) -> list[str]:

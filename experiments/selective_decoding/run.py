@@ -13,7 +13,6 @@ CIDEr-D (`vljepa_jax.eval.stream_decoding`). Writes, next to this file:
 from __future__ import annotations
 
 import argparse
-import io
 import os
 import sys
 import time
@@ -146,11 +145,7 @@ def plot(curves, summaries, path):
   ax.set_ylabel("CIDEr-D (annotations vs nearest decode)")
   ax.grid(alpha=0.3, which="both")
   ax.legend()
-  fig.tight_layout()
-  buffer = io.BytesIO()
-  fig.savefig(buffer, format="png")
-  plt.close(fig)
-  results_lib.write_atomic(path, buffer.getvalue())
+  results_lib.write_figure(fig, path)
 
 
 if __name__ == "__main__":

@@ -24,7 +24,6 @@ this file: streaming_results.json, streaming_results.md and streaming_curve.png.
 from __future__ import annotations
 
 import argparse
-import io
 import os
 import subprocess
 import sys
@@ -193,11 +192,7 @@ def plot(record, path):
   ax.set_title("sliding windows vs a carried Mamba-3 state (same model, same streams)", fontsize=9)
   ax.grid(alpha=0.3, which="both")
   ax.legend(fontsize=6)
-  fig.tight_layout()
-  buffer = io.BytesIO()
-  fig.savefig(buffer, format="png")
-  plt.close(fig)
-  results_lib.write_atomic(path, buffer.getvalue())
+  results_lib.write_figure(fig, path)
 
 
 if __name__ == "__main__":

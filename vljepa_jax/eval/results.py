@@ -177,6 +177,12 @@ def plot(results: Results, task: str, path: str) -> None:
   ax.set_title(task)
   ax.grid(alpha=0.3)
   ax.legend(fontsize=7, loc="best")
+  write_figure(fig, path)
+
+
+def write_figure(fig: Any, path: str) -> None:
+  """A matplotlib figure as a PNG at `path` (laid out, written atomically), then closed."""
+  from matplotlib import pyplot as plt  # pylint: disable=g-import-not-at-top
   fig.tight_layout()
   buffer = io.BytesIO()
   fig.savefig(buffer, format="png")
