@@ -217,6 +217,8 @@ def plot(record, path):
     for model, style, name in (("vljepa", "o-", "VL-JEPA (embeddings)"), ("tokens", "s--", "token-space VLM")):
       ax.plot(record["samples_seen"], record[model][metric], style, label=name)
     ax.set_xscale("log")
+    ax.set_xticks(record["samples_seen"], [f"{n:,}" for n in record["samples_seen"]], fontsize=7)
+    ax.minorticks_off()
     ax.set_xlabel("samples seen")
     ax.set_ylabel(label)
     ax.grid(alpha=0.3, which="both")
