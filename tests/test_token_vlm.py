@@ -225,3 +225,39 @@ def test_both_objectives_train_from_one_config_with_one_key_changed(tmp_path):
     assert 0.0 <= tasks["classification"]["top1"] <= 1.0 and tasks["classification"]["num_samples"] == 12
     assert 0.0 <= tasks["vqa"]["accuracy"] <= 1.0
   assert "cider_d" in tok_tasks["captioning"]
+
+
+def test_a_run_trains_one_kind_of_model_and_the_baseline_refuses_what_it_cannot_use(tmp_path):
+  import tiny_train_config  # pylint: disable=g-import-not-at-top
+  from vljepa_jax.train import model_setup  # pylint: disable=g-import-not-at-top
+  mixed = tiny_train_config.get_config_with("two_stage", **{"stages.video.objective": "tokens"})
+  with pytest.raises(ValueError, match=r"the stages of one run train one model, but image \(objective 'contrastive'\) "
+                                       r"trains a 'vljepa' model; video \(objective 'tokens'\) trains a 'token_vlm'"):
+    model_setup.build(mixed, str(tmp_path))
+  two_tokenizers = tiny_train_config.get_config_with(**{"objective": "tokens", "tokenizers.target": "y_encoder"})
+  with pytest.raises(ValueError, match=r"one vocabulary, but config.tokenizers.query='shapes' and "
+                                       r"config.tokenizers.target='y_encoder'"):
+    model_setup.build(two_tokenizers, str(tmp_path))
+  with_predictor = tiny_train_config.get_config_with(**{"objective": "tokens", "init.predictor": str(tmp_path)})
+  with pytest.raises(ValueError, match=r"config.objective='tokens' with config.init.predictor"):
+    model_setup.build(with_predictor, str(tmp_path))
+  built = model_setup.build(tiny_train_config.get_config_with(**{"objective": "tokens"}), str(tmp_path))
+  assert isinstance(built.model, token_vlm.TokenVLM)
+
+
+def test_vljepa_lr_rules_carry_over_to_the_baseline(converted):
+  """The paper's rules (frozen X-encoder and predictor token table, Y-encoder x0.05) act on the same
+  parts of the baseline, and rules on towers it lacks are dropped rather than failing."""
+  from vljepa_jax.objectives import tokens  # pylint: disable=g-import-not-at-top
+  from vljepa_jax.train import config_base  # pylint: disable=g-import-not-at-top
+  from vljepa_jax.train import optimizer  # pylint: disable=g-import-not-at-top
+  _, _, _, params = converted
+  paper = config_base.resolve_lr_rules(config_base.PAPER_LR_RULES, "llama")
+  rules = tokens.Tokens("llama").lr_rules(paper + (("predictor/head/.*", 2.0), ("y_head/.*", 0.0)), params)
+  assert rules == (("x_encoder/.*", 0.0), ("decoder/embed_tokens/.*", 0.0))
+  multipliers = {optimizer.param_path(path): m for path, m in
+                 jax.tree_util.tree_leaves_with_path(optimizer.lr_multipliers(params, rules))}
+  assert multipliers["decoder/embed_tokens/embedding"] == 0.0 and multipliers["lm_head/kernel"] == 1.0
+  assert all(m == 0.0 for p, m in multipliers.items() if p.startswith("x_encoder/"))
+  assert tokens.baseline_rule("predictor/.*", "llama") == "(vision_proj|decoder)/.*"
+  assert tokens.baseline_rule("predictor/vision_proj/kernel", "llama") == "vision_proj/kernel"
