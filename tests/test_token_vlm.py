@@ -3,10 +3,8 @@ import jax
 import numpy as np
 import pytest
 import torch
-import transformers
 
-from conftest import run_cli
-from vljepa_jax import convert
+from conftest import converted_hf_llama
 from vljepa_jax.models import params as params_lib
 from vljepa_jax.models import predictor_backbones
 from vljepa_jax.models import token_vlm
@@ -29,16 +27,8 @@ def _inputs(cfg, seed=0, batch=2, frames=2, q_len=4, t_len=5):
 @pytest.fixture(scope="module")
 def converted(tmp_path_factory):
   """A 4-layer HF LlamaModel and its conversion: the baseline's decoder."""
-  tmp = tmp_path_factory.mktemp("token_vlm")
-  torch.manual_seed(0)
-  hf_cfg = transformers.LlamaConfig(vocab_size=VOCAB, hidden_size=32, intermediate_size=48, num_hidden_layers=4,
-                                    num_attention_heads=4, num_key_value_heads=2, rope_theta=10000.0,
-                                    attn_implementation="eager")
-  hf = transformers.LlamaModel(hf_cfg).eval()
-  hf.save_pretrained(tmp / "src")
-  run_cli("vljepa_jax.convert", "--model", "llama", "--input", str(tmp / "src"), "--output", str(tmp / "out"))
-  _, llama_params = convert.load(str(tmp / "out"))
-  _, llama_cfg = convert.load_config(str(tmp / "out"))
+  hf, llama_params, llama_cfg = converted_hf_llama(str(tmp_path_factory.mktemp("token_vlm")), num_layers=4,
+                                                   vocab_size=VOCAB)
   cfg = token_vlm.TokenVLMConfig(x_encoder=vljepa.tiny_config().x_encoder, decoder=llama_cfg.replace(causal=True))
   model = token_vlm.TokenVLM(cfg)
   init = params_lib.unbox(jax.jit(model.init)(jax.random.key(1), *_inputs(cfg))["params"])

@@ -4,10 +4,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 import torch
-import transformers
 
-from conftest import run_cli
-from vljepa_jax import convert
+from conftest import converted_hf_llama
 from vljepa_jax.models import params as params_lib
 from vljepa_jax.models import predictor as predictor_lib
 from vljepa_jax.models import vljepa
@@ -38,15 +36,7 @@ def tiny():
 def test_predictor_matches_pytorch_reference(tmp_path):
   """Ŝ_Y from our predictor == the paper's recipe computed in torch around HF `LlamaModel`:
   Linear(visual) ++ embed(query) -> LlamaModel with a bidirectional padding mask -> masked mean -> Linear."""
-  torch.manual_seed(0)
-  hf_cfg = transformers.LlamaConfig(vocab_size=64, hidden_size=32, intermediate_size=48, num_hidden_layers=2,
-                                    num_attention_heads=4, num_key_value_heads=2, rope_theta=10000.0,
-                                    attn_implementation="eager")
-  hf = transformers.LlamaModel(hf_cfg).eval()
-  hf.save_pretrained(tmp_path / "src")
-  run_cli("vljepa_jax.convert", "--model", "llama", "--input", str(tmp_path / "src"), "--output", str(tmp_path / "out"))
-  _, llama_params = convert.load(str(tmp_path / "out"))
-  _, llama_cfg = convert.load_config(str(tmp_path / "out"))
+  hf, llama_params, llama_cfg = converted_hf_llama(str(tmp_path), num_layers=2)
 
   for pool in ("all", "query"):
     cfg = predictor_lib.PredictorConfig(backbone="llama", backbone_config=llama_cfg.replace(causal=False),

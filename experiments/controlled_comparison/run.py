@@ -11,8 +11,8 @@ is the predictor's Llama twice as deep, trained by next-token cross-entropy (`mo
 
 Both are evaluated at a log-spaced ladder of samples seen on the same held-out clips:
   * zero-shot action classification top-5 (the demo's class templates; VL-JEPA by cosine to the
-    averaged template embeddings, the baseline by the mean per-token log-likelihood of each
-    template's caption, averaged over templates: `eval/likelihood.py`);
+    averaged template embeddings, the baseline by the mean per-token log-likelihood of the class's
+    caption in the first template, the likelihood scorer's default: `eval/likelihood.py`);
   * captioning CIDEr-D: the baseline generates (greedy, KV cache); VL-JEPA decodes Ŝ_Y with a
     Y-decoder trained at that checkpoint for `ydecoder_steps` steps with everything else frozen
     (the demo's ydecoder stage: the paper's decoder is likewise fitted to a trained model).

@@ -75,7 +75,7 @@ class LikelihoodPredictions:
         index.setdefault(text, len(index))
     text_ids, text_mask = tokenizer(list(index))
     of_candidate = [[index[t] for t in texts] for texts in phrasings]
-    rows_scores, labels, sources, widths = [], [], [], []
+    dense, labels, sources = [], [], []
     for batch in batches:
       prompts, prompt_mask = self.run(self._prompt, params, batch["video"], batch["query_ids"], batch["query_mask"])
       valid = np.flatnonzero(np.asarray(batch["valid"]))
@@ -85,17 +85,14 @@ class LikelihoodPredictions:
       pair_scores = self._score_pairs(params, prompts, prompt_mask, pairs, text_ids, text_mask)
       lookup = dict(zip(pairs, pair_scores))
       for r, chosen in zip(valid, own):
-        rows_scores.append([float(np.mean([lookup[r, t] for t in of_candidate[c]])) for c in chosen])
-        widths.append(chosen)
+        row = np.full(len(phrasings), -np.inf, np.float32)  # candidates not the row's own are never read
+        row[chosen] = [np.mean([lookup[r, t] for t in of_candidate[c]]) for c in chosen]
+        dense.append(row)
       labels.append(np.asarray(batch["label"])[valid])
       sources.append(np.asarray(batch["source_index"])[valid])
-    width = max((len(c) for c in widths), default=0)
-    scores = np.full((len(rows_scores), width), -np.inf, np.float32)
-    ids = np.full((len(rows_scores), width), -1, np.int64)
-    for n, (row, chosen) in enumerate(zip(rows_scores, widths)):
-      scores[n, :len(row)] = row
-      ids[n, :len(chosen)] = chosen
-    return predictions_lib.CandidateScores(scores, ids, np.concatenate(labels), np.concatenate(sources))
+    info = {"label": np.concatenate(labels), "source_index": np.concatenate(sources)}
+    dense = np.stack(dense) if dense else np.zeros((0, len(phrasings)), np.float32)
+    return predictions_lib.CandidateScores.from_dense(dense, candidates, info)
 
   def captioner(self, tokenizer, *, max_new_tokens: int, beam_size: int = 1, length_penalty: float = 1.0,
                 batch_size: int = 64, bos_id: int | None = None, eos_id: int | None = None) -> "TokenCaptioner":
@@ -123,10 +120,7 @@ class TokenCaptioner:
 
   def __init__(self, predictions: LikelihoodPredictions, tokenizer, *, max_new_tokens: int, beam_size: int,
                length_penalty: float, bos_id: int | None, eos_id: int | None):
-    if (bos_id is None) != (eos_id is None):
-      raise ValueError("give both bos_id and eos_id, or neither (then they come from the tokenizer)")
-    if bos_id is None:
-      bos_id, eos_id = text_decoder.special_ids(tokenizer)
+    bos_id, eos_id = text_decoder.resolve_special_ids(tokenizer, bos_id, eos_id)
     self.predictions, self.tokenizer = predictions, tokenizer
     search = generate.generator(predictions.model, bos_id=bos_id, eos_id=eos_id, pad_id=tokenizer.pad_id,
                                 max_new_tokens=max_new_tokens, beam_size=beam_size)

@@ -36,7 +36,7 @@ import numpy as np
 
 from vljepa_jax.eval import embedding
 from vljepa_jax.eval import text_decoder as text_decoder_lib
-from vljepa_jax.models import vljepa
+from vljepa_jax.models import predictor as predictor_lib
 
 CAPABILITIES = ("score_candidates", "captioner", "embed_visual_query", "embed_texts", "text_decoder", "embed_stream")
 Batches = Iterable[dict[str, np.ndarray]]
@@ -121,7 +121,7 @@ class EmbeddingPredictions:
   def stream_frames_per_step(self) -> int:
     """Frames each `embed_stream` step reads; raises, naming the config keys, if the model cannot stream."""
     config = self.model.config
-    vljepa.initial_stream_state(config, 1)  # the predictor's checks
+    predictor_lib.check_streaming(config.predictor)
     return config.x_encoder_chunk_frames or config.x_encoder.tubelet_size
 
   def candidate_embeddings(self, params: Any, candidates: Candidates, tokenizer) -> np.ndarray:

@@ -38,6 +38,13 @@ def special_ids(tokenizer) -> tuple[int, int]:
   return int(row[0]), int(row[1])
 
 
+def resolve_special_ids(tokenizer, bos_id: int | None, eos_id: int | None) -> tuple[int, int]:
+  """(BOS, EOS) as given, or both from the tokenizer (`special_ids`) when neither is."""
+  if (bos_id is None) != (eos_id is None):
+    raise ValueError("give both bos_id and eos_id, or neither (then they come from the tokenizer)")
+  return special_ids(tokenizer) if bos_id is None else (bos_id, eos_id)
+
+
 class TextDecoder:
   """`decoder(params, embeddings (N, E)) -> N strings`: the model's Y-decoder, jitted once per setting."""
 
@@ -48,10 +55,7 @@ class TextDecoder:
     if config is None:
       raise ValueError("decoding text needs a Y-decoder: set config.model.y_decoder and train it "
                        "(config.objective='y_decoder', e.g. the demo's ydecoder stage)")
-    if (bos_id is None) != (eos_id is None):
-      raise ValueError("give both bos_id and eos_id, or neither (then they come from the tokenizer)")
-    if bos_id is None:
-      bos_id, eos_id = special_ids(tokenizer)
+    bos_id, eos_id = resolve_special_ids(tokenizer, bos_id, eos_id)
     self.tokenizer, self.map_rows, self.batch_size = tokenizer, map_rows, batch_size
     _decoder_module(config).cache_length(None, max_new_tokens)  # a too-long max_new_tokens fails here, not in eval
     search = generate.generator(_decoder_module(config), bos_id=bos_id, eos_id=eos_id, pad_id=tokenizer.pad_id,

@@ -31,6 +31,7 @@ def transformer_layer(tokens: int, width: int, q: int, kv: int, mlp: int, gated:
 
 
 def x_encoder_tokens(config: vljepa.VLJEPAConfig, num_frames: int, crop_size: int) -> int:
+  """Visual tokens of a `(num_frames, crop_size, crop_size)` clip: any config with an `x_encoder`."""
   vit = config.x_encoder
   frames = max(num_frames, vit.tubelet_size)  # a single image is duplicated to fill a tubelet
   return (frames // vit.tubelet_size) * (crop_size // vit.patch_size) ** 2

@@ -34,7 +34,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from vljepa_jax.models import attention as attention_lib
+from vljepa_jax.models import flops
 from vljepa_jax.models import layers
 from vljepa_jax.models import llama as llama_lib
 from vljepa_jax.models import vit as vit_lib
@@ -60,13 +60,7 @@ class TokenVLMConfig(ArchConfig):
     if not self.decoder.causal:
       raise ValueError("TokenVLMConfig.decoder.causal must be True: the baseline predicts each token from the "
                        "ones before it")
-    if self.attention_impl is not None:
-      if self.attention_impl not in attention_lib.IMPLEMENTATIONS:
-        raise ValueError(f"attention_impl={self.attention_impl!r}: expected one of {attention_lib.IMPLEMENTATIONS} "
-                         "or None")
-      for name in ("x_encoder", "decoder"):
-        object.__setattr__(self, name, getattr(self, name).with_field_everywhere("attention_impl",
-                                                                                 self.attention_impl))
+    vljepa_lib.settle_model_fields(self, ("x_encoder", "decoder"))
 
   @property
   def vocab_size(self) -> int:
@@ -107,9 +101,7 @@ class TokenVLM(nn.Module):
     """KV-cache positions to generate `max_new_tokens` after the prompt `(video, query_ids, query_mask)`
     (`models/generate.py`): the prompt, BOS, and every generated token but the last, fed back."""
     video, query_ids, _ = condition
-    vit = self.config.x_encoder
-    frames = max(video.shape[1], vit.tubelet_size)  # a single image fills one tubelet
-    visual = frames // vit.tubelet_size * (video.shape[2] // vit.patch_size) * (video.shape[3] // vit.patch_size)
+    visual = flops.x_encoder_tokens(self.config, num_frames=video.shape[1], crop_size=video.shape[2])
     return visual + query_ids.shape[1] + max_new_tokens
 
   def encode_visual(self, video: jax.Array) -> jax.Array:

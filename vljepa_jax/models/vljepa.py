@@ -61,19 +61,7 @@ class VLJEPAConfig(ArchConfig):
   def __post_init__(self):
     if None in (self.x_encoder, self.predictor, self.y_encoder):
       raise ValueError("VLJEPAConfig needs x_encoder, predictor and y_encoder configs")
-    if self.attention_impl is not None:
-      if self.attention_impl not in attention_lib.IMPLEMENTATIONS:
-        raise ValueError(f"attention_impl={self.attention_impl!r}: expected one of {attention_lib.IMPLEMENTATIONS} "
-                         "or None")
-      for name in ("x_encoder", "predictor", "y_encoder", "y_decoder"):
-        tower = getattr(self, name)
-        if tower is not None:  # frozen: set in place once, so every tower sees the model-wide choice
-          object.__setattr__(self, name, tower.with_field_everywhere("attention_impl", self.attention_impl))
-    chunk = self.x_encoder_chunk_frames
-    if chunk is not None and (isinstance(chunk, bool) or not isinstance(chunk, int) or chunk < 1
-                              or chunk % self.x_encoder.tubelet_size):
-      raise ValueError(f"x_encoder_chunk_frames={chunk!r}: expected None or a positive multiple of the X-encoder's "
-                       f"tubelet_size ({self.x_encoder.tubelet_size})")
+    settle_model_fields(self, ("x_encoder", "predictor", "y_encoder", "y_decoder"))
     if self.predictor.vision_dim != self.x_encoder.hidden_size:
       raise ValueError(f"predictor.vision_dim ({self.predictor.vision_dim}) must equal the X-encoder width "
                        f"({self.x_encoder.hidden_size})")
@@ -148,6 +136,27 @@ class VLJEPA(nn.Module):
     if self.config.y_decoder is not None and self.is_initializing():
       self.y_decoder(decoder_condition(target), target_ids)  # creates its parameters in the same tree
     return pred, target
+
+
+def settle_model_fields(config: ArchConfig, towers: tuple[str, ...]) -> None:
+  """Checks and applies the model-wide fields a video model config shares (VL-JEPA's, the token baseline's).
+
+  `attention_impl` (unless None) is set in every tower named in `towers` (frozen dataclass: set in
+  place once, so every tower sees the model-wide choice); `x_encoder_chunk_frames` must be None or
+  a positive multiple of the X-encoder's tubelet size.
+  """
+  if config.attention_impl is not None:
+    if config.attention_impl not in attention_lib.IMPLEMENTATIONS:
+      raise ValueError(f"attention_impl={config.attention_impl!r}: expected one of {attention_lib.IMPLEMENTATIONS} "
+                       "or None")
+    for name in towers:
+      tower = getattr(config, name)
+      if tower is not None:
+        object.__setattr__(config, name, tower.with_field_everywhere("attention_impl", config.attention_impl))
+  chunk, tubelet = config.x_encoder_chunk_frames, config.x_encoder.tubelet_size
+  if chunk is not None and (isinstance(chunk, bool) or not isinstance(chunk, int) or chunk < 1 or chunk % tubelet):
+    raise ValueError(f"x_encoder_chunk_frames={chunk!r}: expected None or a positive multiple of the X-encoder's "
+                     f"tubelet_size ({tubelet})")
 
 
 def encode_video(x_encoder: nn.Module, video: jax.Array, *, chunk_frames: int | None, frozen: bool) -> jax.Array:

@@ -172,8 +172,8 @@ def model_kind(config: Any) -> str:
   """The model a run trains, "vljepa" or "token_vlm": the one every stage's objective names (`Objective.MODEL`)."""
   kinds: dict[str, list[str]] = {}
   # A stage's own resolved config (no stage_order) names its objective directly.
-  stages = stages_lib.resolve(config) if config.get("stage_order") else [("the config", config)]
-  for name, stage in stages:
+  resolved = stages_lib.resolve(config) if config.get("stage_order") else [("the config", config)]
+  for name, stage in resolved:
     kinds.setdefault(objectives_registry.objective_class(stage.objective).MODEL, []).append(
         f"{name} (objective {stage.objective!r})")
   if len(kinds) > 1:
