@@ -15,11 +15,14 @@ video stage's count; 4x cheaper than SFT's 32). Everything else is `vljepa_sft.s
 Axes (`AXIS=VALUE`, several joined by commas; two axes that set the same thing to different
 values are refused):
 
-  loss=infonce|cosine|l1|l2   Table 7(c): the loss, with the Y-encoder frozen and no projection
+  loss=infonce|cosine|l1|l2|siglip
+                              Table 7(c): the loss, with the Y-encoder frozen and no projection
                               head. VLJEPAConfig always has a Y head, so it is frozen instead: a
                               fixed random linear map stands in for "no head" (a regression loss
                               against a trainable head could collapse it). So `loss=infonce` is
-                              the (c) baseline, not the base run.
+                              the (c) baseline, not the base run. `siglip`, an extra row: SigLIP's
+                              pairwise sigmoid loss (losses.py), learning its temperature (from
+                              0.1) and bias (from -10) as SigLIP does.
   y_lr=0|0.01|0.05|0.1|1      Table 7(b): the Y-encoder's learning-rate multiplier (the
                               `y_encoder/.*` lr rule); 0 freezes it (no Adam state, no backward).
   layers=START:STOP           Table 7(d): predictor = Llama-3.2-1B source layers [START, STOP)
@@ -27,8 +30,9 @@ values are refused):
                               STOP <= 16 works). `init.predictor` must be converted with the
                               same `--layers START:STOP` (its architecture replaces the config's).
   llama_init=on|off           Table 7(d) "random init": off = a randomly initialised predictor.
-                              Do not pass `init.predictor` then; the Llama tokenizer is
-                              still needed, so pass the converted Llama folder as
+                              With on, `init.predictor` is a placeholder that fails at start-up
+                              until the converted slice is passed. Do not pass it with off; the
+                              Llama tokenizer is still needed, so pass the converted Llama folder as
                               `--config.tokenizers.query=$CKPT/llama_l8_16` (only its tokenizer
                               is read). Left "", it fails at start-up. The token-embedding table
                               keeps the paper's lr rule (frozen, here at its random values) so
@@ -46,6 +50,21 @@ values are refused):
                               `--config.init.checkpoint=<pretrain workdir>/video32` (a placeholder
                               that fails at start-up until replaced). The parameters must fit,
                               so it cannot be combined with layers, llama_init=off or y_encoder.
+
+`base=demo` (first, or anywhere in the list) runs the same axes at laptop scale on the embedded
+dataset, as `experiments/ablations/run.py` does for every axis value: the demo's video stage
+(`configs/demo.py:video`: its small ViT, its 4-layer Llama-style predictor, MiniLM as the
+Y-encoder and the tokenizer, batch 64, 400 steps, its learning rate 1e-3 after warmup, then
+constant), evaluated on Table 7's
+three columns (classification top-1, text-to-video R@1, VQA). No pretrained ViT or Llama installs
+offline, so the runner first trains what the paper downloads, on the same data:
+  * the X-encoder: the ViT of the demo's image stage, exported and then frozen in every run, as
+    V-JEPA 2 is (`init.x_encoder`, a placeholder until then);
+  * the predictor's "language-model initialisation": the decoder of the token-space baseline
+    (models/token_vlm.py, 8 layers); `layers=START:STOP` slices it (0 <= START < STOP <= 8; the
+    base run's is 4:8, its last half, as 8:16 is Llama-3.2-1B's; `init.predictor`, a placeholder);
+  * `pretrain=on` starts the whole model from that image stage (`init.checkpoint`, a placeholder).
+`y_encoder` is not an axis there (MiniLM is the only text tower that installs offline).
 
 Batch 512 does not split over the paper's 192 GPUs; run ablations on a multiple of 8 devices
 that divides 512 (e.g. one or a few 8-GPU nodes), or change `--config.mesh.*`.
@@ -66,20 +85,29 @@ from vljepa_jax.train import config_base
 pretrain = config_base.sibling_config(__file__, "vljepa_pretrain")
 sft = config_base.sibling_config(__file__, "vljepa_sft")
 
+demo = config_base.sibling_config(__file__, "demo")
+
 STAGE = "ablation"
+BASES = ("paper", "demo")
 LLAMA_LAYERS = llama.PRESETS["llama3_2_1b"].num_layers  # 16
+# base -> (depth of the language model the predictor's layers come from, the base run's slice).
+SOURCE = {"paper": (LLAMA_LAYERS, (8, 16)), "demo": (8, (4, 8))}
 AXES = {
-    "loss": ("infonce", "cosine", "l1", "l2"),
+    "loss": ("infonce", "cosine", "l1", "l2", "siglip"),
     "y_lr": ("0", "0.01", "0.05", "0.1", "1"),
-    "layers": (f"START:STOP with 0 <= START < STOP <= {LLAMA_LAYERS}; the paper's: 8:16 0:2 0:4 0:8 0:16",),
+    "layers": (f"START:STOP with 0 <= START < STOP <= {LLAMA_LAYERS} (8 with base=demo); the paper's: 8:16 0:2 0:4 "
+               "0:8 0:16",),
     "llama_init": ("on", "off"),
     "causal": ("on", "off"),
     "y_encoder": ("embeddinggemma", "minilm"),
     "pretrain": ("off", "on"),
+    "base": BASES,
 }
 # What the axes control, at the base run's values.
-DEFAULTS = {"loss": "infonce", "y_lr": 0.05, "y_head_lr": 1.0, "layers": (8, 16), "llama_init": True,
-            "causal": False, "y_encoder": "embeddinggemma", "pretrain": False}
+DEFAULTS = {"loss": "infonce", "y_lr": 0.05, "y_head_lr": 1.0, "layers": SOURCE["paper"][1], "llama_init": True,
+            "causal": False, "y_encoder": "embeddinggemma", "pretrain": False, "base": "paper"}
+# SigLIP learns its temperature and bias, from SigLIP's initial values (t = 10, b = -10).
+SIGLIP_TEMPERATURE = 0.1
 _ON_OFF = {"on": True, "off": False}
 
 
@@ -88,8 +116,8 @@ def _error(arg: str, message: str) -> ValueError:
   return ValueError(f"configs/vljepa_ablation.py:{arg}: {message}. Valid axes: {valid}")
 
 
-def _axis_settings(arg: str, axis: str, value: str) -> dict[str, Any]:
-  """The knobs one `AXIS=VALUE` sets."""
+def _axis_settings(arg: str, axis: str, value: str, base: str) -> dict[str, Any]:
+  """The knobs one `AXIS=VALUE` sets on `base`."""
   bad_value = lambda: _error(arg, f"unknown value {value!r} for axis {axis!r}; expected {'|'.join(AXES[axis])}")
   if axis == "loss":
     if value not in AXES["loss"]:
@@ -108,14 +136,18 @@ def _axis_settings(arg: str, axis: str, value: str) -> dict[str, Any]:
       start, stop = (int(x) for x in value.split(":"))
     except ValueError:
       raise bad_value() from None
-    if not 0 <= start < stop <= LLAMA_LAYERS:
-      raise bad_value()
+    if not 0 <= start < stop <= SOURCE[base][0]:
+      raise _error(arg, f"unknown value {value!r} for axis 'layers'; expected START:STOP with 0 <= START < STOP <= "
+                        f"{SOURCE[base][0]} (the source model's depth with base={base})")
     return {"layers": (start, stop)}
   if axis in ("llama_init", "causal", "pretrain"):
     if value not in _ON_OFF:
       raise bad_value()
     return {axis: _ON_OFF[value]}
   if axis == "y_encoder":
+    if base == "demo":
+      raise _error(arg, "axis 'y_encoder' is not available with base=demo (MiniLM is the only text tower that "
+                        "installs offline)")
     if value not in AXES["y_encoder"]:
       raise _error(arg, f"unknown value {value!r} for axis 'y_encoder'; expected {'|'.join(AXES[axis])} (the "
                         "towers with presets in vljepa_jax.models; Table 7(e)'s Qwen3-Embedding and PE-core text "
@@ -126,21 +158,32 @@ def _axis_settings(arg: str, axis: str, value: str) -> dict[str, Any]:
 
 def parse(arg: str) -> dict[str, Any]:
   """`"loss=l1,y_lr=0"` -> every knob's value (defaults where no axis sets it)."""
-  knobs, set_by, axes = dict(DEFAULTS), {}, set()
+  items = []
   for item in (s.strip() for s in arg.split(",") if s.strip()):
     axis, sep, value = (part.strip() for part in item.partition("="))
     if not sep or not value:
       raise _error(arg, f"{item!r} is not AXIS=VALUE")
+    items.append((axis, value))
+  bases = [value for axis, value in items if axis == "base"]
+  if len(bases) > 1:
+    raise _error(arg, "axis 'base' is given twice")
+  base = bases[0] if bases else DEFAULTS["base"]
+  if base not in BASES:
+    raise _error(arg, f"unknown value {base!r} for 'base'; expected {'|'.join(BASES)}")
+  knobs, set_by, axes = {**DEFAULTS, "base": base, "layers": SOURCE[base][1]}, {}, set()
+  for axis, value in items:
+    if axis == "base":
+      continue
     if axis in axes:
       raise _error(arg, f"axis {axis!r} is given twice")
     axes.add(axis)
-    for knob, setting in _axis_settings(arg, axis, value).items():
+    for knob, setting in _axis_settings(arg, axis, value, base).items():
       if knob in set_by and knobs[knob] != setting:
         raise _error(arg, f"{axis}={value} sets {knob}={setting!r}, contradicting {set_by[knob]}, which sets "
                           f"{knob}={knobs[knob]!r}")
       knobs[knob], set_by[knob] = setting, f"{axis}={value}"
   if knobs["pretrain"]:
-    changed = [a for a, changes in (("layers", knobs["layers"] != DEFAULTS["layers"]),
+    changed = [a for a, changes in (("layers", knobs["layers"] != SOURCE[base][1]),
                                     ("llama_init=off", not knobs["llama_init"]),
                                     ("y_encoder", knobs["y_encoder"] != DEFAULTS["y_encoder"])) if changes]
     if changed:
@@ -152,6 +195,23 @@ def lr_rules(y_lr: float, y_head_lr: float) -> tuple[tuple[str, float], ...]:
   """The paper's rules with the Y-encoder's multiplier replaced (and the Y head's, if not 1)."""
   rules = tuple((pattern, y_lr if pattern == "y_encoder/.*" else m) for pattern, m in config_base.PAPER_LR_RULES)
   return rules + ((("y_head/.*", y_head_lr),) if y_head_lr != 1.0 else ())
+
+
+def predictor_placeholder(knobs: dict[str, Any]) -> str:
+  """`init.predictor` until the converted slice is passed: not a folder, so start-up fails naming it."""
+  start, stop = knobs["layers"]
+  source = "Llama-3.2-1B" if knobs["base"] == "paper" else "token-baseline decoder (experiments/ablations/run.py)"
+  return f"<converted {source} --layers {start}:{stop}>"
+
+
+def set_axes(c: ml_collections.ConfigDict, knobs: dict[str, Any]) -> None:
+  """What both bases set alike: the loss, the LR rules and the initialisation placeholders."""
+  c.loss.name = knobs["loss"]
+  if knobs["loss"] == "siglip":
+    c.loss.update(temperature=SIGLIP_TEMPERATURE, learnable_temperature=True)
+  c.optimizer.lr_rules = lr_rules(knobs["y_lr"], knobs["y_head_lr"])
+  if knobs["llama_init"] and not knobs["pretrain"]:
+    c.init.predictor = predictor_placeholder(knobs)
 
 
 def model(knobs: dict[str, Any]) -> vljepa.VLJEPAConfig:
@@ -167,8 +227,33 @@ def model(knobs: dict[str, Any]) -> vljepa.VLJEPAConfig:
   return paper.replace(predictor=predictor, y_encoder=y_encoder)
 
 
+def demo_config(knobs: dict[str, Any]) -> ml_collections.ConfigDict:
+  """`base=demo`: the demo's video stage with the axes applied (module docstring)."""
+  c = demo.get_config("video")
+  c.unlock()
+  model = vljepa.VLJEPAConfig.from_dict(c.model.to_dict())
+  start, stop = knobs["layers"]
+  source = model.predictor.backbone_config.replace(num_layers=SOURCE["demo"][0])
+  predictor = model.predictor.replace(backbone_config=source.slice_layers(start, stop), causal=knobs["causal"])
+  c.model = model.replace(predictor=predictor, freeze_x_encoder=True).to_dict()
+  c.optimizer.update(schedule="warmup_constant", end_learning_rate_factor=1.0)  # the paper's constant rate
+  set_axes(c, knobs)
+  # Placeholders that fail at start-up until replaced (module docstring).
+  if knobs["pretrain"]:
+    c.init.checkpoint = "<the demo's image stage: <image workdir>/image>"
+  else:
+    c.init.x_encoder = "<the X-encoder of the demo's image stage, exported by experiments/ablations/run.py>"
+  evals = c.evals
+  c.evals = {name: evals[name].to_dict() for name in ("zero_shot_actions", "text_to_video", "vqa")}
+  c.stages = {STAGE: {}}
+  c.stage_order = (STAGE,)
+  return config_base.finalize(c)
+
+
 def get_config(arg: str = "") -> ml_collections.ConfigDict:
   knobs = parse(arg)
+  if knobs["base"] == "demo":
+    return demo_config(knobs)
   c = pretrain.common()
   c.total_steps = 10_000
   c.batch_size = 512
@@ -181,8 +266,7 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
   pretrain.merge(c, {"data": data})
   # Constant 5e-5 (pretrain.common): the paper says constant, not the value.
   c.model = model(knobs).to_dict()
-  c.loss.name = knobs["loss"]
-  c.optimizer.lr_rules = lr_rules(knobs["y_lr"], knobs["y_head_lr"])
+  set_axes(c, knobs)
   if knobs["y_encoder"] == "minilm":
     c.init.y_encoder = "minilm"
   if not knobs["llama_init"]:

@@ -217,6 +217,18 @@ def test_init_predictor_loads_a_converted_llama_into_predictor_llama(tmp_path):
                      match=r"config.init.predictor=.* holds a 'vjepa2' model; expected one of \('llama',\)"):
     model_setup.build(config, str(tmp_path))
 
+  # A config that declares which source layers it wants (the depth ablation) gets exactly those:
+  # the checkpoint's architecture would otherwise silently replace the config's.
+  with config.unlocked():
+    config.init.predictor = folder  # the whole 2-layer model: source layers 0:2
+    config.model.predictor.backbone_config.source_layers = (0, 2)
+  model_setup.build(config, str(tmp_path))
+  with config.unlocked():
+    config.model.predictor.backbone_config.source_layers = (2, 4)
+  with pytest.raises(ValueError, match=r"config.init.predictor=.* holds source layers 0:2, but "
+                                       r"config.model.predictor declares 2:4; convert the predictor with --layers 2:4"):
+    model_setup.build(config, str(tmp_path))
+
 
 def test_the_llama_backbone_counts_its_own_flops():
   cfg = llama.PRESETS["tiny"]  # D=64, 4 heads and 2 KV heads of 16 (q=64, kv=32), MLP 128, 2 layers

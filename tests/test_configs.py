@@ -36,7 +36,7 @@ RUN_LEVEL = {"model", "init", "tokenizers", "mesh", "dtype", "param_dtype", "rem
 
 ABLATION_ARGS = (
     ["", "loss=l1,y_lr=0", "causal=on,pretrain=on"]
-    + [f"loss={v}" for v in ("infonce", "cosine", "l1", "l2")]
+    + [f"loss={v}" for v in ("infonce", "cosine", "l1", "l2", "siglip")]
     + [f"y_lr={v}" for v in ("0", "0.01", "0.05", "0.1", "1")]
     + [f"layers={v}" for v in ("8:16", "0:2", "0:4", "0:8", "0:16", "4:12")]
     + [f"{axis}={v}" for axis in ("llama_init", "causal", "pretrain") for v in ("on", "off")]
@@ -357,20 +357,23 @@ ABLATION_CHANGES = {
     "loss=cosine": {"loss.name", "optimizer.lr_rules"},
     "loss=l1": {"loss.name", "optimizer.lr_rules"},
     "loss=l2": {"loss.name", "optimizer.lr_rules"},
+    "loss=siglip": {"loss.name", "loss.temperature", "loss.learnable_temperature", "optimizer.lr_rules"},
     "y_lr=0.05": set(),
     "y_lr=0": {"optimizer.lr_rules"},
     "y_lr=1": {"optimizer.lr_rules"},
     "layers=8:16": set(),
-    "layers=4:12": {"model.predictor.backbone_config.source_layers"},
-    "layers=0:2": {"model.predictor.backbone_config.source_layers", "model.predictor.backbone_config.num_layers"},
+    # The converted slice to pass is named in init.predictor's placeholder.
+    "layers=4:12": {"model.predictor.backbone_config.source_layers", "init.predictor"},
+    "layers=0:2": {"model.predictor.backbone_config.source_layers", "model.predictor.backbone_config.num_layers",
+                   "init.predictor"},
     "llama_init=on": set(),
-    "llama_init=off": {"tokenizers.query"},
+    "llama_init=off": {"tokenizers.query", "init.predictor"},
     "causal=off": set(),
     "causal=on": {"model.predictor.causal"},
     "y_encoder=embeddinggemma": {"optimizer.lr_rules"},
     "y_encoder=minilm": {"optimizer.lr_rules", "model.y_encoder.", "init.y_encoder"},
     "pretrain=off": set(),
-    "pretrain=on": {"init.checkpoint"},
+    "pretrain=on": {"init.checkpoint", "init.predictor"},
     "loss=l1,y_lr=0": {"loss.name", "optimizer.lr_rules"},
 }
 
@@ -383,7 +386,7 @@ def test_ablation_changes_exactly_its_axis(arg):
   assert all(any(k.startswith(p) for k in changes) for p in allowed), (arg, sorted(changes))
 
 
-@pytest.mark.parametrize("value", ["infonce", "cosine", "l1", "l2"])
+@pytest.mark.parametrize("value", ["infonce", "cosine", "l1", "l2", "siglip"])
 def test_ablation_loss(value):
   stage, _, model = build(load("vljepa_ablation", f"loss={value}"))["ablation"]
   assert stage.loss.name == value
@@ -424,7 +427,47 @@ def test_ablation_causal_and_init():
   off, _, _ = build(load("vljepa_ablation", "llama_init=off"))["ablation"]
   assert off.init.predictor == "" and off.tokenizers.query == ""  # the Llama tokenizer must be named
   on, _, _ = build(load("vljepa_ablation", "pretrain=on"))["ablation"]
-  assert on.init.checkpoint.endswith("/video32")
+  assert on.init.checkpoint.endswith("/video32") and on.init.predictor == ""
+  base, _, _ = build(load("vljepa_ablation"))["ablation"]
+  assert base.init.predictor == "<converted Llama-3.2-1B --layers 8:16>"  # fails at start-up until replaced
+  siglip, _, _ = build(load("vljepa_ablation", "loss=siglip"))["ablation"]
+  assert (siglip.loss.temperature, siglip.loss.learnable_temperature) == (0.1, True)  # SigLIP's initial t = 10
+
+
+def test_ablation_placeholders_fail_at_start_up_naming_what_to_pass(tmp_path):
+  from vljepa_jax.train import model_setup  # pylint: disable=g-import-not-at-top
+  config = load("vljepa_ablation", "base=demo,layers=0:2")
+  with pytest.raises(FileNotFoundError, match=r"config.init.predictor='<converted token-baseline decoder .* "
+                                              r"--layers 0:2>' is not a folder"):
+    model_setup.build(config, str(tmp_path))
+
+
+# base=demo: the same axes on the demo's video stage, at laptop scale (the runner's configs).
+DEMO_ABLATION_ARGS = ["", "loss=siglip", "y_lr=0", "y_lr=1", "layers=0:1", "layers=0:8", "llama_init=off",
+                      "causal=on", "pretrain=on"]
+
+
+@pytest.mark.parametrize("arg", DEMO_ABLATION_ARGS)
+def test_demo_ablation_is_the_demo_video_stage_with_the_axis(arg):
+  stage, data, model = build(load("vljepa_ablation", ",".join(["base=demo"] + ([arg] if arg else []))))["ablation"]
+  video, video_data, video_model = build(load("demo", "video"))["video"]
+  assert (stage.batch_size, stage.total_steps, data.num_frames, data.crop_size) == (
+      video.batch_size, video.total_steps, video_data.num_frames, video_data.crop_size)
+  assert stage.optimizer.schedule == "warmup_constant" and stage.optimizer.learning_rate == video.optimizer.learning_rate
+  assert set(stage.evals) == {"zero_shot_actions", "text_to_video", "vqa"}  # Table 7's three columns
+  assert model.x_encoder == video_model.x_encoder and model.freeze_x_encoder  # pretrained, frozen, as V-JEPA 2
+  llama = model.predictor.backbone_config
+  knobs = _module("vljepa_ablation").parse("base=demo," + arg)
+  start, stop = knobs["layers"]
+  assert (llama.num_layers, tuple(llama.source_layers)) == (stop - start, (start, stop))
+  assert llama.hidden_size == video_model.predictor.backbone_config.hidden_size
+  assert model.predictor.causal == (arg == "causal=on")
+  mults = multipliers(model, stage.optimizer.lr_rules)
+  assert group(mults, "x_encoder/") == {0.0}
+  assert group(mults, "y_encoder/") == {knobs["y_lr"]}
+  assert group(mults, "y_head/") == {0.0 if arg == "loss=siglip" else 1.0}
+  assert (stage.init.predictor != "") == (arg not in ("llama_init=off", "pretrain=on"))
+  assert (stage.init.checkpoint != "") == (arg == "pretrain=on") == (stage.init.x_encoder == "")
 
 
 def test_ablation_y_encoder_minilm():
@@ -439,7 +482,7 @@ def test_ablation_y_encoder_minilm():
 
 @pytest.mark.parametrize("arg, message", [
     ("foo=1", r"unknown axis 'foo'.*loss=infonce\|cosine\|l1\|l2.*pretrain=off\|on"),
-    ("loss=mse", r"unknown value 'mse' for axis 'loss'; expected infonce\|cosine\|l1\|l2"),
+    ("loss=mse", r"unknown value 'mse' for axis 'loss'; expected infonce\|cosine\|l1\|l2\|siglip"),
     ("y_lr=0.2", r"'0.2' for axis 'y_lr'; expected 0\|0.01\|0.05\|0.1\|1"),
     ("y_lr=fast", r"'fast' for axis 'y_lr'"),
     ("layers=8:17", r"'8:17' for axis 'layers'; expected START:STOP"),
@@ -451,6 +494,10 @@ def test_ablation_y_encoder_minilm():
     ("loss=l1,y_lr=0.05", r"y_lr=0.05 sets y_lr=0.05, contradicting loss=l1"),
     ("pretrain=on,layers=0:4", r"pretrain=on .*\['layers'\]"),
     ("pretrain=on,y_encoder=minilm", r"pretrain=on .*\['y_encoder'\]"),
+    ("base=demo,layers=0:9", r"'0:9' for axis 'layers'; expected START:STOP with 0 <= START < STOP <= 8"),
+    ("base=demo,y_encoder=minilm", r"axis 'y_encoder' is not available with base=demo"),
+    ("base=laptop", r"unknown value 'laptop' for 'base'; expected paper\|demo"),
+    ("base=demo,base=paper", r"axis 'base' is given twice"),
 ])
 def test_ablation_bad_args(arg, message):
   with pytest.raises(ValueError, match=message):

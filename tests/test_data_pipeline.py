@@ -5,6 +5,7 @@ and normalised with a hand-written NumPy formula; texts are checked by decoding 
 """
 import json
 import os
+import pickle
 import socket
 import subprocess
 import sys
@@ -157,6 +158,32 @@ def test_eval_pads_the_last_batch():
   assert out[-1]["video"].shape == (4, 4, 32, 32, 3)
   assert not out[-1]["video"][2:].any()
   assert sorted(np.concatenate([b["source_index"][b["valid"]] for b in out])) == list(range(10))
+
+
+def test_a_source_limit_keeps_its_first_records_for_any_source_type(tmp_path):
+  """`limit: N` on a source spec: its first N records through the pipeline, the same records as the whole
+  source's first N; a bad limit fails naming it."""
+  cfg = config(shuffle=False, num_epochs=1, sources=[dict(SHAPES, size=40, limit=6)])
+  out = list(pipeline.make_iterator(cfg, global_batch_size=4, process_index=0, process_count=1,
+                                    drop_remainder=False))
+  assert sorted(np.concatenate([b["source_index"][b["valid"]] for b in out])) == list(range(6))
+  whole = list(pipeline.make_iterator(config(shuffle=False, num_epochs=1), global_batch_size=4, process_index=0,
+                                      process_count=1, drop_remainder=False))
+  np.testing.assert_array_equal(out[0]["video"], whole[0]["video"])
+  limited = pipeline.make_source(cfg.sources[0], cfg)
+  assert len(limited) == 6 and limited.label_names == pipeline.make_source(SHAPES, cfg).label_names  # for class_names="source"
+  with pytest.raises(IndexError, match="record 6 of"):
+    limited[6]
+  copy = pickle.loads(pickle.dumps(limited))  # as data worker processes receive it
+  assert len(copy) == 6 and copy[5]["caption"] == limited[5]["caption"]
+  for bad in (0, -1, 2.5, True):
+    with pytest.raises(ValueError, match=rf"data source 'shapes': limit={bad!r}; expected a positive number"):
+      pipeline.make_source(dict(SHAPES, limit=bad), cfg)
+  root = tmp_path / "m"
+  root.mkdir()
+  (root / "m.jsonl").write_text("".join(f'{{"media": "x{i}.png", "caption": "c{i}"}}\n' for i in range(5)))
+  manifest = pipeline.make_source({"type": "manifest", "manifest": str(root / "m.jsonl"), "limit": 3}, cfg)
+  assert len(manifest) == 3 and [manifest[i]["caption"] for i in range(3)] == ["c0", "c1", "c2"]
 
 
 # ---------------------------------------------------------------- resume
@@ -351,6 +378,10 @@ def test_manifest_errors_name_the_line(tmp_path):
 
 def test_arrayrecord_cli_round_trip_matches_manifest_pipeline(tmp_path):
   entries = _write_media_folder(tmp_path / "media")
+  # A clip window travels into the records (the same frames as through the manifest, not the whole clip).
+  entries.append({"media": "clips/2.mp4", "caption": "a window", "start_s": 1.0, "end_s": 2.5})
+  with open(tmp_path / "media" / "manifest.jsonl", "a") as f:
+    f.write(json.dumps(entries[-1]) + "\n")
   out = tmp_path / "shards"
   proc = run_cli("vljepa_jax.data.write_arrayrecord", f"--manifest={tmp_path / 'media' / 'manifest.jsonl'}",
                  f"--media-root={tmp_path / 'media'}", f"--output={out}", "--shards=3")
@@ -360,6 +391,9 @@ def test_arrayrecord_cli_round_trip_matches_manifest_pipeline(tmp_path):
   from_records, _ = _all_examples(_manifest_config(tmp_path, sources=[{"type": "array_record", "path": str(out)}]))
   for key in ("video", "label", "source_index"):
     np.testing.assert_array_equal(from_records[key], from_manifest[key], err_msg=key)
+  window_row = list(from_manifest["source_index"]).index(len(entries) - 1)
+  whole_row = list(from_manifest["source_index"]).index(len(entries) - 2)  # clips/2.mp4 whole
+  assert not np.array_equal(from_manifest["video"][window_row], from_manifest["video"][whole_row])
   # Existing output is never clobbered by accident.
   again = run_cli("vljepa_jax.data.write_arrayrecord", f"--manifest={tmp_path / 'media' / 'manifest.jsonl'}",
                   f"--output={out}", check=False)

@@ -87,7 +87,7 @@ def test_sample_frame_indices_rejects_empty(num_available, num_frames):
 
 def test_reasons_and_bad_sample():
   assert media.SKIP_REASONS == ("missing_file", "unreadable_media", "truncated_media", "empty_text",
-                                "bad_channels")
+                                "bad_channels", "window_past_end")
   assert media.SHORT_VIDEO not in media.SKIP_REASONS
   error = media.BadSample(media.TRUNCATED_MEDIA, "clip.mp4: cut")
   assert (error.reason, error.detail, str(error)) == ("truncated_media", "clip.mp4: cut",
@@ -579,3 +579,81 @@ def test_load_frames_errors(tmp_path):
     media.load_frames(jpeg, 4, crop_size=32, short_side=16)
   with pytest.raises(TypeError):
     media.load_frames(12345, 4, crop_size=32)
+
+
+# --- Clip windows -----------------------------------------------------------------------------
+
+
+def _window_indices(start_s: float, end_s: float, fps: int, num_available: int, num_frames: int) -> list[int]:
+  """The frames shown in [start_s, end_s) (frame i at i / fps s), cut at the end, sampled uniformly.
+
+  The window's edges are taken as the decimals they are written as (7.2 s is frame 180 at 25 fps).
+  """
+  start_s, end_s = fractions.Fraction(str(start_s)), fractions.Fraction(str(end_s))
+  shown = [i for i in range(num_available) if start_s <= fractions.Fraction(i, fps) < end_s] or [
+      next(i for i in range(num_available) if fractions.Fraction(i, fps) >= start_s)]
+  return [shown[j] for j in _expected_indices(len(shown), num_frames)]
+
+
+@pytest.mark.parametrize("extension, gop", [(".mp4", 25), (".webm", None), (".mkv", 10)])
+def test_a_clip_window_decodes_the_frames_shown_inside_it_by_seeking(tmp_path, extension, gop):
+  """A 12 s video at 25 fps whose frames spell their index: windows give exactly the frames the
+  formula in `_window_indices` picks, seeking rather than decoding everything from the start."""
+  path = mf.write_video(tmp_path / f"long{extension}", mf.numbered_frames(300, 64), fps=25, gop=gop)
+  reference = _sequential_decode(path)
+  for window, num_frames in (((4.0, 6.0), 8), ((0.0, 0.5), 4), ((10.5, 12.0), 8), ((11.9, 30.0), 4),
+                             ((3.33, 3.34), 2), ((7.0, 7.2), 8)):
+    frames, info = video_lib.decode_video(path, num_frames, window=window)
+    expected = _window_indices(*window, 25, 300, num_frames)
+    assert mf.frame_indices_of(frames) == expected, (window, num_frames)
+    np.testing.assert_array_equal(frames, reference[expected])
+    shown = len([i for i in range(300) if fractions.Fraction(str(window[0])) <= fractions.Fraction(i, 25)
+                 < fractions.Fraction(str(window[1]))]) or 1
+    assert (info.num_available, info.short) == (shown, shown < num_frames), (window, info)
+  _, info = video_lib.decode_video(path, 4, window=(8.0, 9.0))
+  # Not every frame up to 9 s: MP4 declares its frame count, so seeking to the window suffices;
+  # WebM and MKV store none, and the decoder also reads on to the end to count the frames.
+  assert info.num_decoded < (100 if extension == ".mp4" else 225), info
+  assert _reason(lambda: video_lib.decode_video(path, 4, window=(12.0, 13.0))) == media.WINDOW_PAST_END
+
+
+def test_a_clip_window_through_the_manifest_pipeline_and_its_validation(tmp_path):
+  """`start_s`/`end_s` in a manifest reach the decoder; a window past the end is a counted skip; a
+  bad window fails when the manifest is read, naming the line."""
+  import json  # pylint: disable=g-import-not-at-top
+  from vljepa_jax.data import manifest as manifest_lib  # pylint: disable=g-import-not-at-top
+  from vljepa_jax.data import pipeline  # pylint: disable=g-import-not-at-top
+  mf.write_video(tmp_path / "v.mp4", mf.numbered_frames(100, 64), fps=25, gop=10)
+  records = [{"media": "v.mp4", "caption": "first second", "start_s": 0, "end_s": 1.0},
+             {"media": "v.mp4", "caption": "third second", "start_s": 2.0, "end_s": 3.0},
+             {"media": "v.mp4", "caption": "past the end", "start_s": 5.0, "end_s": 6.0},
+             {"media": "v.mp4", "caption": "whole"}]
+  (tmp_path / "m.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+  config = pipeline.DataConfig.from_dict({
+      "sources": [{"type": "manifest", "manifest": str(tmp_path / "m.jsonl")}], "num_frames": 4, "crop_size": 64,
+      "video_dtype": "uint8", "shuffle": False, "num_epochs": 1, "error_budget": 0.5, "error_budget_min_seen": 100})
+  it = pipeline.make_iterator(config, global_batch_size=4, process_index=0, process_count=1, drop_remainder=False)
+  batch = next(it)
+  by_record = {int(i): v for i, v, ok in zip(batch["source_index"], batch["video"], batch["valid"]) if ok}
+  assert sorted(by_record) == [0, 1, 3]
+  assert mf.frame_indices_of(by_record[0]) == _window_indices(0, 1, 25, 100, 4)  # 3, 9, 15, 21
+  assert mf.frame_indices_of(by_record[1]) == _window_indices(2, 3, 25, 100, 4)  # 53, 59, 65, 71
+  assert mf.frame_indices_of(by_record[3]) == _expected_indices(100, 4)
+  assert not list(it)  # the epoch is over: every record was read
+  assert it.stats()[f"skipped/{media.WINDOW_PAST_END}"] == 1
+  state = it.get_state()
+  assert state["skipped"][media.WINDOW_PAST_END] == 1
+  # A state saved with the counts as a list (before this reason existed) still restores by position.
+  it.set_state({**state, "skipped": [0, 2, 0, 0, 0, 3]})
+  assert (it.stats()["skipped/unreadable_media"], it.stats()["skipped/unknown_label"],
+          it.stats()[f"skipped/{media.WINDOW_PAST_END}"]) == (2, 3, 0)
+  for bad, message in (({"start_s": 1.0}, r"bad.jsonl:1: a clip window needs both 'start_s' and 'end_s', got only 'start_s'"),
+                       ({"start_s": 2.0, "end_s": 2.0}, r"bad.jsonl:1: clip window start_s=2.0, end_s=2.0; expected 0 <= "),
+                       ({"start_s": -1, "end_s": 2}, r"expected 0 <= start_s < end_s"),
+                       ({"start_s": "1", "end_s": 2}, r"key 'start_s' must be int or float, got str")):
+    (tmp_path / "bad.jsonl").write_text(json.dumps({"media": "v.mp4", **bad}) + "\n")
+    with pytest.raises(manifest_lib.ManifestError, match=message):
+      manifest_lib.read_manifest(tmp_path / "bad.jsonl")
+  image = mf.write_image(tmp_path / "i.png", mf.numbered_frames(1, 64)[0], "png")
+  with pytest.raises(media.BadSample, match="a clip window .* on an image"):
+    media.load_frames(image, 4, crop_size=64, window=(0.0, 1.0))

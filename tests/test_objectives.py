@@ -119,3 +119,17 @@ def test_learnable_temperature_is_the_contrastive_objectives_parameter(tmp_path)
   # Without it the contrastive objective owns no parameters, and the tree is the model's alone.
   plain = _stage(tmp_path / "plain")
   assert base.OBJECTIVE_PARAMS not in plain.abstract_params and plain.objective.metrics({}) == {}
+
+
+def test_siglip_learns_its_bias_beside_the_temperature_and_a_stray_bias_fails(tmp_path):
+  """`loss.name=siglip`: temperature and bias are the objective's parameters, logged as metrics; a bias
+  set for another loss fails when the stage is built, before anything compiles."""
+  stage = _stage(tmp_path, **{"loss.name": "siglip", "loss.learnable_temperature": True, "loss.bias": -5.0})
+  scalar = jax.ShapeDtypeStruct((), jnp.float32)
+  assert stage.abstract_params[base.OBJECTIVE_PARAMS] == {losses.LOG_TEMPERATURE: scalar, losses.BIAS: scalar}
+  assert float(stage.objective.init_params()[losses.BIAS]) == -5.0
+  metrics = stage.objective.metrics({base.OBJECTIVE_PARAMS: {losses.LOG_TEMPERATURE: jnp.log(jnp.float32(0.3)),
+                                                             losses.BIAS: jnp.float32(-4.0)}})
+  assert float(metrics["temperature"]) == pytest.approx(0.3, rel=1e-6) and float(metrics["bias"]) == -4.0
+  with pytest.raises(ValueError, match="a loss bias .* applies to the 'siglip' loss only, not 'infonce'"):
+    _stage(tmp_path / "stray", **{"loss.bias": -5.0})

@@ -228,9 +228,6 @@ def test_a_run_trains_one_kind_of_model_and_the_baseline_refuses_what_it_cannot_
   with pytest.raises(ValueError, match=r"one vocabulary, but config.tokenizers.query='shapes' and "
                                        r"config.tokenizers.target='y_encoder'"):
     model_setup.build(two_tokenizers, str(tmp_path))
-  with_predictor = tiny_train_config.get_config_with(**{"objective": "tokens", "init.predictor": str(tmp_path)})
-  with pytest.raises(ValueError, match=r"config.objective='tokens' with config.init.predictor"):
-    model_setup.build(with_predictor, str(tmp_path))
   built = model_setup.build(tiny_train_config.get_config_with(**{"objective": "tokens"}), str(tmp_path))
   assert isinstance(built.model, token_vlm.TokenVLM)
 
@@ -251,3 +248,48 @@ def test_vljepa_lr_rules_carry_over_to_the_baseline(converted):
   assert all(m == 0.0 for p, m in multipliers.items() if p.startswith("x_encoder/"))
   assert tokens.baseline_rule("predictor/.*", "llama") == "(vision_proj|decoder)/.*"
   assert tokens.baseline_rule("predictor/vision_proj/kernel", "llama") == "vision_proj/kernel"
+
+
+def test_the_baseline_starts_from_a_whole_converted_language_model(tmp_path):
+  """`init.predictor` with objective='tokens': the decoder is the converted LM and the LM head its tied
+  embedding table, so the baseline's logits on text equal HF `LlamaForCausalLM`'s with tied weights.
+  A folder that is not the whole model (2x the predictor's depth) is refused naming the fix."""
+  import tiny_train_config  # pylint: disable=g-import-not-at-top
+  import transformers  # pylint: disable=g-import-not-at-top
+  from vljepa_jax.train import model_setup  # pylint: disable=g-import-not-at-top
+  from vljepa_jax.train import sharding  # pylint: disable=g-import-not-at-top
+  from vljepa_jax.train import stages  # pylint: disable=g-import-not-at-top
+  from vljepa_jax.train import trainer  # pylint: disable=g-import-not-at-top
+  vocab = 160  # the tiny config's "shapes" tokenizer
+  depth = tiny_train_config.get_config().model.predictor.backbone_config.num_layers
+  hf, llama_params, _ = converted_hf_llama(str(tmp_path / "lm"), num_layers=2 * depth, vocab_size=vocab)
+  config = tiny_train_config.get_config_with(**{"objective": "tokens", "init.predictor": str(tmp_path / "lm" / "out")})
+  stage_config = stages.resolve(config)[0][1]
+  setup = model_setup.build(stage_config, str(tmp_path))
+  assert setup.checkpoints == {"decoder": str(tmp_path / "lm" / "out")}
+  assert setup.model.config.decoder.num_layers == 2 * depth and setup.model.config.decoder.causal
+  stage = trainer.Stage(stage_config, "train", setup, sharding.make_mesh(dict(stage_config.mesh)),
+                        str(tmp_path / "train"))
+  params = jax.device_get(stage.init_state(None).params)
+  jax.tree.map(np.testing.assert_array_equal, params["decoder"], llama_params)
+  # Text alone (an empty prompt) through our decoder and head, against HF's causal LM with tied weights.
+  tied = transformers.LlamaForCausalLM(transformers.LlamaConfig(**{**hf.config.to_dict(), "tie_word_embeddings": True}))
+  tied.model.load_state_dict(hf.state_dict())
+  tied.tie_weights()
+  ids = np.array([[5, 17, 42, 99, 3], [7, 8, 150, 0, 0]], np.int64)
+  mask = np.array([[1, 1, 1, 1, 1], [1, 1, 1, 0, 0]], np.int64)
+  with torch.no_grad():
+    want = tied.eval()(input_ids=torch.from_numpy(ids), attention_mask=torch.from_numpy(mask)).logits.numpy()
+  width = setup.model.config.decoder.hidden_size
+  got = setup.model.apply({"params": params}, np.zeros((2, 0, width), np.float32), np.zeros((2, 0), np.int32),
+                          ids.astype(np.int32), mask.astype(np.int32), method="prompted_logits")
+  valid = mask.astype(bool)
+  np.testing.assert_allclose(np.asarray(got)[valid], want[valid], atol=1e-4, rtol=1e-4)
+
+  half, _, _ = converted_hf_llama(str(tmp_path / "half"), num_layers=depth, vocab_size=vocab)
+  del half
+  wrong = tiny_train_config.get_config_with(**{"objective": "tokens", "init.predictor": str(tmp_path / "half" / "out")})
+  with pytest.raises(ValueError, match=rf"the baseline's decoder is the whole language model, {2 * depth} layers "
+                                       rf"\(2x the predictor's {depth}\), but the folder holds source layers 0:{depth}; "
+                                       r"convert the language model without --layers"):
+    model_setup.build(wrong, str(tmp_path))

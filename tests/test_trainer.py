@@ -98,6 +98,15 @@ def test_unknown_or_mistyped_config_keys_fail_before_compiling(tmp_path):
   assert not os.path.exists(tmp_path / "train"), "nothing may be built for a bad config"
 
 
+def test_a_bad_schedule_fails_naming_the_stage_and_where_its_values_come_from(tmp_path):
+  config = tiny_train_config.get_config_with("two_stage", **{"optimizer.schedule": "warmup_constant",
+                                                            "stages.image.optimizer": {"warmup_steps": 9}})
+  with pytest.raises(ValueError, match=r"stage 'image': warmup_steps \(9\) > total_steps \(4\) \(config.optimizer.\* "
+                                       r"and config.total_steps, or config.stages.image.\*\)"):
+    trainer.run(config, str(tmp_path))
+  assert not os.path.exists(tmp_path / "image" / "checkpoints")
+
+
 def test_stage_overrides_merge_and_reject_unknown_keys():
   config = tiny_train_config.get_config("two_stage")
   (image_name, image), (video_name, video) = stages.resolve(config)

@@ -1,4 +1,4 @@
-"""VL-JEPA's training objective: bidirectional InfoNCE between Ŝ_Y and S_Y.
+"""VL-JEPA's training objective: bidirectional InfoNCE between Ŝ_Y and S_Y (and the ablation losses).
 
 Both sides are L2-normalised (the paper aligns *normalised* embeddings); row i of the
 prediction and row i of the target are the positive pair and every other row in the batch is a
@@ -137,49 +137,121 @@ def l2_loss(pred: jax.Array, target: jax.Array) -> jax.Array:
   return jnp.mean(jnp.sum(jnp.square(l2_normalize(pred) - l2_normalize(target)), axis=-1))
 
 
-LOSSES = ("infonce", "cosine", "l1", "l2")
+# SigLIP's pairwise sigmoid loss (Zhai et al., arXiv 2303.15343), the extra row of the loss ablation:
+# every (prediction, target) pair of the batch is its own binary problem, positive on the diagonal,
+#   logits = normalise(pred) @ normalise(target).T / temperature + bias
+#   loss   = -sum_ij log sigmoid(z_ij * logits_ij) / N,   z_ij = +1 if i == j else -1
+# so, unlike InfoNCE, no row's loss is normalised over the others. SigLIP initialises the bias at
+# -10 (its section 3.2: the loss then starts near the few positives' prior, not at log 2 per pair).
+SIGLIP_BIAS = -10.0
+
+
+def sigmoid_pairwise(pred: jax.Array, target: jax.Array, temperature: float | jax.Array, bias: float | jax.Array,
+                     *, mesh: jax.sharding.Mesh | None = None, batch_axes: Sequence[str] = DEFAULT_BATCH_AXES,
+                     chunk_size: int = DEFAULT_CHUNK_SIZE) -> jax.Array:
+  """SigLIP's loss of `(N, D)` predictions and targets (sum over the N x N pairs, divided by N), in fp32.
+
+  `mesh`: rows split over its `batch_axes`; each device sums its rows against the gathered targets
+  in column chunks of at most `chunk_size` (rematerialised, so O(n * C) memory, never n x N).
+  """
+  if pred.ndim != 2 or pred.shape != target.shape:
+    raise ValueError(f"pred and target must both be (N, D); got {pred.shape} and {target.shape}")
+  temperature = jnp.asarray(temperature, jnp.float32)
+  bias = jnp.asarray(bias, jnp.float32)
+  if mesh is None or _num_batch_shards(mesh, batch_axes) == 1:
+    logits = l2_normalize(pred) @ l2_normalize(target).T / temperature + bias
+    signs = 2.0 * jnp.eye(pred.shape[0], dtype=jnp.float32) - 1.0
+    return -jnp.sum(jax.nn.log_sigmoid(signs * logits)) / pred.shape[0]
+  axes = _mesh_batch_axes(mesh, batch_axes)
+  n_global = pred.shape[0]
+  num_shards = _num_batch_shards(mesh, axes)
+  if n_global % num_shards:
+    raise ValueError(f"batch {n_global} does not split over the {num_shards} devices of mesh axes {axes}")
+  chunk = _largest_divisor_at_most(n_global, chunk_size)
+
+  def local_loss(p, t, tau, b):
+    p, t = l2_normalize(p), l2_normalize(t)
+    n_local = p.shape[0]
+    chunks = jax.lax.all_gather(t, axes, tiled=True).reshape(n_global // chunk, chunk, -1)
+    rows = jax.lax.axis_index(axes) * n_local + jnp.arange(n_local)  # global index of each local row
+
+    @jax.checkpoint
+    def scan_chunk(total, xs):
+      t_chunk, first_column = xs
+      logits = p @ t_chunk.T / tau + b  # (n, C)
+      positive = rows[:, None] == first_column + jnp.arange(chunk)[None, :]
+      return total + jnp.sum(jax.nn.log_sigmoid(jnp.where(positive, logits, -logits))), None
+
+    init = jax.lax.pcast(jnp.zeros((), jnp.float32), axes, to="varying")
+    total, _ = jax.lax.scan(scan_chunk, init, (chunks, jnp.arange(0, n_global, chunk)))
+    return -jax.lax.psum(total, axes) / n_global
+
+  batch = P(axes)
+  return jax.shard_map(local_loss, mesh=mesh, in_specs=(batch, batch, P(), P()), out_specs=P())(
+      pred, target, temperature, bias)
+
+
+LOSSES = ("infonce", "cosine", "l1", "l2", "siglip")
+# The losses with a temperature (and, for SigLIP, a bias), which `learnable_temperature` makes trainable.
+SCALED_LOSSES = ("infonce", "siglip")
 # A learnable temperature is kept as log(tau) and clipped at MIN_TEMPERATURE (CLIP's cap on the
 # logit scale, 100), so that it cannot collapse to 0 and blow up the logits.
 MIN_TEMPERATURE = 0.01
 LOG_TEMPERATURE = "log_temperature"
+BIAS = "bias"
 
 
 class Loss:
   """`loss(pred, target, loss_params) -> scalar` chosen by config name.
 
-  `init_params()` is the loss's own trainable parameters: `{"log_temperature": log(tau)}` for
-  InfoNCE with `learnable_temperature=True`, else `{}`. The contrastive objective keeps them beside
-  the model's parameters (at `params["objective"]`) so the optimizer updates them like any weight.
-  Only InfoNCE couples rows, so only it takes a mesh.
+  `init_params()` is the loss's own trainable parameters, with `learnable_temperature=True`:
+  `{"log_temperature": log(tau)}` for InfoNCE, and also `{"bias": b}` for SigLIP (which learns both,
+  as in its paper); else `{}`. The contrastive objective keeps them beside the model's parameters
+  (at `params["objective"]`) so the optimizer updates them like any weight. `bias` is SigLIP's
+  (initial) bias, `SIGLIP_BIAS` when None; no other loss takes one. Only InfoNCE and SigLIP couple
+  rows, so only they take a mesh.
   """
 
   def __init__(self, name: str, *, temperature: float = 0.07, learnable_temperature: bool = False,
-               mesh: jax.sharding.Mesh | None = None, batch_axes: Sequence[str] = DEFAULT_BATCH_AXES,
-               chunk_size: int = DEFAULT_CHUNK_SIZE):
+               bias: float | None = None, mesh: jax.sharding.Mesh | None = None,
+               batch_axes: Sequence[str] = DEFAULT_BATCH_AXES, chunk_size: int = DEFAULT_CHUNK_SIZE):
     if name not in LOSSES:
       raise ValueError(f"unknown loss {name!r}; expected one of {LOSSES}")
     if not temperature > 0:
       raise ValueError(f"loss temperature must be > 0, got {temperature}")
-    if learnable_temperature and name != "infonce":
-      raise ValueError(f"learnable_temperature applies to the 'infonce' loss only, not {name!r}")
+    if learnable_temperature and name not in SCALED_LOSSES:
+      raise ValueError(f"learnable_temperature applies to the {' and '.join(map(repr, SCALED_LOSSES))} losses only, "
+                       f"not {name!r}")
+    if bias is not None and name != "siglip":
+      raise ValueError(f"a loss bias ({bias}) applies to the 'siglip' loss only, not {name!r}")
     self.name, self.temperature, self.learnable_temperature = name, temperature, learnable_temperature
+    self.bias = SIGLIP_BIAS if bias is None and name == "siglip" else bias
     self._mesh, self._batch_axes, self._chunk_size = mesh, tuple(batch_axes), chunk_size
 
   def init_params(self) -> dict[str, jax.Array]:
     if not self.learnable_temperature:
       return {}
-    return {LOG_TEMPERATURE: jnp.log(jnp.asarray(self.temperature, jnp.float32))}
+    params = {LOG_TEMPERATURE: jnp.log(jnp.asarray(self.temperature, jnp.float32))}
+    if self.name == "siglip":
+      params[BIAS] = jnp.asarray(self.bias, jnp.float32)
+    return params
 
   def current_temperature(self, loss_params: dict[str, jax.Array] | None) -> jax.Array | float:
     if self.learnable_temperature:
       return jnp.maximum(jnp.exp(loss_params[LOG_TEMPERATURE]), MIN_TEMPERATURE)
     return self.temperature
 
+  def current_bias(self, loss_params: dict[str, jax.Array] | None) -> jax.Array | float:
+    return loss_params[BIAS] if self.learnable_temperature else self.bias
+
   def __call__(self, pred: jax.Array, target: jax.Array, loss_params: dict[str, jax.Array] | None = None
                ) -> jax.Array:
+    sharding = {"mesh": self._mesh, "batch_axes": self._batch_axes, "chunk_size": self._chunk_size}
     if self.name == "infonce":
-      return bidirectional_infonce(pred, target, self.current_temperature(loss_params), mesh=self._mesh,
-                                   batch_axes=self._batch_axes, chunk_size=self._chunk_size)
+      return bidirectional_infonce(pred, target, self.current_temperature(loss_params), **sharding)
+    if self.name == "siglip":
+      return sigmoid_pairwise(pred, target, self.current_temperature(loss_params), self.current_bias(loss_params),
+                              **sharding)
     return {"cosine": cosine_loss, "l1": l1_loss, "l2": l2_loss}[self.name](pred, target)
 
 

@@ -1,7 +1,7 @@
 """The paper's controlled comparison (§4.5, Figure 3): predicting embeddings vs predicting tokens.
 
     python experiments/controlled_comparison/run.py [--workdir=W] [--size=tiny|default] [--seed=S]
-        [--config.KEY=VALUE ...]
+        [--token_lm=DIR] [--config.KEY=VALUE ...]
 
 Two models trained with everything else held equal: the demo's video stage (`configs/demo.py:video`:
 the embedded dataset's clips, the same X-encoder and visual projection, the same batch, optimizer,
@@ -26,7 +26,10 @@ segments equal one uninterrupted run). Writes, next to this file unless --output
   curve.png      both metrics against samples seen (the analogue of the paper's Figure 3)
 
 `--config.KEY=VALUE` overrides the base config (both models) before anything runs, e.g. a larger
-`--config.batch_size` or `--config.data.sources...` on an accelerator.
+`--config.batch_size` or `--config.data.sources...` on an accelerator. There, as in the paper,
+VL-JEPA's predictor starts from a pretrained language model's last half
+(`--config.init.predictor=<converted --layers 8:16>`) and the baseline from the whole of it:
+`--token_lm=<the same model converted without --layers>` (the baseline refuses a slice).
 """
 from __future__ import annotations
 
@@ -64,6 +67,8 @@ def parse_args(argv=None):
   parser.add_argument("--size", default="default", choices=sorted(SIZES))
   parser.add_argument("--seed", type=int, default=0)
   parser.add_argument("--output", default=HERE)
+  parser.add_argument("--token_lm", default="",
+                      help="converted whole language model the token baseline starts from (its init.predictor)")
   args, rest = parser.parse_known_args(argv)
   unknown = [a for a in rest if not a.startswith("--config.")]
   if unknown:
@@ -126,7 +131,12 @@ def last_evaluation(workdir: str) -> dict:
   return results[max(results, key=int)]["tasks"]
 
 
-def run_ladder(base, size: dict, workdir: str) -> dict:
+def tokens_config(base, token_lm: str = "", **values):
+  """The token baseline's config: `base` with objective='tokens' (and its language model, if given)."""
+  return with_values(base, objective="tokens", **({"init.predictor": token_lm} if token_lm else {}), **values)
+
+
+def run_ladder(base, size: dict, workdir: str, token_lm: str = "") -> dict:
   """Trains both models rung by rung and evaluates each at every rung; {model: {"cider_d", "top5"}}."""
   curves = {m: {"cider_d": [], "top5": []} for m in MODELS}
   for rung in size["ladder"]:
@@ -134,7 +144,7 @@ def run_ladder(base, size: dict, workdir: str) -> dict:
     # The token baseline: train to the rung (resuming), then its evaluators run at the stage's end.
     tokens_dir = os.path.join(workdir, "tokens")
     print(f"[tokens] training to step {rung} ({samples} samples seen)", flush=True)
-    trainer.run(with_values(base, objective="tokens", **{f"stages.{STAGE}.total_steps": rung}), tokens_dir)
+    trainer.run(tokens_config(base, token_lm, **{f"stages.{STAGE}.total_steps": rung}), tokens_dir)
     tasks = last_evaluation(tokens_dir)
     curves["tokens"]["top5"].append(tasks["zero_shot_actions"]["top5"])
     curves["tokens"]["cider_d"].append(tasks["captioning"]["cider_d"])
@@ -175,11 +185,12 @@ def main(argv=None):
   base = base_config(size, args.seed, args.config_overrides)
   os.makedirs(args.workdir, exist_ok=True)
   params = {"vljepa": trainable_params(base, os.path.join(args.workdir, "vljepa")),
-            "tokens": trainable_params(with_values(base, objective="tokens"), os.path.join(args.workdir, "tokens"))}
+            "tokens": trainable_params(tokens_config(base, args.token_lm), os.path.join(args.workdir, "tokens"))}
   print(f"trainable parameters: VL-JEPA {params['vljepa']:,}, token baseline {params['tokens']:,}", flush=True)
-  curves = run_ladder(base, size, args.workdir)
+  curves = run_ladder(base, size, args.workdir, args.token_lm)
   command = " ".join(["python experiments/controlled_comparison/run.py", f"--workdir={args.workdir}",
-                      f"--size={args.size}", f"--seed={args.seed}", *args.config_overrides])
+                      f"--size={args.size}", f"--seed={args.seed}",
+                      *([f"--token_lm={args.token_lm}"] if args.token_lm else []), *args.config_overrides])
   record = {"samples_seen": [r * size["batch_size"] for r in size["ladder"]], **curves, "trainable_params": params,
             "command": command, "seconds": time.time() - start, "size": args.size, "seed": args.seed,
             "steps": list(size["ladder"]), "batch_size": size["batch_size"],

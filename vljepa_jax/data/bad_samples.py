@@ -14,7 +14,8 @@ UNREADABLE_MEDIA = "unreadable_media"
 TRUNCATED_MEDIA = "truncated_media"
 EMPTY_TEXT = "empty_text"
 BAD_CHANNELS = "bad_channels"
-SKIP_REASONS = (MISSING_FILE, UNREADABLE_MEDIA, TRUNCATED_MEDIA, EMPTY_TEXT, BAD_CHANNELS)
+WINDOW_PAST_END = "window_past_end"  # a clip window (start_s, end_s) that starts after the video ends
+SKIP_REASONS = (MISSING_FILE, UNREADABLE_MEDIA, TRUNCATED_MEDIA, EMPTY_TEXT, BAD_CHANNELS, WINDOW_PAST_END)
 
 
 class BadSample(Exception):

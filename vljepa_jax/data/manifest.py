@@ -13,6 +13,8 @@ Schema (every key but `media` is optional; unknown keys are an error, so a typo 
   answer_candidates  list[str]  the choices of a multiple-choice question (discriminative VQA)
   question_type      str        a question category, for per-type VQA accuracy
   label     str | int   class label, for zero-shot classification
+  start_s, end_s  number   a clip window: the clip is [start_s, end_s) seconds of the video, its
+                        frames sampled uniformly inside it (both or neither; 0 <= start_s < end_s)
 
 Example line:
   {"media": "clips/0001.mp4", "caption": "a man slices bread", "query": "what is cut?",
@@ -25,6 +27,7 @@ file is then a counted, skipped sample, not a crash).
 from __future__ import annotations
 
 import json
+import math
 import os
 from typing import Any, Iterator
 
@@ -38,7 +41,10 @@ FIELD_TYPES: dict[str, tuple[type, ...]] = {
     "answer_candidates": (list,),
     "question_type": (str,),
     "label": (str, int),
+    "start_s": (int, float),
+    "end_s": (int, float),
 }
+WINDOW_FIELDS = ("start_s", "end_s")
 REQUIRED_FIELDS = ("media",)
 
 
@@ -65,7 +71,21 @@ def _check_entry(entry: Any, where: str) -> dict[str, Any]:
       raise ManifestError(f"{where}: key {name!r} must be a list of strings")
   if not entry["media"]:
     raise ManifestError(f"{where}: key 'media' is empty")
+  window = [name for name in WINDOW_FIELDS if name in entry]
+  if window and len(window) != len(WINDOW_FIELDS):
+    raise ManifestError(f"{where}: a clip window needs both 'start_s' and 'end_s', got only {window[0]!r}")
+  if window and not (math.isfinite(entry["start_s"]) and math.isfinite(entry["end_s"])
+                     and 0 <= entry["start_s"] < entry["end_s"]):
+    raise ManifestError(f"{where}: clip window start_s={entry['start_s']!r}, end_s={entry['end_s']!r}; expected "
+                        "0 <= start_s < end_s (seconds)")
   return entry
+
+
+def clip_window(record: Any) -> tuple[float, float] | None:
+  """A record's (start_s, end_s), or None when the whole video is the clip."""
+  if record.get("start_s") is None:
+    return None
+  return float(record["start_s"]), float(record["end_s"])
 
 
 def iter_json_lines(path: str | os.PathLike) -> Iterator[tuple[str, Any]]:

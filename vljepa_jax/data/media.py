@@ -24,13 +24,13 @@ import numpy as np
 from PIL import Image
 
 from vljepa_jax.data.bad_samples import (BAD_CHANNELS, EMPTY_TEXT, MISSING_FILE, SKIP_REASONS, TRUNCATED_MEDIA,
-                                         UNREADABLE_MEDIA, BadSample)
+                                         UNREADABLE_MEDIA, WINDOW_PAST_END, BadSample)
 from vljepa_jax.data.video import decode_video, sample_frame_indices, short_side_shape
 
 __all__ = [
     # what this module raises, and the reasons the pipeline counts
     "BAD_CHANNELS", "EMPTY_TEXT", "MISSING_FILE", "SKIP_REASONS", "TRUNCATED_MEDIA", "UNREADABLE_MEDIA",
-    "BadSample",
+    "WINDOW_PAST_END", "BadSample",
     # samples -> model input
     "IMAGENET_MEAN", "IMAGENET_STD", "SHORT_VIDEO", "center_crop", "check_text", "decode_image",
     "is_image_bytes", "load_frames", "normalize", "resize_short_side", "sample_frame_indices", "to_rgb_frames",
@@ -236,7 +236,8 @@ def _square(frames: np.ndarray, crop_size: int, short_side: int) -> np.ndarray:
 
 
 def load_frames(media: bytes | str | os.PathLike | np.ndarray, num_frames: int, *, crop_size: int,
-                short_side: int | None = None) -> tuple[np.ndarray, dict[str, int]]:
+                short_side: int | None = None, window: tuple[float, float] | None = None
+                ) -> tuple[np.ndarray, dict[str, int]]:
   """Any media the pipeline meets -> uint8 (num_frames, crop_size, crop_size, 3) and notes.
 
   Args:
@@ -247,6 +248,8 @@ def load_frames(media: bytes | str | os.PathLike | np.ndarray, num_frames: int, 
     crop_size: side of the square centre crop.
     short_side: the short side frames are resized to before cropping; None means `crop_size`
       (V-JEPA's evaluation transform: the crop spans the whole short side).
+    window: (start_s, end_s) of a video file to take the clip from (`video.decode_video`); an
+      image, or frames already in memory (no frame rate), with a window is a `BadSample`.
 
   Returns:
     The frames, and notes for the pipeline's counters: {SHORT_VIDEO: 1} when a video had fewer
@@ -263,6 +266,8 @@ def load_frames(media: bytes | str | os.PathLike | np.ndarray, num_frames: int, 
   if isinstance(media, np.ndarray) and media.ndim == 0 and isinstance(media.item(), bytes):
     media = media.item()  # encoded bytes wrapped by np.asarray (a TFDS bytes feature)
   if isinstance(media, np.ndarray):
+    if window is not None:
+      raise BadSample(UNREADABLE_MEDIA, f"a clip window {window} on in-memory frames, which have no frame rate")
     frames = to_rgb_frames(media)
     if media.ndim == 4:
       available = frames.shape[0]
@@ -280,7 +285,9 @@ def load_frames(media: bytes | str | os.PathLike | np.ndarray, num_frames: int, 
     raise TypeError(f"media must be bytes, a path or a numpy array, got {type(media).__name__}")
 
   if image is not None:
+    if window is not None:
+      raise BadSample(UNREADABLE_MEDIA, f"a clip window {window} on an image")
     frame = _square(image, crop_size, short_side)
     return np.repeat(frame, num_frames, axis=0), {}
-  frames, info = decode_video(media, num_frames, short_side=short_side)
+  frames, info = decode_video(media, num_frames, short_side=short_side, window=window)
   return _square(frames, crop_size, short_side), ({SHORT_VIDEO: 1} if info.short else {})

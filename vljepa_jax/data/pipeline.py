@@ -41,11 +41,15 @@ from absl import logging
 import grain
 import numpy as np
 
+from vljepa_jax.data import manifest as manifest_lib
 from vljepa_jax.data import media as media_lib
 from vljepa_jax.data import sources as sources_lib
 
 UNKNOWN_LABEL = "unknown_label"
 SKIP_REASONS = media_lib.SKIP_REASONS + (UNKNOWN_LABEL,)
+# The order of the skip counts in iterator states saved as a list (before clip windows added a reason).
+_LIST_STATE_SKIP_REASONS = (media_lib.MISSING_FILE, media_lib.UNREADABLE_MEDIA, media_lib.TRUNCATED_MEDIA,
+                            media_lib.EMPTY_TEXT, media_lib.BAD_CHANNELS, UNKNOWN_LABEL)
 NOTES = (media_lib.SHORT_VIDEO,)
 TEXT_MODES = ("caption", "qa", "auto")
 VIDEO_DTYPES = ("float32", "uint8")
@@ -201,7 +205,7 @@ class Preprocess:
     label = self._label(record)
     visual = record["media"] if "media" in record else record["frames"]
     frames, notes = media_lib.load_frames(visual, config.num_frames, crop_size=config.crop_size,
-                                          short_side=config.short_side)
+                                          short_side=config.short_side, window=manifest_lib.clip_window(record))
     example = {
         "video": media_lib.normalize(frames) if config.video_dtype == "float32" else frames,
         "label": np.int32(label),
@@ -318,12 +322,16 @@ class DataIterator(grain.DatasetIterator):
 
   def get_state(self) -> dict[str, Any]:
     return {"parent": self._parent.get_state(), "samples": self._samples,
-            "skipped": self._skipped.tolist(), "notes": self._notes.tolist()}
+            "skipped": {reason: int(n) for reason, n in zip(SKIP_REASONS, self._skipped)},
+            "notes": self._notes.tolist()}
 
   def set_state(self, state: dict[str, Any]) -> None:
     self._parent.set_state(state["parent"])
     self._samples = state["samples"]
-    self._skipped = np.array(state["skipped"], np.int64)
+    skipped = state["skipped"]
+    if not isinstance(skipped, Mapping):  # a state saved before the counts were keyed by reason
+      skipped = dict(zip(_LIST_STATE_SKIP_REASONS, skipped))
+    self._skipped = np.array([skipped.get(reason, 0) for reason in SKIP_REASONS], np.int64)
     self._notes = np.array(state["notes"], np.int64)
 
 

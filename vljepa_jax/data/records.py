@@ -14,6 +14,8 @@ import msgpack
 
 FORMAT_VERSION = 1
 TEXT_FIELDS = ("id", "caption", "captions", "query", "answer", "answer_candidates", "question_type", "label")
+# The manifest fields a record carries besides its media: its texts and its clip window.
+FIELDS = TEXT_FIELDS + ("start_s", "end_s")
 
 
 class RecordError(ValueError):
@@ -22,9 +24,9 @@ class RecordError(ValueError):
 
 def encode_record(media: bytes, media_name: str, **texts: Any) -> bytes:
   """One record: `media` bytes, the file name they came from, and manifest text fields."""
-  unknown = sorted(set(texts) - set(TEXT_FIELDS))
+  unknown = sorted(set(texts) - set(FIELDS))
   if unknown:
-    raise ValueError(f"unknown record field(s) {unknown}; expected some of {list(TEXT_FIELDS)}")
+    raise ValueError(f"unknown record field(s) {unknown}; expected some of {list(FIELDS)}")
   if not isinstance(media, (bytes, bytearray)):
     raise TypeError(f"media must be bytes, got {type(media).__name__}")
   record = {"format": FORMAT_VERSION, "media": bytes(media), "media_name": media_name}

@@ -158,13 +158,49 @@ SOURCE_TYPES: dict[str, Callable[..., Any]] = {
 }
 
 
+class FirstRecords:
+  """The first `limit` records of `source`; every other attribute is the source's.
+
+  For a smaller pool than the data holds: a quick evaluation, or the token baseline's retrieval,
+  which costs one decoder pass per (clip, caption) pair (`eval/likelihood.py`).
+  """
+
+  def __init__(self, source: Any, limit: int):
+    self.source, self.limit = source, limit
+
+  def __len__(self) -> int:
+    return min(self.limit, len(self.source))
+
+  def __getitem__(self, index: int) -> dict[str, Any]:
+    if not 0 <= index < len(self):
+      raise IndexError(f"record {index} of {self!r} (length {len(self)})")
+    return self.source[index]
+
+  def __getattr__(self, name: str) -> Any:
+    # Only called for names this object lacks; "source" itself is missing while unpickling (data
+    # workers), and looking it up through itself would recurse.
+    if name == "source" or name.startswith("__"):
+      raise AttributeError(name)
+    return getattr(self.source, name)
+
+  def __repr__(self) -> str:
+    return f"{self.source!r}[:{self.limit}]"
+
+
 def make_source(spec: Mapping[str, Any]):
-  """A source from its config: `{"type": <one of SOURCE_TYPES>, **constructor arguments}`."""
+  """A source from its config: `{"type": <one of SOURCE_TYPES>, "limit": N (optional), **constructor arguments}`.
+
+  `limit`: only the source's first N records (`FirstRecords`), for any type.
+  """
   spec = dict(spec)
   kind = spec.pop("type", None)
+  limit = spec.pop("limit", None)
   if kind not in SOURCE_TYPES:
     raise ValueError(f"unknown data source type {kind!r}; expected one of {sorted(SOURCE_TYPES)}")
+  if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 1):
+    raise ValueError(f"data source {kind!r}: limit={limit!r}; expected a positive number of records")
   try:
-    return SOURCE_TYPES[kind](**spec)
+    source = SOURCE_TYPES[kind](**spec)
   except TypeError as e:
     raise TypeError(f"data source {kind!r}: {e}") from None
+  return source if limit is None else FirstRecords(source, limit)

@@ -9,6 +9,10 @@ indices. One case cannot be seen without decoding everything: a
 container that stores no frame count (WebM, MKV) whose timestamps skip a slot only between
 the stretches that were decoded; the clip is then sampled on the frame-rate grid, i.e. by time.
 
+A clip window `(start_s, end_s)` (a segment inside a long video) samples the clip among the frames
+shown in it, frame i being shown at i / frame rate seconds after the stream's start
+(`window_frame_indices`); the seeking above then decodes little more than those frames.
+
 `sample_frame_indices` (which frames make a clip) and `short_side_shape` (the size frames are
 resized to) are shared with `media`, which uses them for in-memory videos and Pillow resizing.
 This runs inside input-pipeline (Grain) worker processes, so it is NumPy and PyAV only, never JAX;
@@ -21,6 +25,7 @@ import contextlib
 import dataclasses
 import fractions
 import io
+import math
 import os
 from typing import Any, Callable, Iterator
 
@@ -28,7 +33,8 @@ import numpy as np
 
 import av
 
-from vljepa_jax.data.bad_samples import MISSING_FILE, TRUNCATED_MEDIA, UNREADABLE_MEDIA, BadSample
+from vljepa_jax.data.bad_samples import MISSING_FILE, TRUNCATED_MEDIA, UNREADABLE_MEDIA, WINDOW_PAST_END
+from vljepa_jax.data.bad_samples import BadSample
 
 # How far ahead (in frames) decoding forward is preferred to seeking, before anything is known
 # about the keyframe spacing; `_SeekingReader` raises it to the spacing it observes.
@@ -44,7 +50,8 @@ _DECODER_THREADS = 1
 
 @dataclasses.dataclass
 class VideoInfo:
-  """How a clip was decoded: frames in the video, frames decoded, seeks made, and whether padded."""
+  """How a clip was decoded: frames in the video (or its window), frames decoded, seeks made, and
+  whether padded."""
   num_available: int
   num_decoded: int
   num_seeks: int
@@ -69,6 +76,27 @@ def sample_frame_indices(num_available: int, num_frames: int) -> np.ndarray:
   i = np.arange(num_frames, dtype=np.int64)
   # (i + 0.5) * n / t == (2i + 1) * n / (2t)
   return (2 * i + 1) * np.int64(num_available) // np.int64(2 * num_frames)
+
+
+# A window edge within this many frames of a frame's time counts as on it (float seconds).
+_WINDOW_TOLERANCE_FRAMES = 1e-6
+
+
+def window_frame_indices(num_available: int, rate: float, window: tuple[float, float],
+                         num_frames: int) -> tuple[np.ndarray, int]:
+  """`num_frames` indices spread uniformly over the frames shown in `window` = (start_s, end_s).
+
+  Frame i is shown at i / `rate` seconds; the window holds the frames with start_s <= i / rate <
+  end_s, cut at the video's end, and at least the first of them. Returns the indices and how many
+  frames the window holds. A window that starts after the last frame raises `BadSample`.
+  """
+  start_s, end_s = window
+  first = math.ceil(start_s * rate - _WINDOW_TOLERANCE_FRAMES)
+  if first >= num_available:
+    raise BadSample(WINDOW_PAST_END, f"window {start_s:g}-{end_s:g} s starts after the video's last frame "
+                                     f"({num_available} frames at {rate:g} fps)")
+  stop = min(max(math.ceil(end_s * rate - _WINDOW_TOLERANCE_FRAMES), first + 1), num_available)
+  return first + sample_frame_indices(stop - first, num_frames), stop - first
 
 
 def short_side_shape(height: int, width: int, size: int) -> tuple[int, int]:
@@ -190,6 +218,7 @@ class _Plan:
   timeline: _Timeline | None  # None: timestamps unusable, decode sequentially
   count: int | None  # frames in the stream (None: unknown)
   declared: bool  # `count` is the container's own frame count, not an estimate from the duration
+  rate: fractions.Fraction | None = None  # the nominal frame rate, where the container gives one
 
 
 def _plan(container, stream) -> _Plan:
@@ -198,8 +227,9 @@ def _plan(container, stream) -> _Plan:
   # The nominal rate (FFmpeg's r_frame_rate) is the grid timestamps sit on; average_rate is
   # frames / duration, which hides a variable frame rate, so it is only a last resort.
   rate = stream.base_rate or stream.guessed_rate or stream.average_rate
-  if not rate or rate <= 0 or not stream.time_base or stream.start_time is None:
-    return _Plan(None, declared or None, bool(declared))
+  rate = fractions.Fraction(rate) if rate and rate > 0 else None
+  if not rate or not stream.time_base or stream.start_time is None:
+    return _Plan(None, declared or None, bool(declared), rate)
   timeline = _Timeline.create(stream.start_time, fractions.Fraction(rate), fractions.Fraction(stream.time_base))
   duration_frames = None
   if stream.duration:
@@ -212,11 +242,11 @@ def _plan(container, stream) -> _Plan:
     # out the last frame's duration. More means slots without a frame (variable frame rate,
     # dropped frames), and frame i is then not at pts_of(i).
     if duration_frames is not None and not declared - 1 <= duration_frames <= declared + fractions.Fraction(1, 2):
-      return _Plan(None, declared, True)
-    return _Plan(timeline, declared, True)
+      return _Plan(None, declared, True, rate)
+    return _Plan(timeline, declared, True, rate)
   if duration_frames is None or round(duration_frames) < 1:
-    return _Plan(None, None, False)
-  return _Plan(timeline, round(duration_frames), False)
+    return _Plan(None, None, False, rate)
+  return _Plan(timeline, round(duration_frames), False, rate)
 
 
 class _SeekingReader:
@@ -308,9 +338,9 @@ class _SeekingReader:
     return None
 
 
-def _decode_by_seeking(reader: _SeekingReader, plan: _Plan, num_frames: int,
+def _decode_by_seeking(reader: _SeekingReader, plan: _Plan, indices: Callable[[int], np.ndarray],
                        convert: Callable[[Any], np.ndarray]) -> tuple[dict[int, np.ndarray], int]:
-  """Decodes the sampled frames by seeking; returns ({index: frame}, frames in the stream).
+  """Decodes the frames `indices(frames in the stream)` by seeking; returns ({index: frame}, count).
 
   With an estimated count the reader also decodes past the last target to the end (about
   1 / (2 T) of the video) to learn the true count; if the estimate was wrong the indices are
@@ -320,7 +350,14 @@ def _decode_by_seeking(reader: _SeekingReader, plan: _Plan, num_frames: int,
   decoded: dict[int, np.ndarray] = {}
   for _ in range(_MAX_COUNT_ROUNDS):
     ended_early = False
-    for target in np.unique(sample_frame_indices(count, num_frames)).tolist():
+    try:
+      targets = np.unique(indices(count)).tolist()
+    except BadSample as error:  # a window past an estimated end: learn the true end first
+      if error.reason != WINDOW_PAST_END or declared:
+        raise
+      count, declared = reader.read_to_end(), True
+      continue
+    for target in targets:
       if target in decoded:
         continue
       frame = reader.read(target)  # seeks back by itself when a resampled target is behind it
@@ -344,7 +381,7 @@ def _decode_by_seeking(reader: _SeekingReader, plan: _Plan, num_frames: int,
   raise _SeekingFailed("frame count did not settle")
 
 
-def _decode_sequentially(source, num_frames: int, declared: int | None,
+def _decode_sequentially(source, indices: Callable[[int], np.ndarray], declared: int | None,
                          convert: Callable[[Any], np.ndarray]) -> tuple[dict[int, np.ndarray], int, int]:
   """Fallback: counts every frame in one pass, then decodes up to the last sampled one in another.
 
@@ -358,7 +395,7 @@ def _decode_sequentially(source, num_frames: int, declared: int | None,
     raise BadSample(TRUNCATED_MEDIA, f"{_describe(source)}: no frame could be decoded")
   if declared and count < declared:
     raise BadSample(TRUNCATED_MEDIA, f"{_describe(source)}: {count} frames decoded, {declared} declared")
-  wanted = set(sample_frame_indices(count, num_frames).tolist())
+  wanted = set(indices(count).tolist())
   last = max(wanted)
   decoded = {}
   with _open_video(source) as (container, stream):
@@ -373,23 +410,26 @@ def _decode_sequentially(source, num_frames: int, declared: int | None,
   return decoded, count, num_decoded
 
 
-def decode_video(source: bytes | str | os.PathLike, num_frames: int, *,
-                 short_side: int | None = None) -> tuple[np.ndarray, VideoInfo]:
+def decode_video(source: bytes | str | os.PathLike, num_frames: int, *, short_side: int | None = None,
+                 window: tuple[float, float] | None = None) -> tuple[np.ndarray, VideoInfo]:
   """Decodes the frames at `sample_frame_indices(frames in video, num_frames)` with PyAV.
 
   Args:
     source: encoded video bytes, or a path.
-    num_frames: frames in the clip; a shorter video repeats frames (`VideoInfo.short`).
+    num_frames: frames in the clip; a shorter video (or window) repeats frames (`VideoInfo.short`).
     short_side: if given, FFmpeg resizes each frame (bilinear) so its short side is this, the
       long side rounded half up; otherwise frames keep their size.
+    window: (start_s, end_s): the clip is the frames shown in that window of the video
+      (`window_frame_indices`) rather than the whole video.
 
   Returns:
     uint8 (num_frames, H, W, 3) and a `VideoInfo`.
 
   Raises:
-    BadSample: MISSING_FILE (no such path), UNREADABLE_MEDIA (not a video, no video stream),
-      TRUNCATED_MEDIA (decoding fails, or the stream ends before a frame its container
-      declared).
+    BadSample: MISSING_FILE (no such path), UNREADABLE_MEDIA (not a video, no video stream,
+      a window in a video without a frame rate), TRUNCATED_MEDIA (decoding fails, or the stream
+      ends before a frame its container declared), WINDOW_PAST_END (a window that starts after
+      the last frame).
   """
   if num_frames < 1:
     raise ValueError(f"num_frames must be >= 1, got {num_frames}")
@@ -398,20 +438,30 @@ def decode_video(source: bytes | str | os.PathLike, num_frames: int, *,
   convert = _frame_converter(short_side)
   name = _describe(source)
   reader = decoded = None
+  in_window = {}  # frames the window holds, per stream length asked about
+
+  def indices(count: int) -> np.ndarray:
+    if window is None:
+      return sample_frame_indices(count, num_frames)
+    if plan.rate is None:
+      raise BadSample(UNREADABLE_MEDIA, f"{name}: no frame rate, so the clip window {window} cannot be found")
+    chosen, in_window[count] = window_frame_indices(count, float(plan.rate), window, num_frames)
+    return chosen
+
   try:
     with _open_video(source) as (container, stream):
       plan = _plan(container, stream)
       if plan.timeline is not None and plan.count:
         reader = _SeekingReader(container, stream, plan.timeline)
         try:
-          decoded, count = _decode_by_seeking(reader, plan, num_frames, convert)
+          decoded, count = _decode_by_seeking(reader, plan, indices, convert)
         except _SeekingFailed:
           decoded = None  # timestamps not trustworthy: decode sequentially below
     num_decoded = reader.num_decoded if reader else 0
     num_seeks = reader.num_seeks if reader else 0
     if decoded is None:
       declared = plan.count if plan.declared else None
-      decoded, count, sequential = _decode_sequentially(source, num_frames, declared, convert)
+      decoded, count, sequential = _decode_sequentially(source, indices, declared, convert)
       num_decoded += sequential
   # The container opened (`_open_video` maps its own failures), so an FFmpeg error from here on
   # is the demuxer or decoder giving up on damaged data: a cut or corrupted file.
@@ -420,7 +470,7 @@ def decode_video(source: bytes | str | os.PathLike, num_frames: int, *,
   # What PyAV's frame conversion raises for a frame it cannot turn into RGB.
   except ValueError as error:
     raise BadSample(UNREADABLE_MEDIA, f"{name}: {error}") from error
-  indices = sample_frame_indices(count, num_frames)
-  frames = np.stack([decoded[i] for i in indices.tolist()])
-  return frames, VideoInfo(num_available=count, num_decoded=num_decoded, num_seeks=num_seeks,
-                           short=count < num_frames)
+  frames = np.stack([decoded[i] for i in indices(count).tolist()])
+  available = count if window is None else in_window[count]
+  return frames, VideoInfo(num_available=available, num_decoded=num_decoded, num_seeks=num_seeks,
+                           short=available < num_frames)

@@ -93,7 +93,7 @@ def write_dataset(manifest: str, output: str, *, num_shards: int = 1, media_root
           if isinstance(data, str):
             skipped.append(f"{entry['media']}: {data}")
             continue
-          texts = {k: entry[k] for k in records_lib.TEXT_FIELDS if k in entry}
+          texts = {k: entry[k] for k in records_lib.FIELDS if k in entry}
           texts.setdefault("id", entry["media"])
           writer.write(records_lib.encode_record(data, os.path.basename(path), **texts))
           written += 1

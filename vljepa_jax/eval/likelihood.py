@@ -11,7 +11,10 @@ the clip is encoded once per row (`TokenVLM.prompt`) and its prompt reused for e
 candidate's phrasings (prompt templates, which VL-JEPA averages in embedding space) multiply that
 cost, so only the first `max_phrasings` are scored (default 1: the candidate as its first
 template writes it) and their scores averaged. Retrieval scores every caption against every clip:
-quadratic in the pool; keep the pool small (the evaluator's `data` size).
+quadratic in the pool (1,000 MSR-VTT clips with 20 captions each: 2 x 10^7 decoder passes). Cap the
+pool with the source's `limit`, its first N records with their captions (e.g.
+`evals.text_to_video.data.sources.main.limit=100`), and report the pool size with the figure: recall
+over a smaller pool is higher, so it compares only with a model scored on the same pool.
 
 Captions (`captioner`): greedy or beam search with the KV cache (`models/generate.py`), from the
 prompt [visual ; query], writing the target tokenizer's ids from its BOS to its EOS.

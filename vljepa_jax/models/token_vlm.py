@@ -16,7 +16,9 @@ Llama-3.2-1B's 16 layers) where VL-JEPA's predictor is its last half (8 layers):
 the two models of a comparison come from one config.
 
 Parameter tree: `x_encoder/...` (as VL-JEPA's), `vision_proj/`, `decoder/...` (a `llama.Llama`)
-and `lm_head/kernel (D, V)`.
+and `lm_head/kernel (D, V)`. Started from a converted language model (`config.init.predictor`, the
+whole model, not a `--layers` slice), the decoder is its weights and the LM head starts as its
+embedding table transposed (`head_from_embedding`): Llama-3.2 ties the two, so this is its head.
 
 Scoring and writing text:
   `target_log_likelihood(video, query, target)`  per-row (sum of log p(target token), tokens);
@@ -78,6 +80,12 @@ class TokenVLMConfig(ArchConfig):
     return cls(x_encoder=config.x_encoder, decoder=decoder, freeze_x_encoder=config.freeze_x_encoder,
                x_encoder_chunk_frames=config.x_encoder_chunk_frames, attention_impl=config.attention_impl,
                dtype=config.dtype, param_dtype=config.param_dtype)
+
+
+def head_from_embedding(params: dict) -> dict:
+  """`params` with the LM head set to the decoder's token-embedding table, transposed (a tied head's value)."""
+  table = params["decoder"]["embed_tokens"]["embedding"]  # (V, D)
+  return {**params, "lm_head": {**params["lm_head"], "kernel": table.T.astype(params["lm_head"]["kernel"].dtype)}}
 
 
 class TokenVLM(nn.Module):

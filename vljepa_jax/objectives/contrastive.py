@@ -1,8 +1,9 @@
 """The contrastive objective: VL-JEPA's InfoNCE between Ŝ_Y and S_Y, or a table-7 regression loss.
 
-`config.loss.name` picks the loss (`losses.LOSSES`: infonce, cosine, l1, l2). A learnable InfoNCE
-temperature (`config.loss.learnable_temperature`) is this objective's parameter, at
-`params["objective"]["log_temperature"]`, and is logged as `temperature`.
+`config.loss.name` picks the loss (`losses.LOSSES`: infonce, cosine, l1, l2, siglip). A learnable
+temperature (`config.loss.learnable_temperature`; InfoNCE's or SigLIP's, which then learns its bias
+too) is this objective's parameter, at `params["objective"]["log_temperature"]` (and `["bias"]`),
+and is logged as `temperature` (and `bias`).
 
 The Y-decoder is not in this loss, so a contrastive stage keeps it frozen (weight decay alone
 would otherwise shrink it); everything else trains as `config.optimizer.lr_rules` says.
@@ -31,7 +32,7 @@ class Contrastive(on_embeddings.EmbeddingObjective):
   def from_config(cls, config: ml_collections.ConfigDict, *, mesh: jax.sharding.Mesh | None = None) -> "Contrastive":
     loss = config.loss
     return cls(losses.make_loss(loss.name, temperature=loss.temperature,
-                                learnable_temperature=loss.learnable_temperature, mesh=mesh,
+                                learnable_temperature=loss.learnable_temperature, bias=loss.get("bias"), mesh=mesh,
                                 chunk_size=loss.chunk_size))
 
   def init_params(self) -> dict[str, jax.Array]:
@@ -48,4 +49,8 @@ class Contrastive(on_embeddings.EmbeddingObjective):
   def metrics(self, params: Mapping[str, Any]) -> dict[str, jax.Array]:
     if not self.loss_fn.learnable_temperature:
       return {}
-    return {"temperature": self.loss_fn.current_temperature(params[base.OBJECTIVE_PARAMS])}
+    loss_params = params[base.OBJECTIVE_PARAMS]
+    metrics = {"temperature": self.loss_fn.current_temperature(loss_params)}
+    if losses.BIAS in loss_params:
+      metrics["bias"] = self.loss_fn.current_bias(loss_params)
+    return metrics

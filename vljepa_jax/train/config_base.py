@@ -87,8 +87,9 @@ def base_config() -> ml_collections.ConfigDict:
   c.data = ml_collections.ConfigDict(data_defaults())
   c.data.sources = ml_collections.ConfigDict({"shapes": {"type": "shapes", "kind": "video", "size": 10_000}})
   # The paper is silent on the temperature; 0.07 is CLIP's initial value (also its usual fixed choice).
+  # `bias`: SigLIP's (initial) bias, for name="siglip" only (None: SigLIP's -10).
   c.loss = ml_collections.ConfigDict({"name": "infonce", "temperature": 0.07, "learnable_temperature": False,
-                                      "chunk_size": 2048})
+                                      "bias": ml_collections.config_dict.placeholder(float), "chunk_size": 2048})
   c.optimizer = ml_collections.ConfigDict({
       "learning_rate": 5e-5, "schedule": "constant", "warmup_steps": 0, "end_learning_rate_factor": 0.0,
       "b1": 0.9, "b2": 0.999, "eps": 1e-8, "weight_decay": 0.0, "grad_clip_norm": 0.0,  # 0: no clipping

@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping
 
 from absl import logging
 import jax
@@ -54,6 +54,9 @@ class ModelSetup:
   # Where converted weights go in the parameter tree ('/'-joined, e.g. "predictor/llama") -> the
   # converted checkpoint folder, for towers that start from pretrained weights.
   checkpoints: Mapping[str, str]
+  # Applied to the parameters once the converted towers are in (the token baseline's LM head starts
+  # as its pretrained embedding table); None: nothing.
+  post_load: Callable[[Any], Any] | None = None
 
 
 def checkpoint_families(tower: str, predictor_backbone: str) -> tuple[str, ...]:
@@ -111,9 +114,35 @@ def resolve_checkpoints(init: Mapping[str, str], cache_dir: str, *, predictor_ba
   return resolved
 
 
+def check_predictor_layers(declared: Any, held: Any, path: str, kind: str) -> None:
+  """The converted predictor folder at `path` (config `held`) holds the layers the run needs.
+
+  VL-JEPA: the source layers the config declares, if it declares them (the depth ablation); the
+  folder's architecture replaces the config's, so a mismatch would otherwise go unseen. The token
+  baseline: the whole language model, `token_vlm.DEPTH_FACTOR` times the predictor's depth.
+  """
+  held_layers = tuple(getattr(held, "source_layers", None) or (0, getattr(held, "num_layers", 0)))
+  declared_layers = getattr(declared, "source_layers", None)
+  if kind == "token_vlm":
+    whole = token_vlm.DEPTH_FACTOR * declared.num_layers
+    if held_layers != (0, whole):
+      raise ValueError(f"config.objective='tokens' with config.init.predictor={path!r}: the baseline's decoder is the "
+                       f"whole language model, {whole} layers ({token_vlm.DEPTH_FACTOR}x the predictor's "
+                       f"{declared.num_layers}), but the folder holds source layers {held_layers[0]}:{held_layers[1]}; "
+                       "convert the language model without --layers")
+  elif declared_layers is not None and tuple(declared_layers) != held_layers:
+    raise ValueError(f"config.init.predictor={path!r} holds source layers {held_layers[0]}:{held_layers[1]}, but "
+                     f"config.model.predictor declares {declared_layers[0]}:{declared_layers[1]}; convert the "
+                     f"predictor with --layers {declared_layers[0]}:{declared_layers[1]} or change the config")
+
+
 def model_config(model: Mapping[str, Any], checkpoints: Mapping[str, str], *, dtype: str, param_dtype: str,
-                 remat: str) -> vljepa.VLJEPAConfig:
-  """The architecture: `config.model` with checkpointed towers' architectures swapped in."""
+                 remat: str, kind: str = "vljepa") -> vljepa.VLJEPAConfig:
+  """The architecture: `config.model` with checkpointed towers' architectures swapped in.
+
+  For the token baseline (`kind="token_vlm"`) a predictor checkpoint is its whole decoder, so the
+  predictor's backbone then holds the decoder's architecture (`token_baseline` does not deepen it).
+  """
   config = vljepa.VLJEPAConfig.from_dict(model.to_dict() if hasattr(model, "to_dict") else dict(model))
   for tower, path in checkpoints.items():
     _, tower_config = convert.load_config(path)
@@ -121,6 +150,7 @@ def model_config(model: Mapping[str, Any], checkpoints: Mapping[str, str], *, dt
       config = config.replace(x_encoder=tower_config,
                               predictor=config.predictor.replace(vision_dim=tower_config.hidden_size))
     elif tower == "predictor":
+      check_predictor_layers(config.predictor.backbone_config, tower_config, path, kind)
       config = config.replace(predictor=config.predictor.replace(backbone_config=tower_config))
     else:
       config = config.replace(y_encoder=tower_config)
@@ -188,39 +218,38 @@ def build(config: Any, cache_dir: str) -> ModelSetup:
   backbone = config.model.predictor.backbone
   kind = model_kind(config)
   init = {k: v for k, v in config.init.items() if k in TOWERS}
-  if kind == "token_vlm" and init.get("predictor"):
-    raise ValueError("config.objective='tokens' with config.init.predictor: the token-space baseline's decoder is "
-                     "the whole language model, not VL-JEPA's predictor layers; starting it from a converted "
-                     "Llama is not supported yet (leave config.init.predictor empty)")
   checkpoints = resolve_checkpoints(init, cache_dir, predictor_backbone=backbone)
   arch = model_config(config.model, checkpoints, dtype=config.dtype, param_dtype=config.param_dtype,
-                      remat=config.remat)
+                      remat=config.remat, kind=kind)
   query_tok = _tokenizer(config.tokenizers.query, checkpoints, "query")
   target_tok = _tokenizer(config.tokenizers.target, checkpoints, "target")
   if arch.attention_impl is not None:  # logs what "auto" means here; each tower's head_dim is logged at compile
     attention_lib.resolve_impl(arch.attention_impl, dtype=arch.compute_dtype)
   if kind == "token_vlm":
-    model = token_baseline(config, arch, target_tok)
-    checkpoints = {k: v for k, v in checkpoints.items() if k == "x_encoder"}  # the towers it has
-  else:
-    check_vocab(arch, query_tok, target_tok)
-    model = vljepa.VLJEPA(arch)
+    model = token_baseline(config, arch, target_tok, whole_decoder="predictor" in checkpoints)
+    # The towers it has: the X-encoder, and the language model as its decoder.
+    locations = {{"x_encoder": "x_encoder", "predictor": "decoder"}[tower]: path
+                 for tower, path in checkpoints.items() if tower in ("x_encoder", "predictor")}
+    post_load = token_vlm.head_from_embedding if "decoder" in locations else None
+    return ModelSetup(model, query_tok, target_tok, locations, post_load)
+  check_vocab(arch, query_tok, target_tok)
   locations = {"/".join(param_location(tower, backbone)): path for tower, path in checkpoints.items()}
-  return ModelSetup(model, query_tok, target_tok, locations)
+  return ModelSetup(vljepa.VLJEPA(arch), query_tok, target_tok, locations)
 
 
-def token_baseline(config: Any, arch: vljepa.VLJEPAConfig, target_tokenizer: tokenizer_lib.Tokenizer
-                   ) -> token_vlm.TokenVLM:
+def token_baseline(config: Any, arch: vljepa.VLJEPAConfig, target_tokenizer: tokenizer_lib.Tokenizer, *,
+                   whole_decoder: bool = False) -> token_vlm.TokenVLM:
   """The token-space VLM of a VL-JEPA architecture (`TokenVLMConfig.from_vljepa`), checked against the tokenizers.
 
   Its decoder reads the query and writes the target with one embedding table and LM head, so both
-  must come from one tokenizer.
+  must come from one tokenizer. `whole_decoder`: the predictor's backbone already holds the whole
+  language model (converted, `config.init.predictor`), so it is not made deeper.
   """
   if config.tokenizers.query != config.tokenizers.target:
     raise ValueError(f"config.objective='tokens': the baseline reads the query and writes the target with one "
                      f"vocabulary, but config.tokenizers.query={config.tokenizers.query!r} and "
                      f"config.tokenizers.target={config.tokenizers.target!r}; set both to the same tokenizer")
-  baseline = token_vlm.TokenVLMConfig.from_vljepa(arch)
+  baseline = token_vlm.TokenVLMConfig.from_vljepa(arch, depth_factor=1 if whole_decoder else token_vlm.DEPTH_FACTOR)
   if target_tokenizer.vocab_size > baseline.vocab_size:
     raise ValueError(f"the tokenizer ({target_tokenizer.source}) has {target_tokenizer.vocab_size} tokens but the "
                      f"baseline's decoder (model.predictor.backbone_config.vocab_size) has {baseline.vocab_size}; "
@@ -228,10 +257,12 @@ def token_baseline(config: Any, arch: vljepa.VLJEPAConfig, target_tokenizer: tok
   return token_vlm.TokenVLM(baseline)
 
 
-def load_pretrained(checkpoints: Mapping[str, str], params: Any, shardings: Any) -> Any:
+def load_pretrained(checkpoints: Mapping[str, str], params: Any, shardings: Any,
+                    post_load: Callable[[Any], Any] | None = None) -> Any:
   """Replaces the towers in `params` with their converted weights, placed with `shardings`.
 
   `checkpoints`: `ModelSetup.checkpoints`, '/'-joined parameter-tree location -> converted folder.
+  `post_load`: `ModelSetup.post_load`, applied after them.
   """
   params = dict(params)
   for location, path in checkpoints.items():
@@ -249,6 +280,8 @@ def load_pretrained(checkpoints: Mapping[str, str], params: Any, shardings: Any)
                        f"{_first_difference(expected, got)}")
     target[where[-1]] = jax.device_put(loaded, target_shardings[where[-1]])
     logging.info("%s: loaded %s", location, path)
+  if post_load is not None:
+    params = jax.device_put(post_load(params), shardings)
   return params
 
 

@@ -124,9 +124,13 @@ class Stage:
     lr_rules = stage_lr_rules(config, self.abstract_params, self.objective)
     self.schedule_kwargs = dict(learning_rate=opt.learning_rate, schedule=opt.schedule, warmup_steps=opt.warmup_steps,
                                 total_steps=config.total_steps, end_learning_rate_factor=opt.end_learning_rate_factor)
-    self.tx, self.groups = optimizer_lib.make_optimizer(
-        self.abstract_params, b1=opt.b1, b2=opt.b2, eps=opt.eps, weight_decay=opt.weight_decay,
-        grad_clip_norm=opt.grad_clip_norm or None, lr_rules=lr_rules, **self.schedule_kwargs)
+    try:
+      self.tx, self.groups = optimizer_lib.make_optimizer(
+          self.abstract_params, b1=opt.b1, b2=opt.b2, eps=opt.eps, weight_decay=opt.weight_decay,
+          grad_clip_norm=opt.grad_clip_norm or None, lr_rules=lr_rules, **self.schedule_kwargs)
+    except ValueError as e:  # name where the values come from: a stage's overrides or the top level
+      raise ValueError(f"stage {name!r}: {e} (config.optimizer.* and config.total_steps, or "
+                       f"config.stages.{name}.*)") from None
     abstract_state = jax.eval_shape(lambda p: train_step_lib.TrainState.create(p, self.tx), self.abstract_params)
     self.state_shardings = sharding.train_state_shardings(self.tx, abstract_state, self.param_shardings, mesh)
     self.abstract_state = param_layout_lib.with_shardings(abstract_state, self.state_shardings)
@@ -189,7 +193,8 @@ class Stage:
       params = jax.device_put(
           {k: init_params.get(k, v) for k, v in params.items()}, self.param_shardings)
     else:
-      params = model_setup.load_pretrained(self.setup.checkpoints, params, self.param_shardings)
+      params = model_setup.load_pretrained(self.setup.checkpoints, params, self.param_shardings,
+                                           self.setup.post_load)
     create = lambda p, key: train_step_lib.TrainState.create(p, self.tx, key)
     with jax.set_mesh(self.mesh):
       return jax.jit(create, out_shardings=self.state_shardings, donate_argnums=(0,))(
