@@ -35,7 +35,7 @@ def write_atomic(path: str, text: str | bytes) -> None:
   binary = isinstance(text, bytes)
   fd, tmp = tempfile.mkstemp(dir=directory, prefix="." + os.path.basename(path) + ".")
   try:
-    with os.fdopen(fd, "wb" if binary else "w") as f:
+    with os.fdopen(fd, "wb") if binary else os.fdopen(fd, "w", encoding="utf-8") as f:
       f.write(text)
     os.replace(tmp, path)
   except BaseException:
