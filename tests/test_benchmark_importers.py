@@ -122,8 +122,58 @@ def test_kinetics400_csv_clips_label_folders_full_videos_and_split(tmp_path, cap
 def test_unknown_benchmark_missing_files_and_the_module_entry_point(tmp_path):
   proc = run_cli("vljepa_jax.data.benchmarks", "imagenet", "--annotations", str(tmp_path), "--media-root",
                  str(tmp_path), "--output", str(tmp_path / "m.jsonl"), check=False)
-  assert proc.returncode == 1 and "unknown benchmark 'imagenet'; expected one of ['kinetics400', 'msrvtt']" in proc.stderr
+  assert proc.returncode == 1 and "unknown benchmark 'imagenet'; expected one of ['kinetics400', 'msrvtt', 'ssv2']" in proc.stderr
   proc = run_cli("vljepa_jax.data.benchmarks", "msrvtt", "--annotations", str(tmp_path / "none.csv"), "--media-root",
                  str(tmp_path), "--output", str(tmp_path / "m.jsonl"), check=False)
   assert proc.returncode == 1 and "none.csv does not exist" in proc.stderr
   assert not (tmp_path / "m.jsonl").exists()
+
+
+def test_ssv2_classes_are_templates_without_brackets_and_captions_the_filled_sentences(tmp_path, capsys):
+  labels = {"Putting something onto something": "1", "Approaching something with your camera": "0",
+            "Lifting up one end of something, then letting it drop down": "2",
+            "Putting something similar to other things that are already on the table": "3"}
+  (tmp_path / "something-something-v2-labels.json").write_text(json.dumps(labels), encoding="utf-8")
+  validation = [
+      {"id": "45", "label": "putting wood onto cable", "template": "Putting [something] onto [something]",
+       "placeholders": ["wood", "cable"]},
+      {"id": "31", "label": "putting coconut kernel ",
+       "template": "Putting [something similar to other things that are already on the table]",
+       "placeholders": ["coconut kernel"]},
+      {"id": "7", "label": "lifting up one end of café table, then letting it drop down",
+       "template": "Lifting up one end of [something], then letting it drop down", "placeholders": ["café table"]}]
+  (tmp_path / "something-something-v2-validation.json").write_text(json.dumps(validation), encoding="utf-8")
+  _touch(tmp_path / "v", "45.webm", "31.webm", "7.webm")
+  out, names = tmp_path / "m.jsonl", tmp_path / "names.txt"
+  code, stdout, _ = _run(capsys, "ssv2", "--annotations", tmp_path / "something-something-v2-validation.json",
+                         "--media-root", tmp_path / "v", "--output", out, "--label-names-out", names)
+  assert code == 0 and f"wrote 3 records to {out}" in stdout
+  assert _read(out) == [
+      {"media": "45.webm", "id": "45", "label": "Putting something onto something",
+       "caption": "putting wood onto cable"},
+      {"media": "31.webm", "id": "31",
+       "label": "Putting something similar to other things that are already on the table",
+       "caption": "putting coconut kernel"},
+      {"media": "7.webm", "id": "7", "label": "Lifting up one end of something, then letting it drop down",
+       "caption": "lifting up one end of café table, then letting it drop down"},
+  ]
+  assert names.read_text(encoding="utf-8").splitlines() == [  # labels.json's order by index
+      "Approaching something with your camera", "Putting something onto something",
+      "Lifting up one end of something, then letting it drop down",
+      "Putting something similar to other things that are already on the table"]
+  # The test split has ids only; a template outside the class list fails; --split is not this format's.
+  (tmp_path / "test.json").write_text(json.dumps([{"id": "45"}]), encoding="utf-8")
+  code, _, _ = _run(capsys, "ssv2", "--annotations", tmp_path / "test.json", "--media-root", tmp_path / "v",
+                    "--output", out)
+  assert code == 0 and _read(out) == [{"media": "45.webm", "id": "45"}]
+  (tmp_path / "odd.json").write_text(json.dumps([{"id": "9", "label": "x", "template": "Spinning [something]"}]))
+  code, _, stderr = _run(capsys, "ssv2", "--annotations", tmp_path / "odd.json", "--media-root", tmp_path / "v",
+                         "--output", out)
+  assert code == 1 and "entry 9: class 'Spinning something' (from its template) is not in" in stderr
+  code, _, stderr = _run(capsys, "ssv2", "--annotations", tmp_path / "test.json", "--split", "test",
+                         "--media-root", tmp_path / "v", "--output", out)
+  assert code == 1 and "each split is its own file" in stderr
+  code, _, stderr = _run(capsys, "msrvtt", "--annotations", tmp_path / "test.json", "--labels",
+                         tmp_path / "something-something-v2-labels.json", "--media-root", tmp_path / "v",
+                         "--output", out)
+  assert code == 1 and "--labels is read by ['ssv2'] only" in stderr

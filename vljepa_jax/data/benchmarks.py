@@ -15,7 +15,8 @@ Each importer follows the official layout and the conventions of
     present), optional where it filters; an unknown value fails listing the valid ones.
 
 Importers (`IMPORTERS`): msrvtt (the 1k-A test CSV, or the MSR-VTT JSON with `--split`),
-kinetics400 (the official CSVs). The output is written to a temporary file and renamed.
+kinetics400 (the official CSVs), ssv2 (a split's JSON and `labels.json`). The output is written
+to a temporary file and renamed.
 """
 from __future__ import annotations
 
@@ -131,19 +132,59 @@ def kinetics400(annotations: str, split: str | None) -> tuple[list[Item], list[s
   return items, sorted({row["label"] for row in rows})
 
 
-IMPORTERS: dict[str, Callable[[str, str | None], tuple[list[Item], list[str] | None]]] = {
+SSV2_LABEL_FILES = ("something-something-v2-labels.json", "labels.json")
+
+
+def ssv2(annotations: str, split: str | None, labels: str | None = None) -> tuple[list[Item], list[str]]:
+  """A split's JSON list (`id`, `label` = the filled-in sentence, `template`, `placeholders`): the
+  class is the template without its brackets, as `labels.json` (`--labels`, else found next to the
+  annotations) names it; the sentence is the caption. Test-split entries carry only `id`."""
+  if split is not None:
+    raise AnnotationError(f"ssv2: each split is its own file; pass it as --annotations, not --split={split!r}")
+  if labels is None:
+    folder = os.path.dirname(os.path.abspath(annotations))
+    labels = next((os.path.join(folder, f) for f in SSV2_LABEL_FILES if os.path.isfile(os.path.join(folder, f))),
+                  None)
+    if labels is None:
+      raise AnnotationError(f"ssv2: no class list next to {annotations} (looked for {list(SSV2_LABEL_FILES)}); "
+                            "pass --labels PATH")
+  with open(labels, encoding="utf-8") as f:
+    classes = {name: int(index) for name, index in json.load(f).items()}
+  with open(annotations, encoding="utf-8") as f:
+    entries = json.load(f)
+  items = []
+  for entry in entries:
+    record: dict[str, Any] = {"id": str(entry["id"])}
+    if "template" in entry:
+      name = entry["template"].replace("[", "").replace("]", "")
+      if name not in classes:
+        raise AnnotationError(f"ssv2: entry {entry['id']}: class {name!r} (from its template) is not in {labels}")
+      record.update(label=name, caption=entry["label"].strip())
+    items.append(Item(record, [(f"{entry['id']}.webm", {})]))
+  return items, sorted(classes, key=classes.get)
+
+
+IMPORTERS: dict[str, Callable[..., tuple[list[Item], list[str] | None]]] = {
     "msrvtt": msrvtt,
     "kinetics400": kinetics400,
+    "ssv2": ssv2,
 }
+# Importers that read a class-list file (`--labels`).
+TAKES_LABELS = ("ssv2",)
 
 
-def import_benchmark(name: str, annotations: str, media_root: str, split: str | None = None) -> Imported:
+def import_benchmark(name: str, annotations: str, media_root: str, split: str | None = None,
+                     labels: str | None = None) -> Imported:
   """The benchmark's items with their media found under `media_root`; missing ones listed, not dropped."""
   if name not in IMPORTERS:
     raise AnnotationError(f"unknown benchmark {name!r}; expected one of {sorted(IMPORTERS)}")
-  if not os.path.exists(annotations):
-    raise AnnotationError(f"{name}: --annotations {annotations} does not exist")
-  items, label_names = IMPORTERS[name](annotations, split)
+  for flag, path in (("--annotations", annotations), ("--labels", labels)):
+    if path is not None and not os.path.exists(path):
+      raise AnnotationError(f"{name}: {flag} {path} does not exist")
+  if labels is not None and name not in TAKES_LABELS:
+    raise AnnotationError(f"{name}: --labels is read by {list(TAKES_LABELS)} only")
+  extra = {"labels": labels} if name in TAKES_LABELS else {}
+  items, label_names = IMPORTERS[name](annotations, split, **extra)
   records, missing = [], []
   for item in items:
     found = next(((path, extra) for path, extra in item.candidates
@@ -165,9 +206,10 @@ def main(argv: Sequence[str] | None = None) -> int:
   parser.add_argument("--output", required=True)
   parser.add_argument("--skip-missing", action="store_true")
   parser.add_argument("--label-names-out")
+  parser.add_argument("--labels", help="ssv2: its labels.json, when not next to --annotations")
   args = parser.parse_args(argv)
   try:
-    imported = import_benchmark(args.name, args.annotations, args.media_root, args.split)
+    imported = import_benchmark(args.name, args.annotations, args.media_root, args.split, args.labels)
   except (AnnotationError, KeyError, ValueError, json.JSONDecodeError) as error:
     detail = f"missing key {error}" if isinstance(error, KeyError) else str(error)
     print(f"error: {args.name}: {detail}", file=sys.stderr)
