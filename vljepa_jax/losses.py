@@ -74,13 +74,18 @@ def _largest_divisor_at_most(n: int, limit: int) -> int:
   return max(d for d in range(1, min(n, limit) + 1) if n % d == 0)
 
 
-def _sharded_infonce(pred, target, temperature, mesh, batch_axes, chunk_size):
+def _row_sharding(pred, mesh, batch_axes, chunk_size) -> tuple[tuple[str, ...], int, int]:
+  """(the mesh's batch axes, global rows, column chunk) for a loss over rows split across devices."""
   axes = _mesh_batch_axes(mesh, batch_axes)
   num_shards = _num_batch_shards(mesh, axes)
   n_global = pred.shape[0]
   if n_global % num_shards:
     raise ValueError(f"batch {n_global} does not split over the {num_shards} devices of mesh axes {axes}")
-  chunk = _largest_divisor_at_most(n_global, chunk_size)
+  return axes, n_global, _largest_divisor_at_most(n_global, chunk_size)
+
+
+def _sharded_infonce(pred, target, temperature, mesh, batch_axes, chunk_size):
+  axes, n_global, chunk = _row_sharding(pred, mesh, batch_axes, chunk_size)
   temperature = jnp.asarray(temperature, jnp.float32)
 
   def local_loss(p, t, tau):
@@ -162,12 +167,7 @@ def sigmoid_pairwise(pred: jax.Array, target: jax.Array, temperature: float | ja
     logits = l2_normalize(pred) @ l2_normalize(target).T / temperature + bias
     signs = 2.0 * jnp.eye(pred.shape[0], dtype=jnp.float32) - 1.0
     return -jnp.sum(jax.nn.log_sigmoid(signs * logits)) / pred.shape[0]
-  axes = _mesh_batch_axes(mesh, batch_axes)
-  n_global = pred.shape[0]
-  num_shards = _num_batch_shards(mesh, axes)
-  if n_global % num_shards:
-    raise ValueError(f"batch {n_global} does not split over the {num_shards} devices of mesh axes {axes}")
-  chunk = _largest_divisor_at_most(n_global, chunk_size)
+  axes, n_global, chunk = _row_sharding(pred, mesh, batch_axes, chunk_size)
 
   def local_loss(p, t, tau, b):
     p, t = l2_normalize(p), l2_normalize(t)
