@@ -16,6 +16,9 @@ import numpy as np
 from vljepa_jax.data import media
 
 DEFAULT_BATCH_AXES = ("data", "fsdp")
+# The visual field of a pipeline batch: pixels, or the X-encoder's cached tokens (`features` sources).
+VIDEO = "video"
+VISUAL_TOKENS = "visual_tokens"
 
 
 def batch_sharding(mesh: jax.sharding.Mesh, batch_axes: Sequence[str] = DEFAULT_BATCH_AXES
@@ -60,3 +63,14 @@ def normalize_video(video: jax.Array, dtype: jnp.dtype = jnp.float32) -> jax.Arr
   scale = 1.0 / (255.0 * jnp.asarray(media.IMAGENET_STD, jnp.float32))
   offset = -jnp.asarray(media.IMAGENET_MEAN, jnp.float32) / jnp.asarray(media.IMAGENET_STD, jnp.float32)
   return (video.astype(jnp.float32) * scale + offset).astype(dtype)
+
+
+def visual_field(batch: Mapping[str, Any]) -> str:
+  """Which visual field `batch` carries: "visual_tokens" from a feature cache, else "video"."""
+  return VISUAL_TOKENS if VISUAL_TOKENS in batch else VIDEO
+
+
+def prepare_visual(visual: jax.Array) -> jax.Array:
+  """The model's visual input: video `(B, T, H, W, C)` normalised (`normalize_video`), or cached
+  X-encoder tokens `(B, N, Dv)` as they are (the model skips its X-encoder for them)."""
+  return visual if visual.ndim == 3 else normalize_video(visual)

@@ -52,7 +52,11 @@ class ManifestError(ValueError):
   """A manifest that cannot be used; the message names the file and the line."""
 
 
-def _check_entry(entry: Any, where: str) -> dict[str, Any]:
+def check_entry(entry: Any, where: str) -> dict[str, Any]:
+  """One record checked against the schema (keys, types, clip window); `where` names it in errors.
+
+  Shared by every source whose records carry manifest fields (WebDataset json, Parquet columns).
+  """
   if not isinstance(entry, dict):
     raise ManifestError(f"{where}: expected a JSON object, got {type(entry).__name__}")
   unknown = sorted(set(entry) - set(FIELD_TYPES))
@@ -108,7 +112,7 @@ def iter_manifest(path: str | os.PathLike) -> Iterator[tuple[int, dict[str, Any]
   if not os.path.isfile(path):
     raise ManifestError(f"manifest {path!r} does not exist (expected a JSONL file, one object per line)")
   for where, entry in iter_json_lines(path):
-    yield int(where.rsplit(":", 1)[1]), _check_entry(entry, where)
+    yield int(where.rsplit(":", 1)[1]), check_entry(entry, where)
 
 
 def read_manifest(path: str | os.PathLike) -> list[dict[str, Any]]:

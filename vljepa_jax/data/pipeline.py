@@ -19,6 +19,8 @@ A batch is a dict of NumPy arrays, leading dimension the per-process batch:
 
   video        float32 (B, T, S, S, 3)   ImageNet-normalised frames (uint8 pixels with
                `video_dtype="uint8"`, normalised on device by `global_batch.normalize_video`)
+  visual_tokens  bfloat16 (B, N, Dv)  instead of `video`, from `features` sources: the frozen
+               X-encoder's output for the clip, cached by `python -m vljepa_jax.data.cache_features`
   query_ids    int32 (B, Lq), query_mask   the query, tokenised for the predictor (absent without a tokenizer)
   target_ids   int32 (B, Ly), target_mask  the target text, tokenised for the Y-encoder
   label        int32 (B,)   class index, -1 where the record has none
@@ -41,6 +43,7 @@ from absl import logging
 import grain
 import numpy as np
 
+from vljepa_jax.data import global_batch
 from vljepa_jax.data import manifest as manifest_lib
 from vljepa_jax.data import media as media_lib
 from vljepa_jax.data import sources as sources_lib
@@ -51,6 +54,8 @@ SKIP_REASONS = media_lib.SKIP_REASONS + (UNKNOWN_LABEL,)
 _LIST_STATE_SKIP_REASONS = (media_lib.MISSING_FILE, media_lib.UNREADABLE_MEDIA, media_lib.TRUNCATED_MEDIA,
                             media_lib.EMPTY_TEXT, media_lib.BAD_CHANNELS, UNKNOWN_LABEL)
 NOTES = (media_lib.SHORT_VIDEO,)
+VISUAL_TOKENS = global_batch.VISUAL_TOKENS  # a `features` source's field, in place of `video`
+FEATURES_SOURCE = "features"
 TEXT_MODES = ("caption", "qa", "auto")
 VIDEO_DTYPES = ("float32", "uint8")
 # Bookkeeping fields that travel with each element and are removed before the batch is returned.
@@ -113,6 +118,11 @@ class DataConfig:
         raise ValueError(f"data.sources[{i}].weight must be > 0, got {spec['weight']}")
       if spec.get("text_mode", self.text_mode) not in TEXT_MODES:
         raise ValueError(f"data.sources[{i}].text_mode must be one of {TEXT_MODES}, got {spec['text_mode']!r}")
+    cached = [spec["type"] == FEATURES_SOURCE for spec in self.sources]
+    if any(cached) and not all(cached):
+      raise ValueError(f"data.sources mixes {FEATURES_SOURCE!r} sources (cached X-encoder tokens) with sources of "
+                       f"pixels ({[spec['type'] for spec in self.sources]}); their batches hold different fields. "
+                       "Cache every source (python -m vljepa_jax.data.cache_features) or none")
     if self.video_dtype not in VIDEO_DTYPES:
       raise ValueError(f"data.video_dtype must be one of {VIDEO_DTYPES}, got {self.video_dtype!r}")
     if self.text_mode not in TEXT_MODES:
@@ -150,6 +160,17 @@ class DataConfig:
 
 def _bad_record(record_id: Any, error: media_lib.BadSample) -> dict[str, Any]:
   return {_BAD: error.reason, "detail": error.detail, "id": str(record_id)}
+
+
+def decode_frames(record: Mapping[str, Any], config: DataConfig) -> tuple[np.ndarray, dict[str, int]]:
+  """A record's clip as uint8 frames `(T, S, S, 3)` by the config's sampling, resizing and crop, and its notes.
+
+  The one place the pipeline and the feature cache writer (`cache_features.py`) decode media, so a
+  cache holds the X-encoder's output for exactly the clips training would have read.
+  """
+  visual = record["media"] if "media" in record else record["frames"]
+  return media_lib.load_frames(visual, config.num_frames, crop_size=config.crop_size, short_side=config.short_side,
+                               window=manifest_lib.clip_window(record))
 
 
 class Preprocess:
@@ -203,11 +224,13 @@ class Preprocess:
     config = self._config
     query, target = self._texts(record, rng)
     label = self._label(record)
-    visual = record["media"] if "media" in record else record["frames"]
-    frames, notes = media_lib.load_frames(visual, config.num_frames, crop_size=config.crop_size,
-                                          short_side=config.short_side, window=manifest_lib.clip_window(record))
+    if VISUAL_TOKENS in record:  # a feature cache: the frozen X-encoder's output for this clip
+      visual, notes = {VISUAL_TOKENS: record[VISUAL_TOKENS]}, {}
+    else:
+      frames, notes = decode_frames(record, config)
+      visual = {"video": media_lib.normalize(frames) if config.video_dtype == "float32" else frames}
     example = {
-        "video": media_lib.normalize(frames) if config.video_dtype == "float32" else frames,
+        **visual,
         "label": np.int32(label),
         "source": np.int32(self._source_id),
         "source_index": np.int64(index),
@@ -367,7 +390,10 @@ def make_source(spec: Mapping[str, Any], config: DataConfig):
     # The embedded dataset renders at the pipeline's size unless told otherwise: no resampling.
     spec.setdefault("image_size", config.crop_size)
     spec.setdefault("num_frames", config.num_frames)
-  return sources_lib.make_source(spec)
+  source = sources_lib.make_source(spec)
+  if spec["type"] == FEATURES_SOURCE:
+    source.check_data_config(config)  # the clips it cached must be the ones this config would read
+  return source
 
 
 def _source_dataset(index: int, spec: Mapping[str, Any], config: DataConfig, process_index: int,

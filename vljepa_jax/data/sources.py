@@ -14,6 +14,9 @@ record becomes a counted skip instead of an exception in Grain's reader.
   manifest      a JSONL manifest plus a media folder
   array_record  shards written by `python -m vljepa_jax.data.write_arrayrecord`
   tfds          a TFDS dataset through `tfds.data_source` (ArrayRecord format; TensorFlow not needed)
+  webdataset    WebDataset tar shards (img2dataset / video2dataset), `webdataset_source.py`
+  parquet       Parquet files, rows with a media path or bytes column and texts, `parquet_source.py`
+  features      cached X-encoder outputs (`python -m vljepa_jax.data.cache_features`), `feature_cache.py`
 """
 from __future__ import annotations
 
@@ -150,11 +153,29 @@ def _shapes_source(**kwargs: Any):
   return shapes.ShapesSource(shapes.ShapesConfig(**config_fields), **kwargs)
 
 
+def _webdataset_source(**kwargs: Any):
+  from vljepa_jax.data import webdataset_source  # pylint: disable=g-import-not-at-top
+  return webdataset_source.WebDatasetSource(**kwargs)
+
+
+def _parquet_source(**kwargs: Any):
+  from vljepa_jax.data import parquet_source  # pylint: disable=g-import-not-at-top  # pyarrow only when used
+  return parquet_source.ParquetSource(**kwargs)
+
+
+def _features_source(**kwargs: Any):
+  from vljepa_jax.data import feature_cache  # pylint: disable=g-import-not-at-top
+  return feature_cache.FeatureSource(**kwargs)
+
+
 SOURCE_TYPES: dict[str, Callable[..., Any]] = {
     "shapes": _shapes_source,
     "manifest": ManifestSource,
     "array_record": ArrayRecordSource,
     "tfds": TfdsSource,
+    "webdataset": _webdataset_source,
+    "parquet": _parquet_source,
+    "features": _features_source,
 }
 
 

@@ -38,7 +38,7 @@ class Embedder:
 
     def visual_query(params, video, query_ids, query_mask):
       with nn.logical_axis_rules(rules or ()):
-        return model.apply({"params": params}, global_batch.normalize_video(video), query_ids, query_mask,
+        return model.apply({"params": params}, global_batch.prepare_visual(video), query_ids, query_mask,
                            method="encode_visual_query")
 
     def text(params, ids, mask):
@@ -71,8 +71,9 @@ class Embedder:
     """Ŝ_Y of every valid row of `batches`, and those rows' `label` / `source_index`."""
     embeddings, labels, indices = [], [], []
     for batch in batches:
-      inputs = self._put({k: batch[k] for k in ("video", "query_ids", "query_mask")})
-      out = self._call(self._visual_query, params, inputs["video"], inputs["query_ids"], inputs["query_mask"])
+      visual = global_batch.visual_field(batch)  # video, or cached X-encoder tokens
+      inputs = self._put({k: batch[k] for k in (visual, "query_ids", "query_mask")})
+      out = self._call(self._visual_query, params, inputs[visual], inputs["query_ids"], inputs["query_mask"])
       extra = {k: batch[k] for k in ("valid", "label", "source_index")}
       if jax.process_count() > 1:  # every host needs every row's bookkeeping, gathered like the embeddings
         extra = self._put(extra)

@@ -48,7 +48,7 @@ class LikelihoodPredictions:
 
     def prompt(params, video, query_ids, query_mask):
       with nn.logical_axis_rules(rules or ()):
-        return model.apply({"params": params}, global_batch.normalize_video(video), query_ids, query_mask, method="prompt")
+        return model.apply({"params": params}, global_batch.prepare_visual(video), query_ids, query_mask, method="prompt")
 
     def score(params, prompts, prompt_mask, rows, ids, mask):
       with nn.logical_axis_rules(rules or ()):
@@ -80,7 +80,7 @@ class LikelihoodPredictions:
     of_candidate = [[index[t] for t in texts] for texts in phrasings]
     dense, labels, sources = [], [], []
     for batch in batches:
-      prompts, prompt_mask = self.run(self._prompt, params, batch["video"], batch["query_ids"], batch["query_mask"])
+      prompts, prompt_mask = self.run(self._prompt, params, batch[global_batch.visual_field(batch)], batch["query_ids"], batch["query_mask"])
       valid = np.flatnonzero(np.asarray(batch["valid"]))
       own = [list(range(len(phrasings))) if candidates.of_source_index is None
              else list(candidates.of_source_index(int(batch["source_index"][r]))) for r in valid]
@@ -129,7 +129,7 @@ class TokenCaptioner:
                                 max_new_tokens=max_new_tokens, beam_size=beam_size)
 
     def decode(params, video, query_ids, query_mask):
-      tokens, _ = search(params, (global_batch.normalize_video(video), query_ids, query_mask),
+      tokens, _ = search(params, (global_batch.prepare_visual(video), query_ids, query_mask),
                          np.float32(length_penalty))
       return tokens
 
@@ -142,7 +142,7 @@ class TokenCaptioner:
     vocab = self.tokenizer.vocab_size
     for batch in batches:
       tokens = np.asarray(jax.device_get(self.predictions.run(
-          self._decode, params, batch["video"], batch["query_ids"], batch["query_mask"])))
+          self._decode, params, batch[global_batch.visual_field(batch)], batch["query_ids"], batch["query_mask"])))
       valid = np.flatnonzero(np.asarray(batch["valid"]))
       texts.extend(self.tokenizer.decode(row[row < vocab]) for row in tokens[valid])
       labels.append(np.asarray(batch["label"])[valid])

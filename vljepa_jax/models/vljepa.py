@@ -164,7 +164,15 @@ def encode_video(x_encoder: nn.Module, video: jax.Array, *, chunk_frames: int | 
 
   Chunks are independent clips whose tokens are concatenated in time order (time-major, as one
   clip's are). A frozen X-encoder's tokens are a constant (`stop_gradient`).
+
+  `(B, N, Dv)` input is those tokens already, read from a feature cache (`data/feature_cache.py`):
+  the X-encoder is skipped. Only a frozen X-encoder's output can be cached.
   """
+  if video.ndim == 3:
+    if not frozen:
+      raise ValueError(f"visual input of shape {video.shape} is cached X-encoder tokens, but the X-encoder is "
+                       "trained (freeze_x_encoder=False): its output changes every step and cannot come from a cache")
+    return jax.lax.stop_gradient(video.astype(x_encoder.config.compute_dtype))
   frames = video.shape[1]
   if chunk_frames is None or frames <= chunk_frames:  # one chunk (or a single image, repeated to a tubelet)
     tokens = x_encoder(video)

@@ -25,7 +25,9 @@ from vljepa_jax import trace_guard
 from vljepa_jax.data import global_batch
 from vljepa_jax.objectives import base as objectives_base
 
-MODEL_INPUTS = ("video", "query_ids", "query_mask", "target_ids", "target_mask")
+TEXT_INPUTS = ("query_ids", "query_mask", "target_ids", "target_mask")
+# The model's arguments; its `video` is a clip or, from a feature cache, the X-encoder's tokens.
+MODEL_INPUTS = ("video",) + TEXT_INPUTS
 Batch = Mapping[str, jax.Array]
 
 
@@ -53,13 +55,21 @@ class TrainState:
     return jax.random.fold_in(jax.random.wrap_key_data(self.rng), self.step)
 
 
-def model_inputs(batch: Batch) -> dict[str, jax.Array]:
-  """The model's keyword arguments from a pipeline batch (uint8 video is normalised here)."""
-  missing = [k for k in MODEL_INPUTS if k not in batch]
+def batch_inputs(batch: Batch) -> dict[str, Any]:
+  """The fields of a pipeline batch the step reads: its visual field (`video`, or `visual_tokens`
+  from a feature cache) and the tokenised texts."""
+  fields = (global_batch.visual_field(batch),) + TEXT_INPUTS
+  missing = [k for k in fields if k not in batch]
   if missing:
     raise KeyError(f"batch lacks {missing}; the pipeline needs query and target tokenizers")
-  inputs = {k: batch[k] for k in MODEL_INPUTS}
-  inputs["video"] = global_batch.normalize_video(inputs["video"])
+  return {k: batch[k] for k in fields}
+
+
+def model_inputs(batch: Batch) -> dict[str, jax.Array]:
+  """The model's keyword arguments from a pipeline batch (uint8 video is normalised here; cached
+  X-encoder tokens go in as the model's `video`, which then skips the X-encoder)."""
+  inputs = batch_inputs(batch)
+  inputs["video"] = global_batch.prepare_visual(inputs.pop(global_batch.visual_field(inputs)))
   return inputs
 
 

@@ -39,6 +39,7 @@ from vljepa_jax.objectives import registry as objectives_registry
 from vljepa_jax.train import checkpointing
 from vljepa_jax.train import config_base
 from vljepa_jax.train import evaluation as evaluation_lib
+from vljepa_jax.train import feature_check
 from vljepa_jax.train import metrics_log
 from vljepa_jax.train import model_setup
 from vljepa_jax.train import optimizer as optimizer_lib
@@ -171,6 +172,16 @@ class Stage:
 
   def init_state(self, init_params: Any | None) -> train_step_lib.TrainState:
     """A fresh state: random init, then pretrained towers or the previous stage's params on top."""
+    params = self.init_params(init_params)
+    rng = jax.random.key(self.config.seed)
+    create = lambda p, key: train_step_lib.TrainState.create(p, self.tx, key)
+    with jax.set_mesh(self.mesh):
+      return jax.jit(create, out_shardings=self.state_shardings, donate_argnums=(0,))(
+          params, jax.random.key_data(jax.random.fold_in(rng, 1)))
+
+  def init_params(self, init_params: Any | None = None) -> Any:
+    """The stage's starting parameters, laid out with its shardings: random init, then `init_params`
+    (the previous stage's), `init.checkpoint`, or the pretrained towers of `init.*` on top."""
     model = self.setup.model
     rng = jax.random.key(self.config.seed)
     inputs = param_layout_lib.example_inputs(self.data)
@@ -195,10 +206,7 @@ class Stage:
     else:
       params = model_setup.load_pretrained(self.setup.checkpoints, params, self.param_shardings,
                                            self.setup.post_load)
-    create = lambda p, key: train_step_lib.TrainState.create(p, self.tx, key)
-    with jax.set_mesh(self.mesh):
-      return jax.jit(create, out_shardings=self.state_shardings, donate_argnums=(0,))(
-          params, jax.random.key_data(jax.random.fold_in(rng, 1)))
+    return params
 
   def make_iterator(self) -> pipeline.DataIterator:
     return pipeline.make_iterator(self.data, global_batch_size=self.config.batch_size,
@@ -239,6 +247,8 @@ class Stage:
         state, meta = restored
         start = int(jax.device_get(state.step))
         logging.info("[%s] resumed from step %d (%s)", self.name, start, meta)
+      if feature_check.check_feature_sources(self.data, self.setup.model, state.params, self.mesh, self.rules):
+        logging.info("[%s] feature cache(s) match this run's X-encoder", self.name)
       logger = metrics_log.MetricsLogger(self.workdir, total_steps=total, stage=self.name, enabled=is_logger,
                                          resume_step=start, wandb_config=config.wandb, run_config=config.to_dict())
       if start >= total:  # the newest checkpoints were unreadable and an older one was finished too
@@ -251,7 +261,7 @@ class Stage:
         window_start, window_step = time.time(), start
         for step in range(start, total):
           batch = next(iterator)
-          inputs = global_batch.to_global_batch({k: batch[k] for k in train_step_lib.MODEL_INPUTS}, self.mesh)
+          inputs = global_batch.to_global_batch(train_step_lib.batch_inputs(batch), self.mesh)
           state, metrics = self.step_fn(state, inputs)
           done = step + 1
           if done % log_every == 0 or done == total:
