@@ -56,7 +56,7 @@ _LIST_STATE_SKIP_REASONS = (media_lib.MISSING_FILE, media_lib.UNREADABLE_MEDIA, 
 NOTES = (media_lib.SHORT_VIDEO,)
 VISUAL_TOKENS = global_batch.VISUAL_TOKENS  # a `features` source's field, in place of `video`
 FEATURES_SOURCE = "features"
-TEXT_MODES = ("caption", "qa", "auto")
+TEXT_MODES = ("caption", "qa", "auto", "no_target")
 VIDEO_DTYPES = ("float32", "uint8")
 # Bookkeeping fields that travel with each element and are removed before the batch is returned.
 _SKIPPED = "_skipped"
@@ -86,7 +86,9 @@ class DataConfig:
   # V-JEPA 2's evaluation uses int(crop * 256 / 224), i.e. 292 for 256.
   short_side: int | None = None
   # caption: target = a caption (a random paraphrase per epoch when `sample_paraphrase`), query =
-  # `default_query`; qa: query and answer from the record; auto: qa where the record has an answer.
+  # `default_query`; qa: query and answer from the record; auto: qa where the record has an answer;
+  # no_target: query = `default_query` and no target text is read (an empty one is tokenised):
+  # zero-shot classification, whose candidates are the class names, of label-only records.
   text_mode: str = "caption"
   default_query: str = ""
   sample_paraphrase: bool = True
@@ -199,6 +201,8 @@ class Preprocess:
     mode = self._text_mode
     if mode == "auto":
       mode = "qa" if record.get("answer") is not None else "caption"
+    if mode == "no_target":
+      return self._config.default_query, ""
     if mode == "qa":
       return (media_lib.check_text(record.get("query"), "query"),
               media_lib.check_text(record.get("answer"), "answer"))

@@ -38,8 +38,9 @@ class ManifestSource:
 
   def __init__(self, manifest: str | os.PathLike, media_root: str | os.PathLike | None = None):
     self._manifest = os.fspath(manifest)
-    # Relative media paths default to the manifest's own folder, the usual layout.
-    self._media_root = os.fspath(media_root) if media_root is not None else os.path.dirname(
+    # Relative media paths default to the manifest's own folder, the usual layout ("" as None: a
+    # config's unset placeholder).
+    self._media_root = os.fspath(media_root) if media_root not in (None, "") else os.path.dirname(
         os.path.abspath(self._manifest))
     self._entries = manifest_lib.read_manifest(self._manifest)
 

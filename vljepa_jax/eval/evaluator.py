@@ -81,6 +81,15 @@ class Evaluator:
     self.query_tokenizer = context.query_tokenizer.with_max_length(self.data.query_length)
     self.target_tokenizer = context.target_tokenizer.with_max_length(self.data.target_length)
 
+  def check_sources(self) -> None:
+    """Opens every data source once: a wrong path (a config placeholder left as it is, a missing
+    manifest) fails when the evaluators are built, before anything is compiled or trained."""
+    for index, spec in enumerate(self.data.sources):
+      try:
+        self.source(index)
+      except (OSError, ValueError, TypeError) as e:
+        raise ValueError(f"evals.{self.name}: data source {index} ({spec.get('type')!r}) cannot be opened: {e}") from e
+
   def requires(self) -> tuple[str, ...]:
     """The capabilities this evaluator calls with its options (`REQUIRES` unless an option changes them)."""
     return self.REQUIRES
@@ -106,4 +115,6 @@ def make_evaluators(evals: Mapping[str, Mapping[str, Any]], predictions: Any,
   for name, config in evals.items():
     kind = config.get("type")
     evaluators[name] = registry.lookup(EVALUATORS, kind, f"evals.{name}.type")(name, config, predictions, context)
+    if "data" in config:  # evaluators with their own data; the others read the embedded dataset or generate theirs
+      evaluators[name].check_sources()
   return evaluators

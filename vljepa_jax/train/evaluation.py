@@ -33,6 +33,8 @@ from vljepa_jax.train import param_layout as param_layout_lib
 from vljepa_jax.train import sharding
 from vljepa_jax.train import stages as stages_lib
 
+# The stage name results are recorded under when a sweep evaluates `init.checkpoint` (nothing trained in the workdir).
+INIT_STAGE = "init"
 # Data settings the evaluators inherit from the training stage unless their own `data` overrides them.
 INHERITED_DATA = ("num_frames", "crop_size", "short_side", "query_length", "target_length", "video_dtype",
                   "default_query", "num_threads")
@@ -109,12 +111,21 @@ def sweep(config: ml_collections.ConfigDict, workdir: str, steps: Sequence[int] 
   final_config = stages[-1][1]
   if not final_config.evals:
     raise ValueError("config.evals is empty: nothing to evaluate")
-  todo = []
+  todo = []  # (global step, stage, stage step, stage config, the stage's workdir)
   for name, stage_config in stages:
     for stage_step in checkpoint_steps(os.path.join(workdir, name)):
       global_step = offsets[name] + stage_step
       if steps is None or global_step in steps:
-        todo.append((global_step, name, stage_step, stage_config))
+        todo.append((global_step, name, stage_step, stage_config, os.path.join(workdir, name)))
+  init = final_config.init.checkpoint
+  if not todo and steps is None and init:
+    # Nothing trained here: evaluate the run `init.checkpoint` names (its newest checkpoint), at step 0.
+    directory = checkpointing.checkpoints_dir(os.path.abspath(init))
+    init_steps = sorted(int(n) for n in os.listdir(directory) if n.isdigit()) if os.path.isdir(directory) else []
+    if not init_steps:
+      raise FileNotFoundError(f"config.init.checkpoint={init!r}: no training checkpoints there (expected a stage "
+                              "workdir such as <workdir>/video32, or its checkpoints/ folder)")
+    todo.append((0, INIT_STAGE, init_steps[-1], final_config, init))
   if steps is not None:
     missing = sorted(set(steps) - {t[0] for t in todo})
     if missing:
@@ -122,13 +133,14 @@ def sweep(config: ml_collections.ConfigDict, workdir: str, steps: Sequence[int] 
       raise ValueError(f"no checkpoint at global step(s) {missing} in {workdir}; available: {available}")
   if not todo:
     raise FileNotFoundError(f"no checkpoints under {workdir}/<stage>/checkpoints for stages "
-                            f"{[n for n, _ in stages]}; train first or point --workdir at a training run")
+                            f"{[n for n, _ in stages]}; train first, point --workdir at a training run, or "
+                            "name a trained or converted run with --config.init.checkpoint")
   mesh = sharding.make_mesh(dict(config.mesh))
   setup = model_setup.build(config, cache_dir=workdir)
   evaluation = Evaluation(final_config, setup, mesh, workdir)
   is_logger = jax.process_index() == 0
   layouts = {}
-  for i, (global_step, name, stage_step, stage_config) in enumerate(todo):
+  for i, (global_step, name, stage_step, stage_config, stage_dir) in enumerate(todo):
     done = results_lib.done_tasks(results_lib.load(workdir), global_step)
     remaining = [t for t in evaluation.evaluators if t not in done]
     if is_logger:
@@ -138,7 +150,7 @@ def sweep(config: ml_collections.ConfigDict, workdir: str, steps: Sequence[int] 
       continue
     if name not in layouts:
       layouts[name] = param_layout_lib.param_layout(stage_config, setup, mesh)
-    params, _ = checkpointing.restore_params(os.path.join(workdir, name), layouts[name], step=stage_step)
+    params, _ = checkpointing.restore_params(stage_dir, layouts[name], step=stage_step)
     evaluation.run_missing(params, step=global_step, stage=name, stage_step=stage_step)
   results = results_lib.load(workdir)
   if is_logger:

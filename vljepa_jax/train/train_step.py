@@ -69,8 +69,8 @@ def model_inputs(batch: Batch) -> dict[str, jax.Array]:
   """The model's keyword arguments from a pipeline batch (uint8 video is normalised here; cached
   X-encoder tokens go in as the model's `video`, which then skips the X-encoder)."""
   inputs = batch_inputs(batch)
-  inputs["video"] = global_batch.prepare_visual(inputs.pop(global_batch.visual_field(inputs)))
-  return inputs
+  visual = global_batch.prepare_visual(inputs.pop(global_batch.visual_field(inputs)))
+  return {"video": visual, **inputs}  # in MODEL_INPUTS order: objectives may pass them positionally
 
 
 def make_train_step(model: nn.Module, tx: optax.GradientTransformation, objective: objectives_base.Objective, *,
