@@ -6,9 +6,8 @@ r"""What the frozen X-encoder's feature cache buys: train-step and data-pipeline
 
 For each config (`--configs`: `demo` = `configs/demo.py:video`, `small` = `configs/small.py`, or any
 `path[:arg]` spec) it builds the last stage exactly as `python -m vljepa_jax.main` does, with the
-X-encoder **frozen** as the paper freezes V-JEPA 2: `model.freeze_x_encoder=True` and the LR rule
-`("x_encoder/.*", 0.0)` put first (no gradient, no Adam moments, no weight decay: without the rule
-AdamW's decoupled decay would still move the "frozen" weights, and a cache of them would go stale).
+X-encoder **frozen** as the paper freezes V-JEPA 2: `model.freeze_x_encoder=True`, which stops its
+gradient and puts it at learning rate 0 (`trainer.stage_lr_rules`: no Adam moments, no weight decay).
 Neither config freezes it as shipped (both train their small ViT from scratch); the project's
 ablations (`configs/vljepa_ablation.py`, base=demo) run the demo's video stage frozen the same way.
 Compute is `--compute_dtype` (float32 by default, as `benchmarks/train_step.py --dtype=float32` on a CPU,
@@ -48,10 +47,11 @@ where bf16 matmuls are emulated). Then:
     states start from the same parameters. The cache is checked against the stage's X-encoder first
     (`feature_check.check_feature_sources`, as training does), and the first step's loss on video and
     on tokens is printed (equal up to the tokens' storage rounding). Each step is compiled (timed),
-    run 3 times to warm up, then timed `--steps` steps at a time, video and tokens alternating for
-    `--rounds` rounds (a pause between them lets XLA's worker threads sleep); medians. The small
-    config's batch is `--small_batch` (4: ~3 s a step on 2 cores; its own 32 takes ~20 s); the
-    demo's is its own 64 (`--demo_batch` to change).
+    run 3 times to warm up, then timed `--steps` steps at a time (default: those the video side
+    runs in about 3 s, at least 2), video and tokens alternating for `--rounds` rounds (a pause
+    between them lets XLA's worker threads sleep); medians. The small config's batch is
+    `--small_batch` (4: ~3 s a step on 2 cores; its own 32 takes ~20 s); the demo's is its own 64
+    (`--demo_batch` to change).
 
 Then a table of every figure, and one summary line per config:
 
@@ -89,13 +89,15 @@ from vljepa_jax import host_memory
 from vljepa_jax.data import cache_features
 
 CONFIGS = {"demo": "configs/demo.py:video", "small": "configs/small.py"}
+_ROUND_S = 3.0  # the video side's timed seconds per round when --steps is not given
 _CONFIGS = flags.DEFINE_list("configs", ["demo", "small"], f"Configs to measure: names of {CONFIGS} or path[:arg] "
                              "specs (the last stage).")
 _RECORDS = flags.DEFINE_integer("records", 512, "Records of the training source to cache (its first N, via the "
                                 "source spec's `limit`); both sides of every measurement read these.")
 _ROUNDS = flags.DEFINE_integer("rounds", 3, "Alternating video / cache rounds, for the step and the pipeline "
                                "(medians).")
-_STEPS = flags.DEFINE_integer("steps", 3, "Timed train steps per side per round.")
+_STEPS = flags.DEFINE_integer("steps", None, "Timed train steps per side per round (default: as many as take about "
+                              f"{_ROUND_S:.0f} s on the video side, at least 2: ~9 for the demo, 2 for small).")
 _SMALL_BATCH = flags.DEFINE_integer("small_batch", 4, "Global batch of the small config's train step (its own is "
                                     "32: ~20 s a step on 2 CPU cores; 4: ~3 s).")
 _DEMO_BATCH = flags.DEFINE_integer("demo_batch", None, "Global batch of the demo's train step (default: its own, 64).")
@@ -105,8 +107,8 @@ _PIPELINE_BATCHES = flags.DEFINE_integer("pipeline_batches", 10, "Timed pipeline
                                          "one warm-up batch.")
 _NUM_THREADS = flags.DEFINE_integer("num_threads", None, "data.num_threads of both pipelines (default: the config's; "
                                     "demo 2, small 4).")
-_DTYPE = flags.DEFINE_enum("compute_dtype", "float32", ["float32", "bfloat16"], "Compute dtype of the configs (float32 on a "
-                           "CPU, as benchmarks/train_step.py --dtype=float32).")
+_DTYPE = flags.DEFINE_enum("compute_dtype", "float32", ["float32", "bfloat16"], "Compute dtype of the configs "
+                           "(float32 on a CPU, as benchmarks/train_step.py --dtype=float32).")
 _CACHE_DTYPE = flags.DEFINE_enum("cache_dtype", "bfloat16", ["bfloat16", "float32"], "Storage dtype of the cached "
                                  "tokens (cache_features --dtype; bfloat16 is its default).")
 _CACHE_BATCH = flags.DEFINE_integer("cache_batch", 64, "X-encoder batch of the cache writer (cache_features "
@@ -116,7 +118,6 @@ _FOREIGN_FLAG_MODULES = ("vljepa_jax.main", "vljepa_jax.data.cache_features")
 
 _PAUSE_S = 0.5  # between timed runs of the two sides: XLA's and Grain's threads spin for a moment after a call
 _WARMUP_STEPS = 3
-FROZEN_X_ENCODER_RULE = ("x_encoder/.*", 0.0)
 
 
 def _load_config(spec: str):
@@ -155,19 +156,14 @@ def frozen_config(spec: str, name: str):
   the step's batch size and compute dtype; also (stage name, resolved stage config, the config's own batch)."""
   from vljepa_jax.train import stages as stages_lib  # pylint: disable=g-import-not-at-top
   config = _load_config(spec)
-  own_batch = None
   with config.unlocked():
-    config.model.freeze_x_encoder = True
-    rules = tuple(map(tuple, config.optimizer.lr_rules))
-    if FROZEN_X_ENCODER_RULE not in rules:
-      config.optimizer.lr_rules = (FROZEN_X_ENCODER_RULE,) + rules
+    config.model.freeze_x_encoder = True  # the library then puts the X-encoder at LR 0 (trainer.stage_lr_rules)
     config.dtype = _DTYPE.value
     source_name, _ = _only_source(config.data)
     config.data.sources[source_name]["limit"] = _RECORDS.value
     if _NUM_THREADS.value:
       config.data.num_threads = _NUM_THREADS.value
-    stage_name, resolved = stages_lib.resolve(config)[-1]
-    own_batch = resolved.batch_size
+    own_batch = stages_lib.resolve(config)[-1][1].batch_size
     batch = _SMALL_BATCH.value if name == "small" else _DEMO_BATCH.value if name == "demo" else None
     if batch:
       config.batch_size = batch
@@ -176,7 +172,6 @@ def frozen_config(spec: str, name: str):
   # measure something else.
   _, stage_source = _only_source(stage_config.data)
   if (stage_source.get("limit") != _RECORDS.value or not stage_config.model.freeze_x_encoder
-      or tuple(stage_config.optimizer.lr_rules[0]) != FROZEN_X_ENCODER_RULE
       or (batch and stage_config.batch_size != batch)):
     raise app.UsageError(f"{spec}: stage {stage_name!r} overrides the data source, model, LR rules or batch size "
                          "this benchmark sets at the top level")
@@ -197,8 +192,8 @@ def cached_stage_config(config, path: str):
 
 def storage(path: str, metadata: dict, data) -> dict:
   """Bytes per cached sample: on disk (the shards over the records: zstd-compressed by ArrayRecord's default
-  options, and each shard padded to whole blocks (128 KiB granules here), which a few hundred records do not amortise fully),
-  the record as stored before compression (msgpack: tokens + texts), the tokens alone, and the decoded clip."""
+  options, each shard padded to whole blocks, which a few hundred records do not amortise fully), the record
+  before compression (msgpack: tokens + texts), the tokens alone, and the decoded clip."""
   import grain  # pylint: disable=g-import-not-at-top
   import numpy as np  # pylint: disable=g-import-not-at-top
   from vljepa_jax.data import feature_cache  # pylint: disable=g-import-not-at-top
@@ -256,7 +251,7 @@ def step_rates(stages: dict, hosts: dict) -> dict:
   from vljepa_jax.train import feature_check  # pylint: disable=g-import-not-at-top
   from vljepa_jax.train import train_step  # pylint: disable=g-import-not-at-top
 
-  holders, steps, out = {}, {}, {"compile_s": {}, "loss": {}, "seconds": {name: [] for name in stages}}
+  steps, out = {}, {"compile_s": {}, "loss": {}, "warm_s": {}, "seconds": {name: [] for name in stages}}
   for name, stage in stages.items():
     state = stage.init_state(None)
     if name == "cache":  # as the trainer does before its first step: the cache is this X-encoder's
@@ -272,17 +267,23 @@ def step_rates(stages: dict, hosts: dict) -> dict:
       holder["state"], metrics = stage.step_fn(holder["state"], batch)
       return metrics
 
-    holders[name], steps[name] = holder, run
+    steps[name] = run
     for i in range(_WARMUP_STEPS):
+      start = time.perf_counter()
       metrics = jax.block_until_ready(run())
+      warm_s = time.perf_counter() - start
       if i == 0:
         out["loss"][name] = float(metrics["loss"])
-    print(f"    {name}: compiled in {out['compile_s'][name]:.1f} s, first-step loss {out['loss'][name]:.5f}",
-          flush=True)
+    out["warm_s"][name] = warm_s
+    print(f"    {name}: compiled in {out['compile_s'][name]:.1f} s, first-step loss {out['loss'][name]:.5f}, "
+          f"last warm-up step {warm_s * 1e3:.0f} ms", flush=True)
+  calls = _STEPS.value or max(2, round(_ROUND_S / out["warm_s"]["video"]))
+  out["steps"] = calls
+  print(f"    timing {calls} steps per side per round", flush=True)
   for r in range(_ROUNDS.value):
     for name, run in steps.items():
       time.sleep(_PAUSE_S)
-      out["seconds"][name].append(_median_time(run, _STEPS.value, jax.block_until_ready))
+      out["seconds"][name].append(_median_time(run, calls, jax.block_until_ready))
     print(f"    round {r + 1}: " + ", ".join(f"{n} {v[-1] * 1e3:.0f} ms" for n, v in out["seconds"].items())
           + " per step", flush=True)
   return out
@@ -294,8 +295,8 @@ def measure(name: str, spec: str, root: str) -> dict:
 
   config, stage_name, stage_config, own_batch = frozen_config(spec, name)
   source_name, source_spec = _only_source(stage_config.data)
-  print(f"\n{name} ({spec}, stage {stage_name!r}): X-encoder frozen (model.freeze_x_encoder=True, lr rule "
-        f"{FROZEN_X_ENCODER_RULE}), {stage_config.dtype} compute; source {source_name!r} = {source_spec}"
+  print(f"\n{name} ({spec}, stage {stage_name!r}): X-encoder frozen (model.freeze_x_encoder=True, "
+        f"which sets its LR to 0), {stage_config.dtype} compute; source {source_name!r} = {source_spec}"
         + (" (the embedded procedural dataset: its 'decoding' is rendering the clip)"
            if source_spec["type"] == "shapes" else ""), flush=True)
   workdir = os.path.join(root, name)
@@ -329,8 +330,8 @@ def measure(name: str, spec: str, root: str) -> dict:
   hosts = {n: _host_batch(s) for n, s in stages.items()}
   _check_same_rows(hosts["video"], hosts["cache"])
   batch = stage_config.batch_size
-  print(f"  train step: batch {batch} (same rows on both sides), {_STEPS.value} steps per side per round after "
-        f"{_WARMUP_STEPS} warm-up steps", flush=True)
+  print(f"  train step: batch {batch} (same rows on both sides), {_WARMUP_STEPS} warm-up steps per side, then "
+        f"{_ROUNDS.value} alternating rounds", flush=True)
   timed = step_rates(stages, hosts)
 
   step_sps = {n: batch / statistics.median(v) for n, v in timed["seconds"].items()}
@@ -339,6 +340,10 @@ def measure(name: str, spec: str, root: str) -> dict:
   return {"name": name, "spec": spec, "batch": batch, "pipeline_batch": pipeline_batch, "threads": threads,
           "write_s": write_s, "storage": store, "step": step_sps, "pipeline": pipe_sps, **timed,
           "peak_host_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
+
+
+def _rate(samples_per_s: float) -> str:
+  return f"{samples_per_s:.1f}" if samples_per_s >= 10 else f"{samples_per_s:.2f}"
 
 
 def _print_table(header, rows) -> None:
@@ -370,13 +375,12 @@ def main(argv):
   _print_table(["config", "step batch", "video step samples/s", "cache step samples/s", "step x",
                 "compile s video / cache", "pipeline batch, threads", "video pipeline samples/s",
                 "cache pipeline samples/s", "pipeline x", "cache B/sample on disk (uncompressed)", "tokens",
-                "float32 / uint8 clip B",
-                "cache write s (records)"],
-               [[r["name"], r["batch"], f"{r['step']['video']:.1f}", f"{r['step']['cache']:.1f}",
+                "float32 / uint8 clip B", "cache write s (records)"],
+               [[r["name"], r["batch"], _rate(r["step"]["video"]), _rate(r["step"]["cache"]),
                  f"{r['step']['cache'] / r['step']['video']:.2f}",
                  f"{r['compile_s']['video']:.1f} / {r['compile_s']['cache']:.1f}",
-                 f"{r['pipeline_batch']}, {r['threads']}", f"{r['pipeline']['video']:.1f}",
-                 f"{r['pipeline']['cache']:.1f}", f"{r['pipeline']['cache'] / r['pipeline']['video']:.2f}",
+                 f"{r['pipeline_batch']}, {r['threads']}", _rate(r["pipeline"]["video"]),
+                 _rate(r["pipeline"]["cache"]), f"{r['pipeline']['cache'] / r['pipeline']['video']:.2f}",
                  f"{r['storage']['bytes_per_sample']:,.0f} ({r['storage']['record_bytes']:,.0f})",
                  f"{r['storage']['dtype']} {r['storage']['token_shape']}",
                  f"{r['storage']['float32_clip']:,} / {r['storage']['uint8_clip']:,}",
@@ -384,9 +388,9 @@ def main(argv):
   for r in results:
     s = r["storage"]
     print(f"feature cache {r['name']}: step x{r['step']['cache'] / r['step']['video']:.2f} "
-          f"({r['step']['video']:.1f} -> {r['step']['cache']:.1f} samples/s), pipeline "
-          f"x{r['pipeline']['cache'] / r['pipeline']['video']:.2f} ({r['pipeline']['video']:.1f} -> "
-          f"{r['pipeline']['cache']:.1f} samples/s), {s['bytes_per_sample']:,.0f} B/sample ({s['dtype']} tokens "
+          f"({_rate(r['step']['video'])} -> {_rate(r['step']['cache'])} samples/s), pipeline "
+          f"x{r['pipeline']['cache'] / r['pipeline']['video']:.2f} ({_rate(r['pipeline']['video'])} -> "
+          f"{_rate(r['pipeline']['cache'])} samples/s), {s['bytes_per_sample']:,.0f} B/sample ({s['dtype']} tokens "
           f"{s['token_shape']}; {s['record_bytes']:,.0f} B uncompressed) vs {s['float32_clip']:,} B float32 clip")
   print(f"(X-encoder frozen in every config; {_DTYPE.value} compute; peak host memory "
         f"{max(r['peak_host_mib'] for r in results):,.0f} MiB; {time.perf_counter() - start:.0f} s in all)")

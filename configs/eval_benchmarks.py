@@ -29,10 +29,6 @@
    workdir holds no training checkpoints. Every placeholder left as it is ("") fails when the
    evaluators are built, naming the key, before anything is compiled. Results go to
    `$W/eval_results.{json,md,csv}`: one row per benchmark.
-   A `features` source (`python -m vljepa_jax.data.cache_features --eval=NAME ...`) can replace a
-   benchmark's manifest: `--config.evals.NAME.data.sources.main.type=features` with `.path=DIR`
-   (and its `manifest`/`media_root` keys removed from the command line... they are not read by it, so
-   leave them out: the source takes only `path`).
 
 The model is the paper's (configs/vljepa_pretrain.py, the video32 stage: frozen V-JEPA 2 ViT-L,
 Llama-3.2-1B layers 8-15 bidirectional, EmbeddingGemma-300M, 1536-d).

@@ -149,9 +149,11 @@ def test_bad_evaluator_configs_fail_by_name(setup):
     evaluator_lib.make_evaluators({"x": {"type": "open_vocabulary_detection"}}, None, context)
   with pytest.raises(ValueError, match=r"evals.x: unknown option\(s\) \['template'\]"):
     evaluator_lib.make_evaluators({"x": {"type": "classification", "template": "a {}"}}, None, context)
-  with pytest.raises(ValueError, match=r"evals.x.class_names='shapes_actions': expected a list of names or 'source'"):
+  # A string other than "source" is a class-list file: a missing one fails when the evaluator is built.
+  with pytest.raises(ValueError, match=r"evals.x.class_names='shapes_actions': expected 'source', a list of names, "
+                                       r"or a file with one class name per line"):
     evaluator_lib.make_evaluators({"x": {"type": "classification", "class_names": "shapes_actions"}},
-                                  ScoringOnly(), context)["x"].run(None)
+                                  ScoringOnly(), context)
   with pytest.raises(ValueError, match=r"evals.x.templates: .*exactly once, got \['a', 'b \{\}'\]"):
     evaluator_lib.make_evaluators({"x": {"type": "classification", "templates": ["a", "b {}"]}}, ScoringOnly(), context)
 

@@ -5,6 +5,9 @@ as video, through the model's own X-encoder.
 """
 import json
 import os
+import socket
+import subprocess
+import sys
 
 import jax
 import ml_dtypes
@@ -12,7 +15,7 @@ import numpy as np
 import pytest
 
 import tiny_train_config
-from conftest import run_cli
+from conftest import REPO, run_cli
 from vljepa_jax.data import cache_features
 from vljepa_jax.data import feature_cache
 from vljepa_jax.data import global_batch
@@ -160,3 +163,52 @@ def test_training_reads_the_cache_and_the_command_line_writes_it(float32_cache, 
   with open(tmp_path / "run" / "train" / "metrics.jsonl") as f:
     losses = [json.loads(line)["loss"] for line in f if '"loss"' in line]
   assert len(losses) == 3 and all(np.isfinite(losses))
+
+
+def test_two_processes_write_one_cache_equal_to_a_single_processes(float32_cache, tmp_path):
+  """Two `jax.distributed` CPU processes x 2 devices, each encoding and writing its own records."""
+  path, single = float32_cache
+  with socket.socket() as s:
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+  out = tmp_path / "two"
+  env = {**os.environ, "JAX_PLATFORMS": "cpu", "JAX_NUM_CPU_DEVICES": "2"}
+  procs = [subprocess.Popen([sys.executable, "-m", "vljepa_jax.data.cache_features", "--config=tests/tiny_train_config.py",
+                             "--config.model.freeze_x_encoder=True", f"--output={out}", "--batch_size=16",
+                             "--dtype=float32", f"--coordinator_address=127.0.0.1:{port}", "--num_processes=2",
+                             f"--process_id={i}"], cwd=REPO, env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True) for i in range(2)]
+  for proc in procs:
+    log, _ = proc.communicate(timeout=240)
+    assert proc.returncode == 0, log
+  two = feature_cache.FeatureSource(out)
+  assert two.metadata["shards"] == ["features-00000-of-00002.array_record", "features-00001-of-00002.array_record"]
+  assert two.metadata["num_records"] == single["num_records"] == 256
+  reference = feature_cache.FeatureSource(path)
+  by_id = {reference[i]["id"]: reference[i] for i in range(len(reference))}
+  seen = set()
+  for i in range(len(two)):
+    record = two[i]
+    seen.add(record["id"])
+    expected = by_id[record["id"]]
+    assert record["caption"] == expected["caption"]
+    # Another mesh (4 devices over 2 processes) is another program: equal up to float rounding.
+    np.testing.assert_allclose(record["visual_tokens"], expected["visual_tokens"], rtol=1e-5, atol=1e-5)
+  assert seen == set(by_id)  # disjoint shards that cover the source
+
+
+def test_a_frozen_x_encoder_gets_no_update_and_a_rule_that_trains_it_is_refused(tmp_path):
+  """`freeze_x_encoder` alone stops the gradient; weight decay must not move the weights either."""
+  stage = _stage(_config(**{"optimizer.weight_decay": 0.1}), tmp_path / "decay")
+  state = stage.init_state(None)
+  before = jax.tree.map(np.asarray, state.params["x_encoder"])
+  batch = global_batch.to_global_batch(trainer.train_step_lib.batch_inputs(_first_batch(stage, shuffle=True)),
+                                       stage.mesh)
+  for _ in range(2):
+    state, metrics = stage.step_fn(state, batch)
+  assert bool(metrics["finite"]) and float(metrics["update_norm"]) > 0  # the other towers moved
+  for a, b in zip(jax.tree.leaves(before), jax.tree.leaves(state.params["x_encoder"])):
+    np.testing.assert_array_equal(np.asarray(b), a)  # the same program on the same machine: bit-equal
+  with pytest.raises(ValueError, match=r"freeze_x_encoder=True, but optimizer.lr_rules gives the X-encoder a learning "
+                                       r"rate: rule \('x_encoder/layers_0/.*', 0.5\)"):
+    _stage(_config(**{"optimizer.lr_rules": (("x_encoder/layers_0/.*", 0.5),)}), tmp_path / "conflict")

@@ -110,11 +110,11 @@ def write_sample(tar, key, entry, media, *, with_media=True):
 
 
 def wds_spec(data, **kwargs):
-  return {"type": "webdataset", "shards": str(data["shards"] / SHARD_PATTERN), **kwargs}
+  return {"type": "webdataset", "path": str(data["shards"] / SHARD_PATTERN), **kwargs}
 
 
 def parquet_spec(data, **kwargs):
-  spec = {"type": "parquet", "files": [str(data["parquet_bytes"]), str(data["parquet_paths"])],
+  spec = {"type": "parquet", "path": [str(data["parquet_bytes"]), str(data["parquet_paths"])],
           "media_column": "image", "captions_column": "captions", "query_column": "query", "answer_column": "answer",
           "question_type_column": "question_type", "label_column": "label", "start_column": "start_s",
           "end_column": "end_s"}
@@ -255,7 +255,7 @@ def test_damaged_shards_are_counted_skips(data, tok, tmp_path):
   with tarfile.open(tmp_path / "e.tar", "w") as tar:  # sample 3 lacks its media, sample 4 is fine
     write_sample(tar, "000000003", entries[3], media, with_media=False)
     write_sample(tar, "000000004", entries[4], media)
-  spec = {"type": "webdataset", "shards": [str(tmp_path / n) for n in names]}
+  spec = {"type": "webdataset", "path": [str(tmp_path / n) for n in names]}
   source = pipeline.make_source(spec, config(spec))
   assert len(source) == 3 + (1 + 1) + 1 + 1 + 2  # good, 1 kept + placeholder, 2 placeholders, 2 samples
   with pytest.raises(media_lib.BadSample, match=r"b\.tar: corrupt tar") as error:
@@ -296,7 +296,7 @@ def test_damaged_parquet_is_counted_not_fatal(data, tok, tmp_path):
                  tmp_path / "a.parquet", row_group_size=2)
   # First in the directory's order: the pipeline reports skips with the next good sample.
   (tmp_path / "0.parquet").write_bytes(b"PAR1 but not really a parquet file" * 10)
-  spec = parquet_spec(data, files=str(tmp_path))  # a directory: its *.parquet, sorted
+  spec = parquet_spec(data, path=str(tmp_path))  # a directory: its *.parquet, sorted
   source = pipeline.make_source(spec, config(spec))
   assert len(source) == 1 + 5
   with pytest.raises(media_lib.BadSample, match=r"0\.parquet: not a readable Parquet file") as error:
@@ -336,7 +336,7 @@ def test_configuration_mistakes_fail_clearly(data, tmp_path):
 def test_mixture_of_webdataset_and_parquet_follows_weights(data, tok):
   """3:1 WebDataset (all 9 samples) to Parquet (the bytes file: the first 5); every sample is its source's."""
   wds = wds_spec(data, weight=3.0)
-  parquet = parquet_spec(data, files=str(data["parquet_bytes"]), weight=1.0)
+  parquet = parquet_spec(data, path=str(data["parquet_bytes"]), weight=1.0)
   out = take(iterator(config(wds, sources=[wds, parquet]), tok, batch=8), 20)
   source = np.concatenate([b["source"] for b in out])
   index = np.concatenate([b["source_index"] for b in out])

@@ -14,10 +14,10 @@ A cache directory:
 
 A cache is only valid for the X-encoder and the preprocessing that wrote it, and a run refuses any
 other, before it trains:
-  * the preprocessing (`num_frames`, `crop_size`, `short_side`) and `x_encoder_chunk_frames` must
-    equal the run's (`FeatureSource.check_data_config`, when the pipeline opens the source);
-  * the X-encoder's architecture must equal the run's, compared without the fields that change how
-    it is computed and not what (`EXECUTION_FIELDS`);
+  * the preprocessing (`num_frames`, `crop_size`, `short_side`) must equal the run's data config
+    (`FeatureSource.check_data_config`, when the pipeline opens the source);
+  * the X-encoder's architecture and `x_encoder_chunk_frames` must equal the run's, the former
+    compared without the fields that change how it is computed and not what (`EXECUTION_FIELDS`);
   * its weights must be the run's: the writer stores the X-encoder's output for a fixed synthetic
     probe clip (mean token and first token), the run recomputes it from its own parameters and
     compares (`check_x_encoder`). A relative L2 distance above `PROBE_TOLERANCE` fails: bf16 against

@@ -82,7 +82,7 @@ class ParquetSource:
   """Rows of Parquet files as records (see the module docstring).
 
   Args:
-    files: a Parquet file, a directory (all its `*.parquet`, sorted), a glob, a brace pattern such
+    path: a Parquet file, a directory (all its `*.parquet`, sorted), a glob, a brace pattern such
       as `part-{00000..00009}.parquet`, or a list of those.
     media_column: the column holding a media path (string) or encoded media (binary).
     text_column: the caption column; None for data without captions (e.g. only query/answer).
@@ -94,17 +94,18 @@ class ParquetSource:
     num_threads: threads reading footers in parallel when the source is built.
   """
 
-  def __init__(self, files: str | os.PathLike | Sequence[str | os.PathLike], *, media_column: str = "media",
+  def __init__(self, path: str | os.PathLike | Sequence[str | os.PathLike], *, media_column: str = "media",
                text_column: str | None = "caption", media_root: str | os.PathLike | None = None,
                id_column: str | None = None, captions_column: str | None = None, label_column: str | None = None,
                query_column: str | None = None, answer_column: str | None = None,
                answer_candidates_column: str | None = None, question_type_column: str | None = None,
                start_column: str | None = None, end_column: str | None = None, cache_row_groups: int = 4,
                num_threads: int = 16):
-    self._pattern = files if isinstance(files, (str, os.PathLike)) else list(files)
+    # `path`, as every file-based source names it: a config switches type with the same key.
+    self._pattern = path if isinstance(path, (str, os.PathLike)) else list(path)
     self._paths = [os.path.abspath(p) for p in webdataset_source.expand_paths(
-        files, suffix=PARQUET_SUFFIX, kind="Parquet files")]
-    self._media_root = os.path.abspath(media_root) if media_root is not None else None
+        path, suffix=PARQUET_SUFFIX, kind="Parquet files")]
+    self._media_root = os.path.abspath(media_root) if media_root not in (None, "") else None  # "": unset
     if (start_column is None) != (end_column is None):
       raise ValueError(f"a clip window needs both start_column and end_column, got start_column={start_column!r}, "
                        f"end_column={end_column!r}")

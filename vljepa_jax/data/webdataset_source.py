@@ -233,7 +233,7 @@ class WebDatasetSource:
   """Samples of WebDataset tar shards, indexed for random access (see the module docstring).
 
   Args:
-    shards: a directory (all its `*.tar`, sorted), a glob, a brace pattern such as
+    path: the shards: a directory (all its `*.tar`, sorted), a glob, a brace pattern such as
       `data/shard-{000000..000009}.tar`, a path, or a list of those.
     media_keys: the extensions that hold the media, in order of preference (e.g. ["mp4"]); None
       takes the first member with any image or video extension.
@@ -243,11 +243,12 @@ class WebDatasetSource:
       filesystems their latency dominates).
   """
 
-  def __init__(self, shards: str | os.PathLike | Sequence[str | os.PathLike], *,
+  def __init__(self, path: str | os.PathLike | Sequence[str | os.PathLike], *,
                media_keys: Sequence[str] | None = None, caption_key: str | None = "txt",
                json_key: str | None = "json", num_threads: int = 16):
-    self._pattern = shards if isinstance(shards, (str, os.PathLike)) else list(shards)
-    self._paths = [os.path.abspath(p) for p in expand_paths(shards, suffix=TAR_SUFFIX, kind="WebDataset shards")]
+    # `path`, as every file-based source names it: a config switches type with the same key.
+    self._pattern = path if isinstance(path, (str, os.PathLike)) else list(path)
+    self._paths = [os.path.abspath(p) for p in expand_paths(path, suffix=TAR_SUFFIX, kind="WebDataset shards")]
     if isinstance(media_keys, str):
       media_keys = [media_keys]
     self._media_keys = None if media_keys is None else tuple(k.lower().lstrip(".") for k in media_keys)

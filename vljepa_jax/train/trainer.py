@@ -19,9 +19,10 @@ Only process 0 writes logs; every process takes part in checkpointing, as Orbax 
 from __future__ import annotations
 
 import os
+import re
 import signal
 import time
-from typing import Any
+from typing import Any, Sequence
 
 from absl import logging
 import flax.linen as nn
@@ -99,13 +100,37 @@ class _SigtermFlag:
     return bool(np.any(multihost_utils.process_allgather(np.asarray(self.raised))))
 
 
+X_ENCODER = "x_encoder"  # the X-encoder's subtree in the parameters
+
+
 def stage_lr_rules(config: ml_collections.ConfigDict, abstract_params: Any, objective: Any = None
                    ) -> tuple[tuple[str, float], ...]:
   """The optimizer's LR rules of a stage: `config.optimizer.lr_rules` for the run's predictor backbone, as the
   stage's objective adapts them."""
   objective = objective or objectives_registry.make_objective(config)
   configured = config_base.resolve_lr_rules(config.optimizer.lr_rules, config.model.predictor.backbone)
+  if config.model.get("freeze_x_encoder", False):
+    configured = frozen_x_encoder_rules(configured, abstract_params)
   return objective.lr_rules(configured, abstract_params)
+
+
+def frozen_x_encoder_rules(rules: Sequence[tuple[str, float]], abstract_params: Any) -> tuple[tuple[str, float], ...]:
+  """`rules` with the X-encoder at multiplier 0, as `model.freeze_x_encoder=True` means.
+
+  Freezing only stops the X-encoder's gradient; without a zero learning rate AdamW's decoupled
+  weight decay would still shrink its weights every step, so a "frozen" X-encoder would drift
+  (and a feature cache written from it would go stale). A rule that gives it a non-zero rate
+  contradicts the flag and fails, naming the rule.
+  """
+  paths = [optimizer_lib.param_path(path) for path, _ in jax.tree_util.tree_flatten_with_path(abstract_params)[0]]
+  x_encoder = [p for p in paths if p.startswith(f"{X_ENCODER}/")]
+  for pattern, multiplier in rules:
+    matched = [p for p in x_encoder if re.fullmatch(pattern, p)]
+    if matched and multiplier != 0.0:
+      raise ValueError(f"model.freeze_x_encoder=True, but optimizer.lr_rules gives the X-encoder a learning rate: rule "
+                       f"({pattern!r}, {multiplier}) matches {matched[0]!r}; drop the rule or set "
+                       "model.freeze_x_encoder=False")
+  return ((f"{X_ENCODER}/.*", 0.0),) + tuple((p, m) for p, m in rules if p != f"{X_ENCODER}/.*")
 
 
 class Stage:
