@@ -14,7 +14,7 @@ Compute is `--compute_dtype` (float32 by default, as `benchmarks/train_step.py -
 where bf16 matmuls are emulated). Then:
 
  1. **Cache.** The stage's training source, limited to its first `--records` records (the `limit`
-    key every source spec takes), goes through `cache_features.write_cache` (the library's writer:
+    key every source spec takes), goes through `feature_cache_writer.write_cache` (the library's writer:
     the pipeline's own decode, the stage's X-encoder, ArrayRecord shards + features.json) into a
     temporary directory. Printed: the write's wall time (it includes building the model, its init
     and the X-encoder's compilation, as a real `python -m vljepa_jax.data.cache_features` run
@@ -66,10 +66,7 @@ f grows with the X-encoder and the clip. The pipeline's ratio is the
 cost of producing a clip (here rendering it) against reading and unpacking its tokens; the texts are
 tokenised on both sides.
 
-The writer's module (`vljepa_jax.data.cache_features`) defines `vljepa_jax.main`'s flags and its own;
-this script reads only `--host_memory` of them (as `benchmarks/train_step.py` does) and refuses the
-others, so `--dtype` or `--batch_size` cannot be passed by mistake for `--compute_dtype` or
-`--small_batch`.
+`--host_memory` is the main job's flag, applied as `benchmarks/train_step.py` applies it.
 """
 import os
 import platform
@@ -83,10 +80,8 @@ import time
 from absl import app
 from absl import flags
 
-# The writer's module defines `vljepa_jax.main`'s flags and its own (--dtype, --batch_size, ...): this script takes
-# `--host_memory` from them and refuses the others (`main`); its own flags are named apart.
-from vljepa_jax import host_memory
-from vljepa_jax.data import cache_features
+from vljepa_jax import host_memory  # no JAX import: the allocator is set before a backend starts
+from vljepa_jax.train import feature_cache_writer
 
 CONFIGS = {"demo": "configs/demo.py:video", "small": "configs/small.py"}
 _ROUND_S = 3.0  # the video side's timed seconds per round when --steps is not given
@@ -110,11 +105,11 @@ _NUM_THREADS = flags.DEFINE_integer("num_threads", None, "data.num_threads of bo
 _DTYPE = flags.DEFINE_enum("compute_dtype", "float32", ["float32", "bfloat16"], "Compute dtype of the configs "
                            "(float32 on a CPU, as benchmarks/train_step.py --dtype=float32).")
 _CACHE_DTYPE = flags.DEFINE_enum("cache_dtype", "bfloat16", ["bfloat16", "float32"], "Storage dtype of the cached "
-                                 "tokens (cache_features --dtype; bfloat16 is its default).")
-_CACHE_BATCH = flags.DEFINE_integer("cache_batch", 64, "X-encoder batch of the cache writer (cache_features "
+                                 "tokens (the writer's --dtype; bfloat16 is its default).")
+_CACHE_BATCH = flags.DEFINE_integer("cache_batch", 64, "X-encoder batch of the cache writer (its "
                                     "--batch_size; its default, eval_batch_size=256, needs more host memory).")
-# --host_memory: vljepa_jax.main's flag (defined by the import of cache_features), applied as train_step.py does.
-_FOREIGN_FLAG_MODULES = ("vljepa_jax.main", "vljepa_jax.data.cache_features")
+_HOST_MEMORY = flags.DEFINE_enum("host_memory", "auto", host_memory.MODES, "As the main job's flag "
+                                  "(vljepa_jax/host_memory.py).")
 
 _PAUSE_S = 0.5  # between timed runs of the two sides: XLA's and Grain's threads spin for a moment after a call
 _WARMUP_STEPS = 3
@@ -303,7 +298,7 @@ def measure(name: str, spec: str, root: str) -> dict:
   path = os.path.join(workdir, "features")
 
   start = time.perf_counter()
-  metadata = cache_features.write_cache(config, path, batch_size=_CACHE_BATCH.value, dtype=_CACHE_DTYPE.value)
+  metadata = feature_cache_writer.write_cache(config, path, batch_size=_CACHE_BATCH.value, dtype=_CACHE_DTYPE.value)
   write_s = time.perf_counter() - start
   plain_data = pipeline.DataConfig.from_dict(stage_config.data)
   store = storage(path, metadata, plain_data)
@@ -356,15 +351,7 @@ def _print_table(header, rows) -> None:
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-  by_module = flags.FLAGS.flags_by_module_dict()
-  foreign = sorted(f"--{f.name}" for module in _FOREIGN_FLAG_MODULES for f in by_module.get(module, ())
-                   if f.present and f.name != "host_memory")
-  if foreign:
-    raise app.UsageError(f"{', '.join(foreign)}: flags of vljepa_jax.main / cache_features, which this benchmark does "
-                         "not read (its own: --configs, --records, --rounds, --steps, --small_batch, --demo_batch, "
-                         "--pipeline_batch, --pipeline_batches, --num_threads, --compute_dtype, --cache_dtype, "
-                         "--cache_batch, --host_memory)")
-  retained = host_memory.retain_freed_memory(flags.FLAGS.host_memory)  # before any backend starts, as main.py does
+  retained = host_memory.retain_freed_memory(_HOST_MEMORY.value)  # before any backend starts, as main.py does
   print(_machine_line() + f", host memory {'retained' if retained else 'system malloc'}", flush=True)
   start = time.perf_counter()
   results = []

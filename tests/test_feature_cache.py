@@ -16,7 +16,7 @@ import pytest
 
 import tiny_train_config
 from conftest import REPO, run_cli
-from vljepa_jax.data import cache_features
+from vljepa_jax.train import feature_cache_writer
 from vljepa_jax.data import feature_cache
 from vljepa_jax.data import global_batch
 from vljepa_jax.data import pipeline
@@ -55,7 +55,7 @@ def _first_batch(stage, shuffle=False):
 @pytest.fixture(scope="module")
 def float32_cache(tmp_path_factory):
   path = tmp_path_factory.mktemp("cache") / "features"
-  metadata = cache_features.write_cache(_config(), str(path), batch_size=16, dtype="float32")
+  metadata = feature_cache_writer.write_cache(_config(), str(path), batch_size=16, dtype="float32")
   return path, metadata
 
 
@@ -87,7 +87,7 @@ def test_the_cached_step_gives_the_uncached_loss(float32_cache, tmp_path):
 
 def test_bfloat16_tokens_are_the_x_encoders_output_rounded(tmp_path):
   path = tmp_path / "bf16"
-  metadata = cache_features.write_cache(_config(), str(path), batch_size=16)
+  metadata = feature_cache_writer.write_cache(_config(), str(path), batch_size=16)
   assert metadata["dtype"] == "bfloat16"
   plain = _stage(_config(), tmp_path / "plain")
   params = plain.init_params()
