@@ -38,10 +38,10 @@ NUM_CPU_DEVICES = 8
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-def run_cli(*args: str, check: bool = True) -> subprocess.CompletedProcess:
-  """Runs `python -m <args>` from the repo root, as a user would."""
+def run_cli(*args: str, check: bool = True, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+  """Runs `python -m <args>` from the repo root, as a user would (`env`: the environment, default this one's)."""
   proc = subprocess.run([sys.executable, "-m", *args], cwd=REPO, capture_output=True, text=True,
-                        env={**os.environ, "JAX_PLATFORMS": "cpu"})
+                        env={**(os.environ if env is None else env), "JAX_PLATFORMS": "cpu"})
   if check and proc.returncode != 0:
     raise AssertionError(f"{' '.join(args)} exited {proc.returncode}:\n{proc.stdout}\n{proc.stderr}")
   return proc

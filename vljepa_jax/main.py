@@ -167,6 +167,7 @@ def main(argv):
   host_memory.retain_freed_memory(_HOST_MEMORY.value)
   initialize_distributed()
   # Imported after jax.distributed is up: nothing may touch the backend before it.
+  from vljepa_jax.convert import hub  # pylint: disable=g-import-not-at-top
   from vljepa_jax.train import trainer  # pylint: disable=g-import-not-at-top
   try:
     if _MODE.value == "eval":
@@ -174,6 +175,9 @@ def main(argv):
       evaluation.sweep(_CONFIG.value, _WORKDIR.value, steps=_eval_steps())
     else:
       trainer.run(_CONFIG.value, _WORKDIR.value)
+  except hub.HubError as e:  # a config.init.* repo id that cannot be fetched: the message says what to do
+    print(f"error: {e}", file=sys.stderr)
+    sys.exit(1)
   except (FileNotFoundError, ValueError) as e:
     if _MODE.value != "eval":
       raise

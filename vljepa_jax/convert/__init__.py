@@ -26,6 +26,7 @@ from typing import Any
 import flax.linen as nn
 
 from vljepa_jax.convert import checkpoint
+from vljepa_jax.convert import hub
 from vljepa_jax.convert import mapping
 from vljepa_jax.convert import source as source_lib
 from vljepa_jax.convert.mapping import ConversionError
@@ -54,8 +55,10 @@ def family_module(family: str) -> ModuleType:
 
 
 def convert_state(family: str, input_path: str, options: ConvertOptions = ConvertOptions()):
-  """Reads and maps a checkpoint; returns `(config, params)` without writing anything."""
+  """Reads and maps a checkpoint (a local path, or a Hub repo id: `hub.py`); returns `(config, params)`
+  without writing anything."""
   fam = family_module(family)
+  input_path = hub.resolve(input_path)
   hf_config = source_lib.read_hf_config(input_path)
   state = fam.prepare(source_lib.read_checkpoint(input_path), options, input_path)
   config = fam.config_from_source(hf_config, state, options, input_path)
@@ -68,15 +71,17 @@ def convert_state(family: str, input_path: str, options: ConvertOptions = Conver
 
 def convert(family: str, input_path: str, output: str, options: ConvertOptions = ConvertOptions(),
             *, overwrite: bool = False) -> str:
-  """Converts `input_path` (HF folder, safetensors or .pt) into a vljepa-jax model directory."""
+  """Converts `input_path` (HF folder, safetensors or .pt, or a Hub repo id `owner/name[@revision]`)
+  into a vljepa-jax model directory."""
   fam = family_module(family)
-  config, params = convert_state(family, input_path, options)
-  folder = input_path if os.path.isdir(input_path) else os.path.dirname(input_path)
+  local = hub.resolve(input_path)  # fetched once; convert_state then finds it local
+  config, params = convert_state(family, local, options)
+  folder = local if os.path.isdir(local) else os.path.dirname(local)
   tokenizer_files = [os.path.join(folder, n) for n in fam.TOKENIZER_FILES
                      if os.path.isfile(os.path.join(folder, n))]
   with checkpoint.atomic_directory(output, overwrite=overwrite) as tmp:
     checkpoint.save(tmp, family=family, config=config.to_dict(), params=params,
-                    source=os.path.abspath(input_path), tokenizer_files=tokenizer_files)
+                    source=hub.describe(input_path, local), tokenizer_files=tokenizer_files)
   return os.path.abspath(output)
 
 

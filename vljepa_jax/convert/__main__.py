@@ -3,6 +3,7 @@
 Examples:
   python -m vljepa_jax.convert --model bert --input ~/all-MiniLM-L6-v2 --output /tmp/minilm
   python -m vljepa_jax.convert --model llama --input ~/Llama-3.2-1B --layers 8:16 --output /tmp/pred
+  python -m vljepa_jax.convert --model llama --input meta-llama/Llama-3.2-1B --layers 8:16 --output /tmp/pred
   python -m vljepa_jax.convert --model vjepa2 --input vitl.pt --checkpoint_key target_encoder \
       --output /tmp/vitl
   python -m vljepa_jax.convert --model embeddinggemma --input ~/embeddinggemma-300m --output /tmp/eg
@@ -19,7 +20,8 @@ from vljepa_jax import convert as convert_lib
 _MODEL = flags.DEFINE_enum("model", None, list(convert_lib.FAMILIES), "Model family of the checkpoint.")
 _INPUT = flags.DEFINE_string(
     "input", None, "Hugging Face model folder (config.json + *.safetensors or pytorch_model.bin), "
-    "a .safetensors file, or (vjepa2) a native .pt checkpoint.")
+    "a .safetensors file, (vjepa2) a native .pt checkpoint, or a Hugging Face Hub repo id "
+    "OWNER/NAME[@REVISION], fetched with huggingface_hub (its cache, token and HF_HUB_OFFLINE apply).")
 _OUTPUT = flags.DEFINE_string("output", None, "Directory to create (written atomically).")
 _LAYERS = flags.DEFINE_string("layers", None, "llama: keep source layers START:STOP (e.g. 8:16).")
 _CHECKPOINT_KEY = flags.DEFINE_enum(

