@@ -7,6 +7,8 @@ Examples:
   python -m vljepa_jax.convert --model vjepa2 --input vitl.pt --checkpoint_key target_encoder \
       --output /tmp/vitl
   python -m vljepa_jax.convert --model embeddinggemma --input ~/embeddinggemma-300m --output /tmp/eg
+  python -m vljepa_jax.convert --model open_vljepa --input cun-bjy/open-vljepa --x_encoder /tmp/vitl \
+      --output /tmp/open_vljepa
 """
 from __future__ import annotations
 
@@ -20,13 +22,16 @@ from vljepa_jax import convert as convert_lib
 _MODEL = flags.DEFINE_enum("model", None, list(convert_lib.FAMILIES), "Model family of the checkpoint.")
 _INPUT = flags.DEFINE_string(
     "input", None, "Hugging Face model folder (config.json + *.safetensors or pytorch_model.bin), "
-    "a .safetensors file, (vjepa2) a native .pt checkpoint, or a Hugging Face Hub repo id "
+    "a .safetensors file, (vjepa2, open_vljepa) a native .pt checkpoint, or a Hugging Face Hub repo id "
     "OWNER/NAME[@REVISION], fetched with huggingface_hub (its cache, token and HF_HUB_OFFLINE apply).")
 _OUTPUT = flags.DEFINE_string("output", None, "Directory to create (written atomically).")
 _LAYERS = flags.DEFINE_string("layers", None, "llama: keep source layers START:STOP (e.g. 8:16).")
 _CHECKPOINT_KEY = flags.DEFINE_enum(
     "checkpoint_key", "encoder", ["encoder", "target_encoder"],
     "vjepa2 native .pt: which state dict to convert.")
+_X_ENCODER = flags.DEFINE_string(
+    "x_encoder", None, "open_vljepa: a folder converted with --model vjepa2 (facebook/vjepa2-vitl-fpc64-256), "
+    "stored as the model's X-encoder; without it the output has no X-encoder parameters.")
 _VARIANT = flags.DEFINE_string("variant", None, "Architecture preset when the input has no config.json.")
 _PARAM_DTYPE = flags.DEFINE_enum("param_dtype", "float32", ["float32", "bfloat16"], "Stored parameter dtype.")
 _OVERWRITE = flags.DEFINE_bool("overwrite", False, "Replace --output if it exists.")
@@ -50,7 +55,7 @@ def main(argv: list[str]) -> int:
   try:
     options = convert_lib.ConvertOptions(
         layers=_parse_layers(_LAYERS.value), checkpoint_key=_CHECKPOINT_KEY.value,
-        variant=_VARIANT.value, param_dtype=_PARAM_DTYPE.value)
+        variant=_VARIANT.value, param_dtype=_PARAM_DTYPE.value, x_encoder=_X_ENCODER.value)
     out = convert_lib.convert(_MODEL.value, _INPUT.value, _OUTPUT.value, options, overwrite=_OVERWRITE.value)
   except convert_lib.ConversionError as e:
     print(f"conversion failed: {e}", file=sys.stderr)

@@ -1,7 +1,7 @@
 """On-disk layout of a converted model, written atomically.
 
     DIR/
-      model.json      {"format": 1, "family": ..., "config": {...}, "source": ...}
+      model.json      {"format": 1, "family": ..., "config": {...}, "source": ...[, "omitted": [...]]}
       params/         Orbax checkpoint of the parameter tree
       tokenizer/      the tokenizer files the model needs (when the source has them)
 
@@ -55,8 +55,12 @@ def atomic_directory(output: str, *, overwrite: bool = False) -> Iterator[str]:
 
 
 def save(directory: str, *, family: str, config: dict[str, Any], params: Any, source: str,
-         tokenizer_files: list[str] = ()) -> None:
-  """Writes a complete converted model into `directory` (normally an `atomic_directory`)."""
+         tokenizer_files: list[str] = (), omitted: tuple[str, ...] = ()) -> None:
+  """Writes a converted model into `directory` (normally an `atomic_directory`).
+
+  `omitted`: top-level parameter subtrees of the model deliberately not in `params` (recorded
+  as "omitted" in model.json, so `load` knows not to expect them).
+  """
   checkpointer = ocp.StandardCheckpointer()
   checkpointer.save(os.path.join(os.path.abspath(directory), PARAMS_DIR), params)
   checkpointer.wait_until_finished()
@@ -65,7 +69,10 @@ def save(directory: str, *, family: str, config: dict[str, Any], params: Any, so
     for f in tokenizer_files:
       shutil.copy2(f, os.path.join(directory, TOKENIZER_DIR, os.path.basename(f)))
   with open(os.path.join(directory, METADATA_FILE), "w") as f:
-    json.dump({"format": FORMAT_VERSION, "family": family, "config": config, "source": source}, f, indent=2)
+    meta = {"format": FORMAT_VERSION, "family": family, "config": config, "source": source}
+    if omitted:
+      meta["omitted"] = list(omitted)
+    json.dump(meta, f, indent=2)
 
 
 def read_metadata(directory: str) -> dict[str, Any]:
