@@ -197,3 +197,18 @@ def test_x_encoder_option_completes_the_model(reference, tmp_path):
   with pytest.raises(convert.ConversionError, match="holds a 'open_vljepa' model"):
     convert.convert("open_vljepa", str(folder / "best.pt"), str(tmp_path / "bad"),
                     convert.ConvertOptions(x_encoder=str(out)))
+
+
+def test_init_checkpoint_reads_a_converted_model(reference):
+  """`config.init.checkpoint=DIR` (checkpointing.restore_params) takes a converted open-vljepa folder at step 0;
+  the X-encoder it left out is reported missing and left to the caller (the trainer's config.init.x_encoder)."""
+  from vljepa_jax.train import checkpointing  # pylint: disable=g-import-not-at-top
+  _, _, _, out = reference
+  model, params = convert.load(out)
+  device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+  abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=device),
+                          params_lib.abstract_params(model, *open_vljepa.example_inputs(model.config)))
+  assert "x_encoder" in abstract
+  restored, step = checkpointing.restore_params(out, abstract)
+  assert step == 0 and set(restored) == {"predictor", "y_encoder", "y_head"}
+  jax.tree.map(np.testing.assert_array_equal, restored, params)

@@ -41,7 +41,14 @@ def restore_params(path: str, abstract_params: Any, step: int | None = None) -> 
 
   For starting a run from another run (image stage -> video stage -> SFT): the optimizer state,
   step and data position stay behind, and the parameter tree must match the new model's.
+
+  `path` may also be a whole VL-JEPA converted with `python -m vljepa_jax.convert` (a folder with
+  `model.json`, e.g. `--model open_vljepa`): its parameters are restored at step 0. Parts it
+  left out (an X-encoder not given at conversion) keep their initial values here; the trainer
+  then loads them from `config.init.<tower>` when that is set.
   """
+  if os.path.isfile(os.path.join(path, CONVERTED_METADATA)):
+    return _restore_converted(path, abstract_params), 0
   directory = checkpoints_dir(os.path.abspath(path))
   steps = sorted(int(name) for name in os.listdir(directory) if name.isdigit()) if os.path.isdir(directory) else []
   if not steps:
@@ -61,6 +68,30 @@ def restore_params(path: str, abstract_params: Any, step: int | None = None) -> 
     restored = checkpointer.restore(path, args=ocp.args.PyTreeRestore(
         item=item, restore_args=restore_args, partial_restore=True))
   return restored["params"], step
+
+
+CONVERTED_METADATA = "model.json"  # vljepa_jax.convert.checkpoint.METADATA_FILE
+# Converter families whose output is a whole VL-JEPA (rather than one tower, for config.init.<tower>).
+WHOLE_MODEL_FAMILIES = ("open_vljepa",)
+
+
+def _restore_converted(path: str, abstract_params: Any) -> Any:
+  from vljepa_jax.convert import checkpoint as convert_checkpoint  # pylint: disable=g-import-not-at-top
+  meta = convert_checkpoint.read_metadata(path)
+  if meta["family"] not in WHOLE_MODEL_FAMILIES:
+    raise ValueError(f"config.init.checkpoint={path!r} holds a converted {meta['family']!r} model, one tower: pass it "
+                     f"as config.init.<tower> instead (whole models: {WHOLE_MODEL_FAMILIES})")
+  params_dir = os.path.join(os.path.abspath(path), convert_checkpoint.PARAMS_DIR)
+  with ocp.PyTreeCheckpointer() as checkpointer:
+    stored = checkpointer.metadata(params_dir).item_metadata.tree
+    missing = sorted(set(abstract_params) - set(stored))
+    if missing:
+      logging.warning("%s has no %s parameters; they keep their initial values unless config.init names them",
+                      path, missing)
+    item = {k: v for k, v in abstract_params.items() if k in stored}
+    restore_args = ocp.checkpoint_utils.construct_restore_args(item)
+    return checkpointer.restore(params_dir, args=ocp.args.PyTreeRestore(
+        item=item, restore_args=restore_args, partial_restore=True))
 
 
 class Checkpointer:

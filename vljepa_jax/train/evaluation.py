@@ -121,7 +121,10 @@ def sweep(config: ml_collections.ConfigDict, workdir: str, steps: Sequence[int] 
   if not todo and steps is None and init:
     # Nothing trained here: evaluate the run `init.checkpoint` names (its newest checkpoint), at step 0.
     directory = checkpointing.checkpoints_dir(os.path.abspath(init))
-    init_steps = sorted(int(n) for n in os.listdir(directory) if n.isdigit()) if os.path.isdir(directory) else []
+    if os.path.isfile(os.path.join(init, checkpointing.CONVERTED_METADATA)):  # a converted whole model
+      init_steps = [0]
+    else:
+      init_steps = sorted(int(n) for n in os.listdir(directory) if n.isdigit()) if os.path.isdir(directory) else []
     if not init_steps:
       raise FileNotFoundError(f"config.init.checkpoint={init!r}: no training checkpoints there (expected a stage "
                               "workdir such as <workdir>/video32, or its checkpoints/ folder)")

@@ -228,6 +228,10 @@ class Stage:
     if init_params is not None:
       params = jax.device_put(
           {k: init_params.get(k, v) for k, v in params.items()}, self.param_shardings)
+      # Towers a converted whole model left out (open_vljepa's X-encoder) come from config.init.<tower>.
+      absent = {loc: path for loc, path in self.setup.checkpoints.items() if loc.split("/")[0] not in init_params}
+      if absent:
+        params = model_setup.load_pretrained(absent, params, self.param_shardings)
     else:
       params = model_setup.load_pretrained(self.setup.checkpoints, params, self.param_shardings,
                                            self.setup.post_load)
