@@ -201,7 +201,8 @@ def test_x_encoder_option_completes_the_model(reference, tmp_path):
 
 def test_init_checkpoint_reads_a_converted_model(reference):
   """`config.init.checkpoint=DIR` (checkpointing.restore_params) takes a converted open-vljepa folder at step 0;
-  the X-encoder it left out is reported missing and left to the caller (the trainer's config.init.x_encoder)."""
+  the X-encoder it left out must be supplied by the caller (the trainer's config.init.x_encoder): without it
+  the restore fails instead of leaving a random X-encoder."""
   from vljepa_jax.train import checkpointing  # pylint: disable=g-import-not-at-top
   _, _, _, out = reference
   model, params = convert.load(out)
@@ -209,6 +210,9 @@ def test_init_checkpoint_reads_a_converted_model(reference):
   abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=device),
                           params_lib.abstract_params(model, *open_vljepa.example_inputs(model.config)))
   assert "x_encoder" in abstract
-  restored, step = checkpointing.restore_params(out, abstract)
+  with pytest.raises(ValueError, match=r"has no \['x_encoder'\] parameters \(left out at conversion\): pass "
+                                       r"config.init.x_encoder=<converted folder>"):
+    checkpointing.restore_params(out, abstract)
+  restored, step = checkpointing.restore_params(out, abstract, supplied=("x_encoder",))
   assert step == 0 and set(restored) == {"predictor", "y_encoder", "y_head"}
   jax.tree.map(np.testing.assert_array_equal, restored, params)

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import os
 import time
-from typing import Any
+from typing import Any, Sequence
 
 from absl import logging
 import grain
@@ -36,19 +36,21 @@ def checkpoints_dir(path: str) -> str:
   return nested if os.path.isdir(nested) else path
 
 
-def restore_params(path: str, abstract_params: Any, step: int | None = None) -> tuple[Any, int]:
+def restore_params(path: str, abstract_params: Any, step: int | None = None, *,
+                   supplied: Sequence[str] = ()) -> tuple[Any, int]:
   """Only the parameters of a training checkpoint (the newest, or `step`), laid out as `abstract_params`.
 
   For starting a run from another run (image stage -> video stage -> SFT): the optimizer state,
   step and data position stay behind, and the parameter tree must match the new model's.
 
   `path` may also be a whole VL-JEPA converted with `python -m vljepa_jax.convert` (a folder with
-  `model.json`, e.g. `--model open_vljepa`): its parameters are restored at step 0. Parts it
-  left out (an X-encoder not given at conversion) keep their initial values here; the trainer
-  then loads them from `config.init.<tower>` when that is set.
+  `model.json`, e.g. `--model open_vljepa`): its parameters are restored at step 0. A tower it
+  left out (an X-encoder not given at conversion) fails here unless the caller names it in
+  `supplied` (the trainer loads it from `config.init.<tower>`): a random X-encoder would silently
+  give meaningless embeddings.
   """
   if os.path.isfile(os.path.join(path, CONVERTED_METADATA)):
-    return _restore_converted(path, abstract_params), 0
+    return _restore_converted(path, abstract_params, supplied), 0
   directory = checkpoints_dir(os.path.abspath(path))
   steps = sorted(int(name) for name in os.listdir(directory) if name.isdigit()) if os.path.isdir(directory) else []
   if not steps:
@@ -75,7 +77,12 @@ CONVERTED_METADATA = "model.json"  # vljepa_jax.convert.checkpoint.METADATA_FILE
 WHOLE_MODEL_FAMILIES = ("open_vljepa",)
 
 
-def _restore_converted(path: str, abstract_params: Any) -> Any:
+# The parts of a VL-JEPA a converted whole model must hold (or the caller supply): the others (the
+# objective's few parameters, a Y-decoder trained later) start from their initialisation.
+REQUIRED_PARTS = ("x_encoder", "predictor", "y_encoder", "y_head")
+
+
+def _restore_converted(path: str, abstract_params: Any, supplied: Sequence[str]) -> Any:
   from vljepa_jax.convert import checkpoint as convert_checkpoint  # pylint: disable=g-import-not-at-top
   meta = convert_checkpoint.read_metadata(path)
   if meta["family"] not in WHOLE_MODEL_FAMILIES:
@@ -85,9 +92,13 @@ def _restore_converted(path: str, abstract_params: Any) -> Any:
   with ocp.PyTreeCheckpointer() as checkpointer:
     stored = checkpointer.metadata(params_dir).item_metadata.tree
     missing = sorted(set(abstract_params) - set(stored))
+    unsupplied = [k for k in missing if k in REQUIRED_PARTS and k not in supplied]
+    if unsupplied:
+      raise ValueError(f"config.init.checkpoint={path!r} has no {unsupplied} parameters (left out at conversion): "
+                       f"pass config.init.{unsupplied[0]}=<converted folder> when training, or convert with "
+                       f"--{unsupplied[0]}=<converted folder> to get a whole model")
     if missing:
-      logging.warning("%s has no %s parameters; they keep their initial values unless config.init names them",
-                      path, missing)
+      logging.warning("%s has no %s parameters; they come from config.init or their initialisation", path, missing)
     item = {k: v for k, v in abstract_params.items() if k in stored}
     restore_args = ocp.checkpoint_utils.construct_restore_args(item)
     return checkpointer.restore(params_dir, args=ocp.args.PyTreeRestore(

@@ -222,8 +222,11 @@ class Stage:
     params = jax.device_put(objectives_base.with_objective_params(params, self.objective.init_params()),
                             self.param_shardings)
     if init_params is None and self.config.init.checkpoint:
+      # Towers a converted whole model left out (open_vljepa's X-encoder) may come from config.init.<tower>.
+      supplied = tuple(location.split("/")[0] for location in self.setup.checkpoints)
       init_params, step = checkpointing.restore_params(
-          self.config.init.checkpoint, param_layout_lib.with_shardings(self.abstract_params, self.param_shardings))
+          self.config.init.checkpoint, param_layout_lib.with_shardings(self.abstract_params, self.param_shardings),
+          supplied=supplied)
       logging.info("[%s] parameters from %s (step %d)", self.name, self.config.init.checkpoint, step)
     if init_params is not None:
       params = jax.device_put(
