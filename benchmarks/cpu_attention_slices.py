@@ -19,6 +19,7 @@ from absl import app
 from absl import flags
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import harness  # pylint: disable=g-import-not-at-top,wrong-import-position
 import train_step as train_step_benchmark  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 
@@ -29,10 +30,10 @@ def main(argv):
   import jax  # pylint: disable=g-import-not-at-top
   from vljepa_jax.models import attention as attention_lib  # pylint: disable=g-import-not-at-top
 
-  print(train_step_benchmark._machine_line() + host_memory_note)  # pylint: disable=protected-access
+  print(harness.machine_line() + host_memory_note)
   default_threshold = attention_lib._MIN_SLICED_WORK  # pylint: disable=protected-access
   for spec in flags.FLAGS.configs:
-    config = train_step_benchmark._override(train_step_benchmark._load_config(spec))  # pylint: disable=protected-access
+    config = train_step_benchmark._override(harness.load_config(spec))  # pylint: disable=protected-access
     steps, compile_s = {}, {}
     with tempfile.TemporaryDirectory() as workdir:
       for variant, threshold in (("sliced", default_threshold), ("whole", float("inf"))):
@@ -56,7 +57,7 @@ def main(argv):
       seconds = {variant: [] for variant in steps}
       for _ in range(flags.FLAGS.rounds):
         for variant, step in steps.items():
-          seconds[variant].append(train_step_benchmark._median_time(step, flags.FLAGS.steps, jax.block_until_ready))  # pylint: disable=protected-access
+          seconds[variant].append(harness.median_time(step, flags.FLAGS.steps, jax.block_until_ready))
     sliced, whole = (statistics.median(seconds[v]) for v in ("sliced", "whole"))
     print(f"{spec} ({stage_config.dtype}, batch {stage_config.batch_size}): sliced {sliced * 1e3:.0f} ms "
           f"(compile {compile_s['sliced']:.1f} s), whole {whole * 1e3:.0f} ms (compile {compile_s['whole']:.1f} s); "

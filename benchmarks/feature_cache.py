@@ -69,17 +69,16 @@ tokenised on both sides.
 `--host_memory` is the main job's flag, applied as `benchmarks/train_step.py` applies it.
 """
 import os
-import platform
 import resource
 import shutil
 import statistics
-import sys
 import tempfile
 import time
 
 from absl import app
 from absl import flags
 
+import harness  # benchmarks/, beside this script
 from vljepa_jax import host_memory  # no JAX import: the allocator is set before a backend starts
 from vljepa_jax.train import feature_cache_writer
 
@@ -115,29 +114,6 @@ _PAUSE_S = 0.5  # between timed runs of the two sides: XLA's and Grain's threads
 _WARMUP_STEPS = 3
 
 
-def _load_config(spec: str):
-  from ml_collections import config_flags  # pylint: disable=g-import-not-at-top
-  path, _, arg = spec.partition(":")
-  module = config_flags.config_flags._LoadConfigModule(f"{path}_config", path)  # pylint: disable=protected-access
-  return module.get_config(arg) if arg else module.get_config()
-
-
-def _machine_line() -> str:
-  import jax  # pylint: disable=g-import-not-at-top
-  return (f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
-          f"{jax.devices()[0].device_kind} x {jax.device_count()}, python {sys.version.split()[0]}, jax {jax.__version__}")
-
-
-def _median_time(fn, calls: int, sync=lambda out: out) -> float:
-  """Seconds per call of `fn()` over `calls` calls, waiting for the last result."""
-  start = time.perf_counter()
-  out = None
-  for _ in range(calls):
-    out = fn()
-  sync(out)
-  return (time.perf_counter() - start) / calls
-
-
 def _only_source(data) -> tuple[str, dict]:
   """(name, spec) of a data config's one source."""
   sources = data.sources.to_dict() if hasattr(data.sources, "to_dict") else data.sources
@@ -150,7 +126,7 @@ def frozen_config(spec: str, name: str):
   """The config, its X-encoder frozen (flag and LR rule), its one training source limited to `--records`, and
   the step's batch size and compute dtype; also (stage name, resolved stage config, the config's own batch)."""
   from vljepa_jax.train import stages as stages_lib  # pylint: disable=g-import-not-at-top
-  config = _load_config(spec)
+  config = harness.load_config(spec)
   with config.unlocked():
     config.model.freeze_x_encoder = True  # the library then puts the X-encoder at LR 0 (trainer.stage_lr_rules)
     config.dtype = _DTYPE.value
@@ -278,7 +254,7 @@ def step_rates(stages: dict, hosts: dict) -> dict:
   for r in range(_ROUNDS.value):
     for name, run in steps.items():
       time.sleep(_PAUSE_S)
-      out["seconds"][name].append(_median_time(run, calls, jax.block_until_ready))
+      out["seconds"][name].append(harness.median_time(run, calls, jax.block_until_ready))
     print(f"    round {r + 1}: " + ", ".join(f"{n} {v[-1] * 1e3:.0f} ms" for n, v in out["seconds"].items())
           + " per step", flush=True)
   return out
@@ -352,7 +328,7 @@ def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
   retained = host_memory.retain_freed_memory(_HOST_MEMORY.value)  # before any backend starts, as main.py does
-  print(_machine_line() + f", host memory {'retained' if retained else 'system malloc'}", flush=True)
+  print(harness.machine_line() + f", host memory {'retained' if retained else 'system malloc'}", flush=True)
   start = time.perf_counter()
   results = []
   with tempfile.TemporaryDirectory() as root:

@@ -62,6 +62,7 @@ from absl import flags
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # vljepa_jax from a checkout
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # train_step
+import harness  # pylint: disable=g-import-not-at-top,wrong-import-position
 import train_step as train_step_benchmark  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 _LENGTHS = flags.DEFINE_list("lengths", ["1024", "2048", "4096", "8192", "16384", "32768"], "Sequence lengths.")
@@ -355,7 +356,7 @@ def main(argv):
   configs = build_configs(_BACKBONES.value, width=_WIDTH.value, layers=_LAYERS.value,
                           intermediate_size=_INTERMEDIATE.value, head_dim=_HEAD_DIM.value, dtype=dtype,
                           attention=attention)
-  machine = train_step_benchmark._machine_line() + host_memory_note  # pylint: disable=protected-access
+  machine = harness.machine_line() + host_memory_note
   print(machine)
   print(f"{dtype} compute, float32 parameters, batch {_BATCH.value}, causal=False, full mask, median of "
         f"{_REPEATS.value} after a warm-up; llama attention_impl={attention}")

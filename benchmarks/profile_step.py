@@ -41,6 +41,7 @@ _TOP = flags.DEFINE_integer("top", 20, "How many single ops to list on each side
 _TORCH = flags.DEFINE_bool("torch", True, "Also profile the PyTorch twin.")
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import harness  # pylint: disable=g-import-not-at-top,wrong-import-position
 import train_step as train_step_benchmark  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 TOWERS = ("x_encoder", "predictor", "y_encoder", "y_head")
@@ -154,8 +155,8 @@ def profile_torch(twin, host, steps: int, top: int) -> float:
 def main(argv):
   del argv
   host_memory_note = train_step_benchmark._retain_host_memory()  # pylint: disable=protected-access
-  print(train_step_benchmark._machine_line() + host_memory_note)  # pylint: disable=protected-access
-  config = train_step_benchmark._load_config(_CONFIG.value)  # pylint: disable=protected-access
+  print(harness.machine_line() + host_memory_note)
+  config = harness.load_config(_CONFIG.value)
   config = train_step_benchmark._override(config)  # pylint: disable=protected-access
   with tempfile.TemporaryDirectory() as workdir:
     stage, stage_config, host, batch = train_step_benchmark._stage_and_batch(config, workdir)  # pylint: disable=protected-access

@@ -31,7 +31,6 @@ EmbeddingGemma-300M) at the image stage's global batch of 24,000 lowers and comp
 `--aot_devices` virtual CPU devices (FSDP), without executing or allocating it.
 """
 import os
-import platform
 import resource
 import statistics
 import sys
@@ -40,6 +39,7 @@ import time
 from absl import app
 from absl import flags
 
+import harness  # benchmarks/, beside this script
 from vljepa_jax import host_memory  # no JAX import: the allocator is set before a backend starts
 
 _CONFIGS = flags.DEFINE_list("configs", ["configs/demo.py:video", "configs/small.py"], "Configs to time.")
@@ -65,13 +65,6 @@ _PAUSE_S = 0.5  # between timed runs of different runtimes, see `_compare_rounds
 # Dense bf16 peak TFLOP/s per device (vendor datasheets), matched as substrings of `device_kind`.
 PEAK_TFLOPS = (("H200", 989.0), ("H100", 989.0), ("A100", 312.0), ("L40S", 362.0), ("L4", 121.0),
                ("TPU v6", 918.0), ("TPU v5p", 459.0), ("TPU v5", 197.0), ("TPU v4", 275.0))
-
-
-def _load_config(spec: str):
-  from ml_collections import config_flags  # pylint: disable=g-import-not-at-top
-  path, _, arg = spec.partition(":")
-  module = config_flags.config_flags._LoadConfigModule(f"{path}_config", path)  # pylint: disable=protected-access
-  return module.get_config(arg) if arg else module.get_config()
 
 
 def _stage(config, workdir):
@@ -110,22 +103,6 @@ def _trainable(stage) -> dict:
   return trainable
 
 
-def _machine_line() -> str:
-  import jax  # pylint: disable=g-import-not-at-top
-  return (f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
-          f"{jax.devices()[0].device_kind} x {jax.device_count()}, python {sys.version.split()[0]}, jax {jax.__version__}")
-
-
-def _median_time(fn, calls: int, sync=lambda out: out) -> float:
-  """Seconds per call of `fn()` over `calls` calls, waiting for the last result."""
-  start = time.perf_counter()
-  out = None
-  for _ in range(calls):
-    out = fn()
-  sync(out)
-  return (time.perf_counter() - start) / calls
-
-
 def matmul_gflops(size: int, torch_too: bool) -> dict[str, float]:
   """GFLOP/s of a float32 `size`^3 matmul in JAX (and torch): what this machine's matmul units can do."""
   import jax  # pylint: disable=g-import-not-at-top
@@ -137,12 +114,12 @@ def matmul_gflops(size: int, torch_too: bool) -> dict[str, float]:
   mm = jax.jit(jnp.matmul)
   ja, jb = jnp.asarray(a), jnp.asarray(b)
   mm(ja, jb).block_until_ready()
-  out = {"jax": flop / min(_median_time(lambda: mm(ja, jb), 3, jax.block_until_ready) for _ in range(5)) / 1e9}
+  out = {"jax": flop / min(harness.median_time(lambda: mm(ja, jb), 3, jax.block_until_ready) for _ in range(5)) / 1e9}
   if torch_too:
     import torch  # pylint: disable=g-import-not-at-top
     ta, tb = torch.from_numpy(a), torch.from_numpy(b)
     torch.matmul(ta, tb)
-    out["torch"] = flop / min(_median_time(lambda: torch.matmul(ta, tb), 3) for _ in range(5)) / 1e9
+    out["torch"] = flop / min(harness.median_time(lambda: torch.matmul(ta, tb), 3) for _ in range(5)) / 1e9
   return out
 
 
@@ -166,7 +143,7 @@ def time_config(spec: str, steps: int, compare_torch: bool = False) -> dict:
   import tempfile  # pylint: disable=g-import-not-at-top
   from vljepa_jax.models import flops  # pylint: disable=g-import-not-at-top
 
-  config = _override(_load_config(spec))
+  config = _override(harness.load_config(spec))
   with tempfile.TemporaryDirectory() as workdir:
     stage, stage_config, host, batch = _stage_and_batch(config, workdir)
     state = stage.init_state(None)
@@ -185,7 +162,7 @@ def time_config(spec: str, steps: int, compare_torch: bool = False) -> dict:
 
     for _ in range(3):
       jax.block_until_ready(jax_step())
-    timed = {"jax": [_median_time(jax_step, steps, jax.block_until_ready)]}
+    timed = {"jax": [harness.median_time(jax_step, steps, jax.block_until_ready)]}
     if compare_torch:
       timed = _compare_rounds(stage, stage_config, host, batch, holder, jax_step, steps)
   data = stage.data
@@ -243,7 +220,7 @@ def _compare_rounds(stage, stage_config, host, batch, holder, jax_step, steps) -
         # Both runtimes keep their worker threads spinning for a moment after a call (XLA's pool,
         # torch's OpenMP team); a pause lets them sleep before the other side is timed.
         time.sleep(_PAUSE_S)
-        timed[key].append(_median_time(fns[phase], steps, jax.block_until_ready))
+        timed[key].append(harness.median_time(fns[phase], steps, jax.block_until_ready))
   return timed
 
 
@@ -308,7 +285,7 @@ def main(argv):
     jax.config.update("jax_num_cpu_devices", devices)
   import jax  # pylint: disable=g-import-not-at-top
   sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # torch_reference
-  print(_machine_line() + host_memory_note)
+  print(harness.machine_line() + host_memory_note)
   if _AOT.value:
     aot_paper(devices, _AOT_BATCH.value)
     return

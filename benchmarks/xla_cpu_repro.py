@@ -32,6 +32,7 @@ _STEP_CONFIG = flags.DEFINE_string("step_config", "configs/small.py", "Config (l
                                    "--parts=step times; --dtype and --batch_size apply.")
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import harness  # pylint: disable=g-import-not-at-top,wrong-import-position
 import train_step as train_step_benchmark  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 GEMMS = ((2048, 2048, 2048), (8192, 384, 384), (8192, 384, 1536), (8192, 1536, 384), (768, 384, 1536))
@@ -167,7 +168,7 @@ def step_products():
   import numpy as np  # pylint: disable=g-import-not-at-top
   import torch  # pylint: disable=g-import-not-at-top
 
-  config = train_step_benchmark._override(train_step_benchmark._load_config(_STEP_CONFIG.value))  # pylint: disable=protected-access
+  config = train_step_benchmark._override(harness.load_config(_STEP_CONFIG.value))  # pylint: disable=protected-access
   with tempfile.TemporaryDirectory() as workdir:
     stage, stage_config, _, batch = train_step_benchmark._stage_and_batch(config, workdir)  # pylint: disable=protected-access
     with jax.set_mesh(stage.mesh):

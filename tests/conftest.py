@@ -23,6 +23,7 @@ import sys
 import tempfile
 
 import jax
+import numpy as np
 import pytest
 
 jax.config.update("jax_default_matmul_precision", "highest")
@@ -45,6 +46,15 @@ def run_cli(*args: str, check: bool = True, env: dict[str, str] | None = None) -
   if check and proc.returncode != 0:
     raise AssertionError(f"{' '.join(args)} exited {proc.returncode}:\n{proc.stdout}\n{proc.stderr}")
   return proc
+
+
+def assert_batches_equal(a, b):
+  """Two lists of host batches are equal: same length, same fields, bit-equal arrays (the same pipeline code)."""
+  assert len(a) == len(b)
+  for x, y in zip(a, b):
+    assert x.keys() == y.keys()
+    for k in x:
+      np.testing.assert_array_equal(x[k], y[k], err_msg=k)
 
 
 @pytest.fixture(scope="session")

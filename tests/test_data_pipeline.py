@@ -17,7 +17,7 @@ import pytest
 from PIL import Image
 
 import media_files
-from conftest import REPO, run_cli
+from conftest import REPO, assert_batches_equal, run_cli
 from vljepa_jax.data import global_batch
 from vljepa_jax.data import manifest as manifest_lib
 from vljepa_jax.data import pipeline
@@ -51,14 +51,6 @@ def batches(cfg, n, *, batch=8, **kwargs):
   it = pipeline.make_iterator(cfg, global_batch_size=batch, **kwargs)
   out = [next(it) for _ in range(n)]
   return out, it
-
-
-def assert_batches_equal(a, b):
-  assert len(a) == len(b)
-  for x, y in zip(a, b):
-    assert x.keys() == y.keys()
-    for k in x:
-      np.testing.assert_array_equal(x[k], y[k], err_msg=k)
 
 
 # ---------------------------------------------------------------- config

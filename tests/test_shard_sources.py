@@ -17,9 +17,11 @@ import pyarrow.parquet as pq
 import pytest
 
 import media_files
+from conftest import assert_batches_equal
 from vljepa_jax.data import media as media_lib
 from vljepa_jax.data import parquet_source
 from vljepa_jax.data import pipeline
+from vljepa_jax.data import sources
 from vljepa_jax.data import tokenizer as tokenizer_lib
 from vljepa_jax.data import webdataset_source
 
@@ -141,14 +143,6 @@ def iterator(cfg, tok, *, batch=3, process_index=0, process_count=1, **kwargs):
 
 def take(it, n):
   return [next(it) for _ in range(n)]
-
-
-def assert_batches_equal(a, b):
-  assert len(a) == len(b)
-  for x, y in zip(a, b):
-    assert x.keys() == y.keys()
-    for k in x:
-      np.testing.assert_array_equal(x[k], y[k], err_msg=k)
 
 
 SHARD_SOURCES = {"webdataset": wds_spec, "parquet": parquet_spec}
@@ -352,11 +346,11 @@ def test_mixture_of_webdataset_and_parquet_follows_weights(data, tok):
 def test_brace_patterns_expand_in_their_order(data):
   shards = data["shards"]
   want = [str(shards / f"shard-00000{i}.tar") for i in range(3)]
-  assert webdataset_source.expand_paths(str(shards / SHARD_PATTERN), suffix=".tar", kind="shards") == want
-  assert webdataset_source.expand_paths(str(shards), suffix=".tar", kind="shards") == want  # a directory
-  assert webdataset_source.expand_paths(str(shards / "shard-*.tar"), suffix=".tar", kind="shards") == want
+  assert sources.expand_paths(str(shards / SHARD_PATTERN), suffix=".tar", kind="shards") == want
+  assert sources.expand_paths(str(shards), suffix=".tar", kind="shards") == want  # a directory
+  assert sources.expand_paths(str(shards / "shard-*.tar"), suffix=".tar", kind="shards") == want
   reordered = str(shards / "shard-{000002,000000}.tar")
-  assert webdataset_source.expand_paths([reordered, want[1]], suffix=".tar", kind="shards") == [want[2], want[0],
+  assert sources.expand_paths([reordered, want[1]], suffix=".tar", kind="shards") == [want[2], want[0],
                                                                                                want[1]]
   source = webdataset_source.WebDatasetSource(reordered)
   assert [source[i]["id"] for i in range(len(source))] == [

@@ -20,6 +20,7 @@ from conftest import REPO
 
 sys.path.insert(0, os.path.join(REPO, "benchmarks"))
 import torch_reference  # pylint: disable=g-import-not-at-top,wrong-import-position
+import harness  # pylint: disable=g-import-not-at-top,wrong-import-position
 import train_step as train_step_benchmark  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 from vljepa_jax.data import global_batch  # pylint: disable=g-import-not-at-top,wrong-import-position
@@ -30,7 +31,7 @@ TINY = os.path.join(REPO, "tests", "tiny_train_config.py")
 
 @pytest.fixture(scope="module")
 def stage_and_twin(tmp_path_factory):
-  config = train_step_benchmark._load_config(TINY)  # pylint: disable=protected-access
+  config = harness.load_config(TINY)
   config.optimizer.grad_clip_norm = 0.5  # clipping must act: the step's gradient norms are ~1
   stage, stage_config = train_step_benchmark._stage(config, str(tmp_path_factory.mktemp("stage")))  # pylint: disable=protected-access
   host = next(stage.make_iterator())

@@ -88,7 +88,8 @@ def convert(family: str, input_path: str, output: str, options: ConvertOptions =
   """Converts `input_path` (HF folder, safetensors or .pt, or a Hub repo id `owner/name[@revision]`)
   into a vljepa-jax model directory."""
   fam = family_module(family)
-  local = hub.resolve(input_path, filename=getattr(fam, "HUB_FILENAME", None))  # fetched once; convert_state then finds it local
+  # Fetched once here; convert_state then finds it local.
+  local = hub.resolve(input_path, filename=getattr(fam, "HUB_FILENAME", None))
   config, params = convert_state(family, local, options)
   folder = local if os.path.isdir(local) else os.path.dirname(local)
   tokenizer_files = [os.path.join(folder, n) for n in fam.TOKENIZER_FILES

@@ -75,7 +75,8 @@ class State(dict):
 
 def _llama_layer_keys(i: int) -> list[str]:
   p = f"predictor.layers.{i}."
-  return ([p + f"self_attn.{x}_proj.weight" for x in "qkvo"] + [p + f"mlp.{x}_proj.weight" for x in ("gate", "up", "down")]
+  return ([p + f"self_attn.{x}_proj.weight" for x in "qkvo"]
+          + [p + f"mlp.{x}_proj.weight" for x in ("gate", "up", "down")]
           + [p + "input_layernorm.weight", p + "post_attention_layernorm.weight"])
 
 
@@ -89,8 +90,8 @@ def _gemma_layer_keys(i: int) -> list[str]:
 
 def expected_keys(predictor_layers: int, y_layers: int) -> list[str]:
   """Every tensor name of an open-vljepa state dict with these depths (394 for the published one)."""
-  keys = ["predictor.embed_tokens.weight", "predictor.norm.weight", "predictor.vis_proj.weight", "predictor.vis_proj.bias",
-          "predictor.out_proj.weight", "predictor.out_proj.bias", "y_encoder.model.embed_tokens.weight",
+  keys = ["predictor.embed_tokens.weight", "predictor.norm.weight", "predictor.vis_proj.weight",
+          "predictor.vis_proj.bias", "predictor.out_proj.weight", "predictor.out_proj.bias", "y_encoder.model.embed_tokens.weight",
           "y_encoder.model.norm.weight", "y_encoder.projector.weight", "y_encoder.projector.bias"]
   for i in range(predictor_layers):
     keys += _llama_layer_keys(i)

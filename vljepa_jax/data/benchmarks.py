@@ -372,7 +372,8 @@ def main(argv: Sequence[str] | None = None) -> int:
   parser.add_argument("--skip-missing", action="store_true")
   parser.add_argument("--label-names-out")
   parser.add_argument("--labels", help="ssv2: its labels.json, when not next to --annotations")
-  parser.add_argument("--granularity", choices=GRANULARITIES, help=f"activitynet_captions, youcook2: one of {list(GRANULARITIES)} "
+  parser.add_argument("--granularity", choices=GRANULARITIES,
+                      help=f"activitynet_captions, youcook2: one of {list(GRANULARITIES)} "
                       "(default segment: one record per timed sentence; paragraph: one per video)")
   args = parser.parse_args(argv)
   try:

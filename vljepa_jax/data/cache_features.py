@@ -57,7 +57,8 @@ def main(argv):
     raise app.UsageError("--workdir, --mode and --eval_steps are vljepa_jax.main's; this tool writes to --output")
   main_lib.initialize_distributed()
   try:
-    metadata = feature_cache_writer.write_cache(config, _OUTPUT.value, stage=_STAGE.value, source=_SOURCE.value, eval_name=_EVAL.value,
+    metadata = feature_cache_writer.write_cache(config, _OUTPUT.value, stage=_STAGE.value, source=_SOURCE.value,
+                                                eval_name=_EVAL.value,
                            batch_size=_BATCH_SIZE.value, dtype=_DTYPE.value, overwrite=_OVERWRITE.value)
   except (FileExistsError, ValueError, RuntimeError, FileNotFoundError) as e:
     print(f"error: {e}", file=sys.stderr)

@@ -44,7 +44,7 @@ import numpy as np
 
 from vljepa_jax.data import manifest as manifest_lib
 from vljepa_jax.data import media as media_lib
-from vljepa_jax.data import webdataset_source
+from vljepa_jax.data import sources as sources_lib
 
 PARQUET_SUFFIX = ".parquet"
 _LOG_EVERY_FILES = 100
@@ -103,7 +103,7 @@ class ParquetSource:
                num_threads: int = 16):
     # `path`, as every file-based source names it: a config switches type with the same key.
     self._pattern = path if isinstance(path, (str, os.PathLike)) else list(path)
-    self._paths = [os.path.abspath(p) for p in webdataset_source.expand_paths(
+    self._paths = [os.path.abspath(p) for p in sources_lib.expand_paths(
         path, suffix=PARQUET_SUFFIX, kind="Parquet files")]
     self._media_root = os.path.abspath(media_root) if media_root not in (None, "") else None  # "": unset
     if (start_column is None) != (end_column is None):
@@ -157,7 +157,7 @@ class ParquetSource:
     if len(self._broken) == len(self._paths):
       problems = [f"{os.path.basename(self._paths[i])}: {e}" for i, e in list(self._broken.items())[:_MAX_LISTED]]
       raise ValueError(f"none of the {len(self._paths)} Parquet file(s) "
-                       f"{webdataset_source.describe_paths(self._pattern)} can be read: {problems}")
+                       f"{sources_lib.describe_paths(self._pattern)} can be read: {problems}")
     table = np.array(groups, dtype=np.int64).reshape(-1, 4)
     self._group_file, self._group_index, rows, self._group_first_row = table.T.copy()
     self._group_start = np.concatenate([[0], np.cumsum(rows)])  # global index of each group's first row
@@ -244,5 +244,5 @@ class ParquetSource:
     return record
 
   def __repr__(self) -> str:
-    pattern = webdataset_source.describe_paths(self._pattern)
+    pattern = sources_lib.describe_paths(self._pattern)
     return f"ParquetSource({pattern}, files={len(self._paths)}, len={len(self)})"

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import glob
 import os
-from typing import Any, Callable, Mapping
+from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 
@@ -31,6 +31,7 @@ from vljepa_jax.data import media as media_lib
 from vljepa_jax.data import records as records_lib
 
 ARRAY_RECORD_SUFFIX = ".array_record"
+_MAX_LISTED = 5  # paths named in an error
 
 
 class ManifestSource:
@@ -57,18 +58,58 @@ class ManifestSource:
     return f"ManifestSource({self._manifest!r}, media_root={self._media_root!r}, len={len(self)})"
 
 
-def array_record_paths(path: str | os.PathLike) -> list[str]:
-  """Shard files of a dataset: a directory of `*.array_record`, a glob, or one file."""
-  path = os.fspath(path)
-  if os.path.isdir(path):
-    paths = sorted(glob.glob(os.path.join(path, "*" + ARRAY_RECORD_SUFFIX)))
-  else:
-    paths = sorted(glob.glob(path))
-  if not paths:
-    raise FileNotFoundError(
-        f"no ArrayRecord shards at {path!r} (expected a directory of *{ARRAY_RECORD_SUFFIX} files "
-        "written by `python -m vljepa_jax.data.write_arrayrecord`, a glob, or a file)")
+def expand_paths(spec: str | os.PathLike | Sequence[str | os.PathLike], *, suffix: str, kind: str) -> list[str]:
+  """Files selected by a directory (its `*{suffix}`, sorted), a glob (sorted), a brace pattern
+  (`shard-{000000..000009}.tar`, in its order; each expansion may itself be a glob), a path, or a
+  list of those (concatenated in order).
+
+  A part that selects nothing is a `FileNotFoundError` naming it, and so is a listed or
+  brace-expanded path that does not exist: a typo in a range should fail now, not count as data
+  loss for the whole run. `kind` names the files in messages ("WebDataset shards").
+  """
+  import braceexpand  # pylint: disable=g-import-not-at-top  # only the shard sources need it
+
+  items = [spec] if isinstance(spec, (str, os.PathLike)) else list(spec)
+  if not items:
+    raise FileNotFoundError(f"no {kind} selected: the list of paths is empty")
+  paths: list[str] = []
+  for item in items:
+    item = os.fspath(item)
+    if os.path.isdir(item):
+      found = sorted(glob.glob(os.path.join(glob.escape(item), "*" + suffix)))
+    else:
+      found = []
+      for pattern in braceexpand.braceexpand(item):
+        if glob.has_magic(pattern):
+          found += sorted(glob.glob(pattern))
+        else:
+          found.append(pattern)
+      missing = [p for p in found if not os.path.exists(p)]
+      if missing:
+        raise FileNotFoundError(
+            f"{len(missing)} of the {len(found)} {kind} that {item!r} names do not exist: "
+            f"{missing[:_MAX_LISTED]}{' ...' if len(missing) > _MAX_LISTED else ''}")
+    if not found:
+      raise FileNotFoundError(
+          f"no {kind} at {item!r} (expected a directory of *{suffix} files, a glob, a brace pattern such "
+          f"as 'shard-{{000000..000009}}{suffix}', a path, or a list of those)")
+    paths += found
   return paths
+
+
+def describe_paths(spec: Any) -> str:
+  """A pattern or list of paths for messages and reprs, a long list shortened."""
+  if isinstance(spec, (str, os.PathLike)):
+    return repr(os.fspath(spec))
+  items = [os.fspath(p) for p in spec]
+  if len(items) <= 3:
+    return repr(items)
+  return f"[{items[0]!r}, {items[1]!r}, ... {len(items) - 3} more ..., {items[-1]!r}]"
+
+
+def array_record_paths(path: str | os.PathLike | Sequence[str | os.PathLike]) -> list[str]:
+  """Shard files of a dataset written by `python -m vljepa_jax.data.write_arrayrecord` (`expand_paths`)."""
+  return expand_paths(path, suffix=ARRAY_RECORD_SUFFIX, kind="ArrayRecord shards")
 
 
 class ArrayRecordSource:

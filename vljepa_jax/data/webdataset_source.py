@@ -40,7 +40,6 @@ shards that hold no usable sample at all.
 from __future__ import annotations
 
 import concurrent.futures
-import glob
 import json
 import os
 import tarfile
@@ -52,6 +51,7 @@ import numpy as np
 
 from vljepa_jax.data import manifest as manifest_lib
 from vljepa_jax.data import media as media_lib
+from vljepa_jax.data import sources as sources_lib
 
 TAR_SUFFIX = ".tar"
 IMAGE_EXTENSIONS = ("jpg", "jpeg", "png", "webp", "bmp", "gif", "tif", "tiff")
@@ -74,55 +74,6 @@ _INDEX_DTYPE = np.dtype([("shard", np.int32), ("status", np.int8),
                          ("json_offset", np.int64), ("json_size", np.int64)])
 _LOG_EVERY_SHARDS = 100
 _MAX_LISTED = 5
-
-
-def expand_paths(spec: str | os.PathLike | Sequence[str | os.PathLike], *, suffix: str, kind: str) -> list[str]:
-  """Files selected by a directory (its `*{suffix}`, sorted), a glob (sorted), a brace pattern
-  (`shard-{000000..000009}.tar`, in its order; each expansion may itself be a glob), a path, or a
-  list of those (concatenated in order).
-
-  A part that selects nothing is a `FileNotFoundError` naming it, and so is a listed or
-  brace-expanded path that does not exist: a typo in a range should fail now, not count as data
-  loss for the whole run. `kind` names the files in messages ("WebDataset shards").
-  """
-  import braceexpand  # pylint: disable=g-import-not-at-top  # only the shard sources need it
-
-  items = [spec] if isinstance(spec, (str, os.PathLike)) else list(spec)
-  if not items:
-    raise FileNotFoundError(f"no {kind} selected: the list of paths is empty")
-  paths: list[str] = []
-  for item in items:
-    item = os.fspath(item)
-    if os.path.isdir(item):
-      found = sorted(glob.glob(os.path.join(glob.escape(item), "*" + suffix)))
-    else:
-      found = []
-      for pattern in braceexpand.braceexpand(item):
-        if glob.has_magic(pattern):
-          found += sorted(glob.glob(pattern))
-        else:
-          found.append(pattern)
-      missing = [p for p in found if not os.path.exists(p)]
-      if missing:
-        raise FileNotFoundError(
-            f"{len(missing)} of the {len(found)} {kind} that {item!r} names do not exist: "
-            f"{missing[:_MAX_LISTED]}{' ...' if len(missing) > _MAX_LISTED else ''}")
-    if not found:
-      raise FileNotFoundError(
-          f"no {kind} at {item!r} (expected a directory of *{suffix} files, a glob, a brace pattern such "
-          f"as 'shard-{{000000..000009}}{suffix}', a path, or a list of those)")
-    paths += found
-  return paths
-
-
-def describe_paths(spec: Any) -> str:
-  """A pattern or list of paths for messages and reprs, a long list shortened."""
-  if isinstance(spec, (str, os.PathLike)):
-    return repr(os.fspath(spec))
-  items = [os.fspath(p) for p in spec]
-  if len(items) <= 3:
-    return repr(items)
-  return f"[{items[0]!r}, {items[1]!r}, ... {len(items) - 3} more ..., {items[-1]!r}]"
 
 
 def split_key(name: str) -> tuple[str, str] | None:
@@ -248,7 +199,8 @@ class WebDatasetSource:
                json_key: str | None = "json", num_threads: int = 16):
     # `path`, as every file-based source names it: a config switches type with the same key.
     self._pattern = path if isinstance(path, (str, os.PathLike)) else list(path)
-    self._paths = [os.path.abspath(p) for p in expand_paths(path, suffix=TAR_SUFFIX, kind="WebDataset shards")]
+    self._paths = [os.path.abspath(p)
+                   for p in sources_lib.expand_paths(path, suffix=TAR_SUFFIX, kind="WebDataset shards")]
     if isinstance(media_keys, str):
       media_keys = [media_keys]
     self._media_keys = None if media_keys is None else tuple(k.lower().lstrip(".") for k in media_keys)
@@ -259,7 +211,7 @@ class WebDatasetSource:
     self._index, self._keys, self._damage = self._build_index(max(1, num_threads))
     if not (self._index["status"] == _OK).any():
       problems = [f"{os.path.basename(self._paths[s])}: {d}" for s, d in list(self._damage.items())[:_MAX_LISTED]]
-      raise ValueError(f"WebDataset shards {describe_paths(self._pattern)} hold no usable sample "
+      raise ValueError(f"WebDataset shards {sources_lib.describe_paths(self._pattern)} hold no usable sample "
                        f"({len(self._paths)} shard(s), {len(self._index)} entries; media extensions "
                        f"{list(self._media_keys or MEDIA_EXTENSIONS)}). Problems: "
                        f"{problems or 'none in the tars, but no sample has a media member'}")
@@ -353,5 +305,6 @@ class WebDatasetSource:
     return fields
 
   def __repr__(self) -> str:
-    return f"WebDatasetSource({describe_paths(self._pattern)}, shards={len(self._paths)}, len={len(self)})"
+    return (f"WebDatasetSource({sources_lib.describe_paths(self._pattern)}, shards={len(self._paths)}, "
+            f"len={len(self)})")
 

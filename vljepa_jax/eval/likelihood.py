@@ -48,7 +48,8 @@ class LikelihoodPredictions:
 
     def prompt(params, video, query_ids, query_mask):
       with nn.logical_axis_rules(rules or ()):
-        return model.apply({"params": params}, global_batch.prepare_visual(video), query_ids, query_mask, method="prompt")
+        return model.apply({"params": params}, global_batch.prepare_visual(video), query_ids, query_mask,
+                           method="prompt")
 
     def score(params, prompts, prompt_mask, rows, ids, mask):
       with nn.logical_axis_rules(rules or ()):
@@ -80,7 +81,8 @@ class LikelihoodPredictions:
     of_candidate = [[index[t] for t in texts] for texts in phrasings]
     dense, labels, sources = [], [], []
     for batch in batches:
-      prompts, prompt_mask = self.run(self._prompt, params, batch[global_batch.visual_field(batch)], batch["query_ids"], batch["query_mask"])
+      visual = batch[global_batch.visual_field(batch)]  # video, or cached X-encoder tokens
+      prompts, prompt_mask = self.run(self._prompt, params, visual, batch["query_ids"], batch["query_mask"])
       valid = np.flatnonzero(np.asarray(batch["valid"]))
       own = [list(range(len(phrasings))) if candidates.of_source_index is None
              else list(candidates.of_source_index(int(batch["source_index"][r]))) for r in valid]

@@ -123,7 +123,8 @@ def write_cache(config: Any, output: str, *, stage: str | None = None, source: s
     exhausted = False
     # Every process runs the same number of global batches (the X-encoder is one SPMD program), so a
     # process whose records ran out feeds padding rows until all have.
-    batches = -(-len(grain.MapDataset.range(len(source))[0::processes]) // local_batch)
+    most = -(-len(source) // processes)  # process 0's records: [0::processes] gets the most
+    batches = -(-most // local_batch)
     for _ in range(batches):
       rows: list[tuple[int, Any, np.ndarray]] = []
       while not exhausted and len(rows) < local_batch:

@@ -122,15 +122,18 @@ def frozen_x_encoder_rules(rules: Sequence[tuple[str, float]], abstract_params: 
   (and a feature cache written from it would go stale). A rule that gives it a non-zero rate
   contradicts the flag and fails, naming the rule.
   """
+  frozen_rule = (f"{X_ENCODER}/.*", 0.0)
+  # The optimizer's own first-match resolution, with the X-encoder's unmatched leaves at 0: any other
+  # multiplier there is one a configured rule gives it.
+  multipliers = optimizer_lib.lr_multipliers(abstract_params, tuple(rules) + (frozen_rule,))
   paths = [optimizer_lib.param_path(path) for path, _ in jax.tree_util.tree_flatten_with_path(abstract_params)[0]]
-  x_encoder = [p for p in paths if p.startswith(f"{X_ENCODER}/")]
-  for pattern, multiplier in rules:
-    matched = [p for p in x_encoder if re.fullmatch(pattern, p)]
-    if matched and multiplier != 0.0:
-      raise ValueError(f"model.freeze_x_encoder=True, but optimizer.lr_rules gives the X-encoder a learning rate: rule "
-                       f"({pattern!r}, {multiplier}) matches {matched[0]!r}; drop the rule or set "
-                       "model.freeze_x_encoder=False")
-  return ((f"{X_ENCODER}/.*", 0.0),) + tuple((p, m) for p, m in rules if p != f"{X_ENCODER}/.*")
+  trained = [p for p, m in zip(paths, jax.tree.leaves(multipliers)) if p.startswith(f"{X_ENCODER}/") and m != 0.0]
+  if trained:
+    pattern, multiplier = next((p, m) for p, m in rules if re.fullmatch(p, trained[0]))
+    raise ValueError(f"model.freeze_x_encoder=True, but optimizer.lr_rules gives the X-encoder a learning rate: rule "
+                     f"({pattern!r}, {multiplier}) matches {trained[0]!r}; drop the rule or set "
+                     "model.freeze_x_encoder=False")
+  return (frozen_rule,) + tuple((p, m) for p, m in rules if p != frozen_rule[0])
 
 
 class Stage:

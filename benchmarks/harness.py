@@ -1,0 +1,34 @@
+"""What every benchmark script measures with, and nothing else (no flags, no JAX at import).
+
+Scripts put `benchmarks/` on `sys.path` and `import harness`: loading a config the way
+`--config=path[:arg]` does, the machine line every printed figure carries, and the mean time of
+repeated calls.
+"""
+import os
+import platform
+import sys
+import time
+
+
+def load_config(spec: str):
+  """`path/to/config.py[:arg]` -> its `get_config(arg)`, as the `--config` flag loads it."""
+  from ml_collections import config_flags  # pylint: disable=g-import-not-at-top
+  path, _, arg = spec.partition(":")
+  module = config_flags.config_flags._LoadConfigModule(f"{path}_config", path)  # pylint: disable=protected-access
+  return module.get_config(arg) if arg else module.get_config()
+
+
+def machine_line() -> str:
+  import jax  # pylint: disable=g-import-not-at-top
+  return (f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
+          f"{jax.devices()[0].device_kind} x {jax.device_count()}, python {sys.version.split()[0]}, jax {jax.__version__}")
+
+
+def median_time(fn, calls: int, sync=lambda out: out) -> float:
+  """Seconds per call of `fn()` over `calls` calls, waiting for the last result."""
+  start = time.perf_counter()
+  out = None
+  for _ in range(calls):
+    out = fn()
+  sync(out)
+  return (time.perf_counter() - start) / calls
