@@ -125,9 +125,11 @@ def frozen_x_encoder_rules(rules: Sequence[tuple[str, float]], abstract_params: 
   frozen_rule = (f"{X_ENCODER}/.*", 0.0)
   # The optimizer's own first-match resolution, with the X-encoder's unmatched leaves at 0: any other
   # multiplier there is one a configured rule gives it.
-  multipliers = optimizer_lib.lr_multipliers(abstract_params, tuple(rules) + (frozen_rule,))
   paths = [optimizer_lib.param_path(path) for path, _ in jax.tree_util.tree_flatten_with_path(abstract_params)[0]]
-  trained = [p for p, m in zip(paths, jax.tree.leaves(multipliers)) if p.startswith(f"{X_ENCODER}/") and m != 0.0]
+  trained = []
+  if any(p.startswith(f"{X_ENCODER}/") for p in paths):  # (a tree without one has nothing to check)
+    multipliers = optimizer_lib.lr_multipliers(abstract_params, tuple(rules) + (frozen_rule,))
+    trained = [p for p, m in zip(paths, jax.tree.leaves(multipliers)) if p.startswith(f"{X_ENCODER}/") and m != 0.0]
   if trained:
     pattern, multiplier = next((p, m) for p, m in rules if re.fullmatch(p, trained[0]))
     raise ValueError(f"model.freeze_x_encoder=True, but optimizer.lr_rules gives the X-encoder a learning rate: rule "
