@@ -60,25 +60,15 @@ the image stage.
 """
 from __future__ import annotations
 
-import importlib.util
-import os
-
 import ml_collections
+
+from vljepa_jax.train import config_base
 
 BENCHMARKS = ("msrvtt", "activitynet_captions", "youcook2", "coco_karpathy", "kinetics400", "ssv2", "pope")
 IMAGE_BENCHMARKS = ("coco_karpathy", "pope")
 # CLIP's Kinetics prompts, a subset of its ensemble that reads as a sentence for every K400 name.
 KINETICS_TEMPLATES = ("a video of a person {}.", "a photo of a person {}.", "a person {}.", "{}")
 PARAGRAPH_TARGET_LENGTH = 512  # the paper's maximum text length
-
-
-def _pretrain():
-  """configs/vljepa_pretrain.py, loaded by path (configs/ is not a package)."""
-  path = os.path.join(os.path.dirname(os.path.abspath(__file__)), "vljepa_pretrain.py")
-  spec = importlib.util.spec_from_file_location("eval_benchmarks_pretrain", path)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module
 
 
 def _manifest_source() -> dict:
@@ -114,7 +104,7 @@ def benchmark_evals(names, *, video_query: str, image_query: str) -> dict:
 
 def get_config(arg: str = "") -> ml_collections.ConfigDict:
   names = tuple(n for n in arg.split(",") if n)
-  pretrain = _pretrain()
+  pretrain = config_base.sibling_config(__file__, "vljepa_pretrain")
   evals = benchmark_evals(names, video_query=pretrain.VIDEO_QUERY, image_query=pretrain.IMAGE_QUERY)
   config = pretrain.get_config("video32")
   with config.unlocked():

@@ -86,6 +86,33 @@ def test_msrvtt_json_one_record_per_video_of_the_split_with_all_its_captions(tmp
   ]
 
 
+def test_msrvtt_open_vljepa_annotations_one_record_per_test_video_in_file_order(tmp_path, capsys):
+  """open-vljepa's annotations.json ({video_id: {captions, split, url}}): its pool is the first N test
+  videos in file order (scripts/eval.py --n_videos) with all their captions, so the order is the file's."""
+  data = {"video9": {"captions": ["a train clip"], "split": "train", "url": "u"},
+          "video7020": {"captions": [" a man cooks ", "someone is cooking"], "split": "test", "url": "u"},
+          "video7003": {"captions": ["a dog runs"], "split": "test", "url": "u"},
+          "video7001": {"captions": ["a third one"], "split": "test", "url": "u"}}
+  ann = tmp_path / "annotations.json"
+  ann.write_text(json.dumps(data), encoding="utf-8")  # insertion order is the file's order
+  _touch(tmp_path / "videos", "video7020.mp4", "video7003.mp4", "video7001.mp4")
+  out = tmp_path / "m.jsonl"
+  code, stdout, _ = _run(capsys, "msrvtt", "--annotations", ann, "--split", "test", "--media-root",
+                         tmp_path / "videos", "--output", out)
+  assert code == 0 and f"wrote 3 records to {out}" in stdout
+  assert _read(out) == [
+      {"media": "video7020.mp4", "id": "video7020", "captions": ["a man cooks", "someone is cooking"]},
+      {"media": "video7003.mp4", "id": "video7003", "captions": ["a dog runs"]},
+      {"media": "video7001.mp4", "id": "video7001", "captions": ["a third one"]},
+  ]
+  code, _, stderr = _run(capsys, "msrvtt", "--annotations", ann, "--media-root", tmp_path / "videos", "--output", out)
+  assert code == 1 and "--split is required" in stderr and "['test', 'train']" in stderr
+  ann.write_text(json.dumps({"video1": {"split": "test"}}), encoding="utf-8")
+  code, _, stderr = _run(capsys, "msrvtt", "--annotations", ann, "--split", "test", "--media-root",
+                         tmp_path / "videos", "--output", out)
+  assert code == 1 and "entry 'video1' has no caption list" in stderr
+
+
 def test_kinetics400_csv_clips_label_folders_full_videos_and_split(tmp_path, capsys):
   (tmp_path / "val.csv").write_text(
       "label,youtube_id,time_start,time_end,split,is_cc\n"

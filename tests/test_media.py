@@ -79,6 +79,21 @@ def test_sample_frame_indices_hand_cases():
   assert media.sample_frame_indices(1, 5).tolist() == [0] * 5
 
 
+def test_first_to_last_sampling_hand_cases_and_decoding(video_case_bytes):
+  """open-vljepa's sampling, `np.linspace(0, n - 1, T, dtype=int)`, worked by hand: both ends included."""
+  assert media.sample_frame_indices(10, 4, "first_to_last").tolist() == [0, 3, 6, 9]
+  # 299 / 7 = 42.71...: 0, 42.7, 85.4, 128.1, 170.9, 213.6, 256.3, 299
+  assert media.sample_frame_indices(300, 8, "first_to_last").tolist() == [0, 42, 85, 128, 170, 213, 256, 299]
+  assert media.sample_frame_indices(3, 8, "first_to_last").tolist() == [0, 0, 0, 0, 1, 1, 1, 2]
+  assert media.sample_frame_indices(1, 3, "first_to_last").tolist() == [0, 0, 0]
+  with pytest.raises(ValueError, match="frame sampling 'middle': expected one of"):
+    media.sample_frame_indices(10, 4, "middle")
+  # Through decoding: the frames' own painted numbers are the ones asked for.
+  clip, _ = media.load_frames(video_case_bytes("mp4-h264-gop10"), 4, crop_size=48, sampling="first_to_last")
+  last = VIDEO_FRAMES - 1
+  assert mf.frame_indices_of(clip) == [0, last // 3, 2 * last // 3, last]
+
+
 @pytest.mark.parametrize("num_available,num_frames", [(0, 4), (-3, 4), (4, 0), (4, -1)])
 def test_sample_frame_indices_rejects_empty(num_available, num_frames):
   with pytest.raises(ValueError):

@@ -10,7 +10,7 @@ import torch
 import transformers
 from torch import nn
 
-from conftest import run_cli
+from conftest import REPO, run_cli
 from vljepa_jax import convert
 from vljepa_jax.convert import checkpoint
 from vljepa_jax.convert import open_vljepa
@@ -216,3 +216,179 @@ def test_init_checkpoint_reads_a_converted_model(reference):
   restored, step = checkpointing.restore_params(out, abstract, supplied=("x_encoder",))
   assert step == 0 and set(restored) == {"predictor", "y_encoder", "y_head"}
   jax.tree.map(np.testing.assert_array_equal, restored, params)
+
+
+# --- configs/eval_open_vljepa.py end to end: the X-encoder supplied by config.init, open-vljepa's protocol ---------
+
+QUERY_WORDS = ["Describe", "the", "video."]
+CAPTION_WORDS = ["a", "red", "blue", "green", "circle", "square", "moves", "left", "right", "spins", "grows", "slowly"]
+POOL, CAPTIONS_PER_VIDEO, VIDEO_FRAMES, SIZE = 3, 4, 17, 32
+
+
+def _word_tokenizer(folder, model_type, specials, template, words):
+  """A Hugging Face tokenizer.json (word level) and a config.json naming its family, in `folder`."""
+  from tokenizers import Tokenizer, models, pre_tokenizers, processors  # pylint: disable=g-import-not-at-top
+  vocab = {token: i for i, token in enumerate(specials + words)}
+  tok = Tokenizer(models.WordLevel(vocab, unk_token="[UNK]"))
+  tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+  tok.post_processor = processors.TemplateProcessing(
+      single=template, special_tokens=[(t, vocab[t]) for t in specials if t in template])
+  os.makedirs(folder)
+  tok.save(os.path.join(folder, "tokenizer.json"))
+  with open(os.path.join(folder, "config.json"), "w") as f:
+    json.dump({"model_type": model_type}, f)
+  return tok
+
+
+def _padded(tok, text, length=64):
+  ids = tok.encode(text).ids
+  return np.array([ids + [0] * (length - len(ids))]), np.array([[1] * len(ids) + [0] * (length - len(ids))])
+
+
+@pytest.fixture(scope="module")
+def msrvtt(reference, tmp_path_factory):
+  """The converted model without its X-encoder, a 1-layer 1024-wide ViT as `init.x_encoder`, word-level query and
+  target tokenizers, and MSR-VTT in open-vljepa's layout: 4 test videos (the pool is the first 3), 1 train video."""
+  import media_files  # pylint: disable=g-import-not-at-top
+  _, _, _, converted = reference
+  root = tmp_path_factory.mktemp("msrvtt")
+  vit_cfg = vit.ViTConfig(hidden_size=VISION, num_layers=1, num_heads=16, mlp_dim=64)
+  vit_params = params_lib.unbox(vit.VisionTransformer(vit_cfg).init(
+      jax.random.key(3), np.zeros((1, 2, SIZE, SIZE, 3), np.float32))["params"])
+  # Larger weights than the init's, so that the videos' tokens differ enough to rank them.
+  vit_params = jax.tree.map(lambda x: x * 8.0 if x.ndim > 1 else x, vit_params)
+  with checkpoint.atomic_directory(str(root / "vitl")) as tmp:
+    checkpoint.save(tmp, family="vjepa2", config=vit_cfg.to_dict(), params=vit_params, source="test")
+  query_tok = _word_tokenizer(str(root / "query_tok"), "llama", ["<|finetune_right_pad_id|>", "[UNK]",
+                                                                 "<|begin_of_text|>"],
+                              "<|begin_of_text|> $A", QUERY_WORDS + CAPTION_WORDS)
+  target_tok = _word_tokenizer(str(root / "target_tok"), "gemma3_text", ["<pad>", "[UNK]", "<bos>", "<eos>"],
+                               "<bos> $A <eos>", CAPTION_WORDS)
+  rng = np.random.default_rng(5)
+  annotations = {"video9": {"captions": ["a red circle"], "split": "train", "url": ""}}
+  os.makedirs(root / "videos")
+  for i in range(POOL + 1):
+    video_id = f"video{7090 - 7 * i}"  # ids descending: the pool follows the file's order
+    frames = rng.integers(0, 256, size=(VIDEO_FRAMES, SIZE, SIZE, 3)).astype(np.uint8)
+    media_files.write_video(str(root / "videos" / f"{video_id}.mp4"), frames, fps=10)
+    annotations[video_id] = {"split": "test", "url": "", "captions": [
+        " ".join(rng.choice(CAPTION_WORDS, size=rng.integers(2, 6))) for _ in range(CAPTIONS_PER_VIDEO)]}
+  with open(root / "annotations.json", "w") as f:
+    json.dump(annotations, f)
+  run_cli("vljepa_jax.data.benchmarks", "msrvtt", "--annotations", str(root / "annotations.json"), "--split", "test",
+          "--media-root", str(root / "videos"), "--output", str(root / "msrvtt.jsonl"))
+  flags = [f"--config.init.checkpoint={converted}", f"--config.init.x_encoder={root / 'vitl'}",
+           f"--config.tokenizers.query={root / 'query_tok'}", f"--config.tokenizers.target={root / 'target_tok'}",
+           f"--config.evals.msrvtt.data.sources.main.manifest={root / 'msrvtt.jsonl'}",
+           f"--config.evals.msrvtt.data.sources.main.media_root={root / 'videos'}",
+           f"--config.evals.msrvtt.data.sources.main.limit={POOL}",
+           f"--config.data.crop_size={SIZE}", f"--config.data.short_side={SIZE}", "--config.dtype=float32"]
+  return dict(root=root, annotations=annotations, vit_cfg=vit_cfg, vit_params=vit_params, query_tok=query_tok,
+              target_tok=target_tok, flags=flags)
+
+
+def _open_vljepa_t2v_recall(root_module, msrvtt):
+  """open-vljepa's scripts/eval.py on the same inputs, from PyAV frames up: linspace frames, Ŝ_Y per video with
+  "Describe the video.", S_Y per caption, cosine, rank = the number of videos scoring strictly higher."""
+  import av  # pylint: disable=g-import-not-at-top
+  pool = [v for v, info in msrvtt["annotations"].items() if info["split"] == "test"][:POOL]
+  q_ids, q_mask = _padded(msrvtt["query_tok"], "Describe the video.")
+  mean, std = np.array([0.485, 0.456, 0.406]), np.array([0.229, 0.224, 0.225])
+  videos, captions, owners = [], [], []
+  for row, video_id in enumerate(pool):
+    with av.open(str(msrvtt["root"] / "videos" / f"{video_id}.mp4")) as container:
+      frames = np.stack([f.to_ndarray(format="rgb24") for f in container.decode(video=0)])
+    clip = frames[np.linspace(0, len(frames) - 1, 8, dtype=int)]
+    clip = ((clip / 255.0 - mean) / std).astype(np.float32)[None]
+    tokens = np.asarray(vit.VisionTransformer(msrvtt["vit_cfg"]).apply({"params": msrvtt["vit_params"]}, clip))
+    with torch.no_grad():
+      s_hat = _reference_s_hat(root_module.predictor, torch.tensor(tokens), torch.tensor(q_ids), torch.tensor(q_mask))
+    videos.append(torch.nn.functional.normalize(s_hat, dim=-1).numpy()[0])
+    for caption in msrvtt["annotations"][video_id]["captions"]:
+      t_ids, t_mask = _padded(msrvtt["target_tok"], caption)
+      with torch.no_grad():
+        s_y = _reference_s_y(root_module.y_encoder, torch.tensor(t_ids), torch.tensor(t_mask))
+      captions.append(torch.nn.functional.normalize(s_y, dim=-1).numpy()[0])
+      owners.append(row)
+  sim = np.stack(captions) @ np.stack(videos).T
+  own = sim[np.arange(len(owners)), owners]
+  higher = (sim > own[:, None]).sum(axis=1)
+  return float((higher < 1).mean()), sim
+
+
+def test_eval_config_reproduces_open_vljepa_retrieval_with_the_x_encoder_from_init(reference, msrvtt, tmp_path):
+  """configs/eval_open_vljepa.py on a converted model that left its X-encoder out: `init.x_encoder` supplies it,
+  the architecture comes from the converted model, and text->video R@1 over the first 3 test videos and all their
+  captions equals open-vljepa's evaluation computed from the same weights."""
+  root_module, _, _, _ = reference
+  want, sim = _open_vljepa_t2v_recall(root_module, msrvtt)
+  margins = np.sort(sim, axis=1)
+  assert np.all(margins[:, -1] - margins[:, -2] > 1e-4), "a near-tie would make the comparison fragile"
+  run_cli("vljepa_jax.main", "--mode=eval", "--config=configs/eval_open_vljepa.py", f"--workdir={tmp_path}",
+          *msrvtt["flags"])
+  with open(tmp_path / "eval_results.json") as f:
+    results = json.load(f)
+  got = results["0"]["tasks"]["msrvtt"]
+  assert (results["0"]["stage"], got["num_videos"], got["num_captions"]) == ("init", POOL, POOL * CAPTIONS_PER_VIDEO)
+  assert got["t2v_R@1"] == pytest.approx(want, abs=1e-9), (got, want)
+  assert 0 < want < 1  # neither all right nor all wrong: a wrong frame, prompt or tower would show
+
+
+def test_a_converted_model_with_a_tower_named_twice_or_no_tokenizer_fails(reference, msrvtt, tmp_path):
+  """No silent trap: the embedded dataset's tokenizer is not put in for a missing one, and a tower the model
+  holds is not also loaded from config.init (one of the two would be overwritten)."""
+  from vljepa_jax.train import model_setup  # pylint: disable=g-import-not-at-top
+  from vljepa_jax.train import stages  # pylint: disable=g-import-not-at-top
+  _, _, folder, converted = reference
+  config = _eval_config(msrvtt, **{"tokenizers.query": "predictor"})
+  with pytest.raises(ValueError, match="is a converted whole model, which carries no tokenizer: set "
+                                       "config.tokenizers.query"):
+    model_setup.build(stages.resolve(config)[0][1], str(tmp_path))
+  whole = tmp_path / "whole"
+  convert.convert("open_vljepa", str(folder / "best.pt"), str(whole),
+                  convert.ConvertOptions(x_encoder=str(msrvtt["root"] / "vitl")))
+  config = _eval_config(msrvtt, **{"init.checkpoint": str(whole)})
+  with pytest.raises(ValueError, match=r"holds the x_encoder, so config.init.x_encoder=.* would be overwritten"):
+    model_setup.build(stages.resolve(config)[0][1], str(tmp_path))
+  assert converted != str(whole)
+
+
+def _eval_config(msrvtt, **overrides):
+  """configs/eval_open_vljepa.py with the fixture's flags (and `overrides`, dotted keys) applied in-process."""
+  from vljepa_jax.train import config_base  # pylint: disable=g-import-not-at-top
+  module = config_base.sibling_config(os.path.join(REPO, "configs", "x.py"), "eval_open_vljepa")
+  config = module.get_config()
+  settings = dict(flag[len("--config."):].split("=", 1) for flag in msrvtt["flags"])
+  settings.update(overrides)
+  with config.unlocked():
+    for key, value in settings.items():
+      *parents, leaf = key.split(".")
+      node = config
+      for parent in parents:
+        node = node[parent]
+      current = node[leaf]
+      node[leaf] = type(current)(value) if current is not None and not isinstance(current, str) else value
+  return config
+
+
+def test_training_from_a_converted_model_fills_its_x_encoder_from_init(reference, msrvtt, tmp_path):
+  """The trainer starts from the converted model (`init.checkpoint`) and takes the X-encoder it left out from
+  `init.x_encoder`: after a step the X-encoder is exactly those weights (frozen), the rest has moved from the
+  converted ones."""
+  import orbax.checkpoint as ocp  # pylint: disable=g-import-not-at-top
+  from vljepa_jax.train import trainer  # pylint: disable=g-import-not-at-top
+  _, _, _, converted = reference
+  config = _eval_config(msrvtt, **{"total_steps": 1, "batch_size": 8, "checkpoint_every": 1, "log_every": 1,
+                                   "data.num_threads": 1, "data.prefetch_batches": 0})
+  with config.unlocked():
+    config.evals = {}
+    config.data.sources = {"shapes": {"type": "shapes", "kind": "video", "size": 8, "seed": 0}}
+  trainer.run(config, str(tmp_path))
+  with ocp.PyTreeCheckpointer() as checkpointer:
+    params = checkpointer.restore(str(tmp_path / "train" / "checkpoints" / "1" / "state"))["params"]
+  jax.tree.map(np.testing.assert_array_equal, params["x_encoder"], msrvtt["vit_params"])
+  _, start = convert.load(converted)
+  moved = jax.tree.leaves(jax.tree.map(lambda a, b: float(np.abs(np.asarray(a) - b).max()), params["y_head"],
+                                       start["y_head"]))
+  assert max(moved) > 0  # trained: started from the converted head, not a fresh one
+  np.testing.assert_allclose(params["y_head"]["kernel"], start["y_head"]["kernel"], atol=1e-2)

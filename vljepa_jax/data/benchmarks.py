@@ -17,7 +17,8 @@ Each importer follows the official layout and the conventions of
   * windows are clamped into [0, duration] where the annotation gives a duration; a segment
     empty after clamping is dropped (`invalid_segment`), counted and listed, never looked up.
 
-Importers (`IMPORTERS`): msrvtt (the 1k-A test CSV, or the MSR-VTT JSON with `--split`),
+Importers (`IMPORTERS`): msrvtt (the 1k-A test CSV, or the MSR-VTT JSON or open-vljepa's
+`annotations.json` with `--split`),
 kinetics400 (the official CSVs), ssv2 (a split's JSON and `labels.json`), activitynet_captions
 (a split's JSON; `--granularity segment` (default) or `paragraph`), youcook2 (the trainval JSON
 with `--split`; `--granularity` as ActivityNet's), pope (a variant's JSON Lines file), and
@@ -135,8 +136,10 @@ def _read_csv(path: str, name: str, required: Sequence[str]) -> list[dict[str, s
 
 
 def msrvtt(annotations: str, split: str | None) -> tuple[list[Item], None]:
-  """The 1k-A test CSV (`key,vid_key,video_id,sentence`: one caption per video) or the MSR-VTT
-  JSON (`videos`, `sentences`; one record per video of `--split`, all its captions by `sen_id`)."""
+  """The 1k-A test CSV (`key,vid_key,video_id,sentence`: one caption per video), the MSR-VTT JSON
+  (`videos`, `sentences`; one record per video of `--split`, all its captions by `sen_id`), or
+  open-vljepa's `annotations.json` (`{video_id: {"captions": [...], "split": ...}}`, the file its
+  `scripts/download_msrvtt.py` writes; one record per video of `--split`, in file order, captions as listed)."""
   if annotations.endswith(".csv"):
     if split is not None:
       raise AnnotationError(f"msrvtt: --split applies to the JSON annotations, not to the CSV {annotations} "
@@ -145,7 +148,11 @@ def msrvtt(annotations: str, split: str | None) -> tuple[list[Item], None]:
     items = [Item({"id": row["video_id"], "caption": row["sentence"].strip()}, _video_candidates(row["video_id"]))
              for row in rows]
     return items, None
-  data = _load_json_object(annotations, "msrvtt", "MSR-VTT's JSON", ("videos", "sentences"))
+  data = _load_json_object(annotations, "msrvtt", "MSR-VTT's JSON")
+  if "videos" not in data and "sentences" not in data:
+    return _msrvtt_open_vljepa(data, annotations, split), None
+  if "videos" not in data or "sentences" not in data:
+    raise AnnotationError(f"msrvtt: {annotations} is not MSR-VTT's JSON (expected the keys ['videos', 'sentences'])")
   split = _choose_split(split, [v["split"] for v in data["videos"]], "msrvtt", required=True)
   captions: dict[str, list[tuple[int, str]]] = {}
   for sentence in data["sentences"]:
@@ -159,6 +166,28 @@ def msrvtt(annotations: str, split: str | None) -> tuple[list[Item], None]:
       raise AnnotationError(f"msrvtt: {video['video_id']} of split {split!r} has no sentence in {annotations}")
     items.append(Item({"id": video["video_id"], "captions": texts}, _video_candidates(video["video_id"])))
   return items, None
+
+
+def _msrvtt_open_vljepa(data: dict[str, Any], annotations: str, split: str | None) -> list[Item]:
+  """open-vljepa's layout. Its evaluation pool is the first N test videos in this file's order (its
+  `--n_videos`), so the order is kept exactly; the evaluation takes them with the source's `limit`
+  (configs/eval_open_vljepa.py)."""
+  bad = [key for key, value in data.items() if not isinstance(value, dict) or not isinstance(value.get("captions"), list)]
+  if bad:
+    raise AnnotationError(f"msrvtt: {annotations} is neither MSR-VTT's JSON (keys 'videos', 'sentences') nor "
+                          f"open-vljepa's annotations.json ({{video_id: {{'captions': [...], 'split': ...}}}}): "
+                          f"entry {bad[0]!r} has no caption list")
+  # open-vljepa's reader counts an entry without "split" as train.
+  split = _choose_split(split, [v.get("split", "train") for v in data.values()], "msrvtt", required=True)
+  items = []
+  for video_id, video in data.items():
+    if video.get("split", "train") != split:
+      continue
+    texts = [text.strip() for text in video["captions"]]
+    if not texts:
+      raise AnnotationError(f"msrvtt: {video_id} of split {split!r} has no caption in {annotations}")
+    items.append(Item({"id": video_id, "captions": texts}, _video_candidates(video_id)))
+  return items
 
 
 def kinetics400(annotations: str, split: str | None) -> tuple[list[Item], list[str]]:

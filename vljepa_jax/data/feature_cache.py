@@ -14,7 +14,7 @@ A cache directory:
 
 A cache is only valid for the X-encoder and the preprocessing that wrote it, and a run refuses any
 other, before it trains:
-  * the preprocessing (`num_frames`, `crop_size`, `short_side`) must equal the run's data config
+  * the preprocessing (`num_frames`, `crop_size`, `short_side`, `frame_sampling`) must equal the run's data config
     (`FeatureSource.check_data_config`, when the pipeline opens the source);
   * the X-encoder's architecture and `x_encoder_chunk_frames` must equal the run's, the former
     compared without the fields that change how it is computed and not what (`EXECUTION_FIELDS`);
@@ -45,7 +45,7 @@ FORMAT_VERSION = 1
 STORAGE_DTYPES = {"bfloat16": ml_dtypes.bfloat16, "float32": np.float32}
 # ViTConfig fields that change how the X-encoder computes, not what: a cache is valid across them.
 EXECUTION_FIELDS = ("dtype", "param_dtype", "attention_impl", "remat")
-PREPROCESSING_FIELDS = ("num_frames", "crop_size", "short_side")
+PREPROCESSING_FIELDS = ("num_frames", "crop_size", "short_side", "frame_sampling")
 # Record fields kept beside the tokens: the texts and the label (the clip window was applied already).
 RECORD_FIELDS = records_lib.TEXT_FIELDS
 PROBE_SEED = 0

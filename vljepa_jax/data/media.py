@@ -25,14 +25,14 @@ from PIL import Image
 
 from vljepa_jax.data.bad_samples import (BAD_CHANNELS, EMPTY_TEXT, MISSING_FILE, SKIP_REASONS, TRUNCATED_MEDIA,
                                          UNREADABLE_MEDIA, WINDOW_PAST_END, BadSample)
-from vljepa_jax.data.video import decode_video, sample_frame_indices, short_side_shape
+from vljepa_jax.data.video import FRAME_SAMPLINGS, decode_video, sample_frame_indices, short_side_shape
 
 __all__ = [
     # what this module raises, and the reasons the pipeline counts
     "BAD_CHANNELS", "EMPTY_TEXT", "MISSING_FILE", "SKIP_REASONS", "TRUNCATED_MEDIA", "UNREADABLE_MEDIA",
     "WINDOW_PAST_END", "BadSample",
     # samples -> model input
-    "IMAGENET_MEAN", "IMAGENET_STD", "SHORT_VIDEO", "center_crop", "check_text", "decode_image",
+    "FRAME_SAMPLINGS", "IMAGENET_MEAN", "IMAGENET_STD", "SHORT_VIDEO", "center_crop", "check_text", "decode_image",
     "is_image_bytes", "load_frames", "normalize", "resize_short_side", "sample_frame_indices", "to_rgb_frames",
 ]
 
@@ -236,8 +236,8 @@ def _square(frames: np.ndarray, crop_size: int, short_side: int) -> np.ndarray:
 
 
 def load_frames(media: bytes | str | os.PathLike | np.ndarray, num_frames: int, *, crop_size: int,
-                short_side: int | None = None, window: tuple[float, float] | None = None
-                ) -> tuple[np.ndarray, dict[str, int]]:
+                short_side: int | None = None, window: tuple[float, float] | None = None,
+                sampling: str = "segment_centres") -> tuple[np.ndarray, dict[str, int]]:
   """Any media the pipeline meets -> uint8 (num_frames, crop_size, crop_size, 3) and notes.
 
   Args:
@@ -250,6 +250,7 @@ def load_frames(media: bytes | str | os.PathLike | np.ndarray, num_frames: int, 
       (V-JEPA's evaluation transform: the crop spans the whole short side).
     window: (start_s, end_s) of a video file to take the clip from (`video.decode_video`); an
       image, or frames already in memory (no frame rate), with a window is a `BadSample`.
+    sampling: how the clip's frames spread over a video (`video.FRAME_SAMPLINGS`).
 
   Returns:
     The frames, and notes for the pipeline's counters: {SHORT_VIDEO: 1} when a video had fewer
@@ -271,7 +272,7 @@ def load_frames(media: bytes | str | os.PathLike | np.ndarray, num_frames: int, 
     frames = to_rgb_frames(media)
     if media.ndim == 4:
       available = frames.shape[0]
-      frames = _square(frames[sample_frame_indices(available, num_frames)], crop_size, short_side)
+      frames = _square(frames[sample_frame_indices(available, num_frames, sampling)], crop_size, short_side)
       return frames, ({SHORT_VIDEO: 1} if available < num_frames else {})
     image = frames
   elif isinstance(media, (bytes, bytearray, memoryview)):
@@ -289,5 +290,5 @@ def load_frames(media: bytes | str | os.PathLike | np.ndarray, num_frames: int, 
       raise BadSample(UNREADABLE_MEDIA, f"a clip window {window} on an image")
     frame = _square(image, crop_size, short_side)
     return np.repeat(frame, num_frames, axis=0), {}
-  frames, info = decode_video(media, num_frames, short_side=short_side, window=window)
+  frames, info = decode_video(media, num_frames, short_side=short_side, window=window, sampling=sampling)
   return _square(frames, crop_size, short_side), ({SHORT_VIDEO: 1} if info.short else {})

@@ -85,6 +85,9 @@ class DataConfig:
   # Resize the short side to this before the centre crop; None = crop_size (keep the whole frame).
   # V-JEPA 2's evaluation uses int(crop * 256 / 224), i.e. 292 for 256.
   short_side: int | None = None
+  # How a clip's frames spread over a video: "segment_centres" (each frame the centre of one of
+  # `num_frames` equal segments) or "first_to_last" (first and last frames included; open-vljepa's).
+  frame_sampling: str = "segment_centres"
   # caption: target = a caption (a random paraphrase per epoch when `sample_paraphrase`), query =
   # `default_query`; qa: query and answer from the record; auto: qa where the record has an answer;
   # no_target: query = `default_query` and no target text is read (an empty one is tokenised):
@@ -127,6 +130,8 @@ class DataConfig:
                        "Cache every source (python -m vljepa_jax.data.cache_features) or none")
     if self.video_dtype not in VIDEO_DTYPES:
       raise ValueError(f"data.video_dtype must be one of {VIDEO_DTYPES}, got {self.video_dtype!r}")
+    if self.frame_sampling not in media_lib.FRAME_SAMPLINGS:
+      raise ValueError(f"data.frame_sampling must be one of {media_lib.FRAME_SAMPLINGS}, got {self.frame_sampling!r}")
     if self.text_mode not in TEXT_MODES:
       raise ValueError(f"data.text_mode must be one of {TEXT_MODES}, got {self.text_mode!r}")
     for name in ("num_frames", "crop_size", "query_length", "target_length"):
@@ -172,7 +177,7 @@ def decode_frames(record: Mapping[str, Any], config: DataConfig) -> tuple[np.nda
   """
   visual = record["media"] if "media" in record else record["frames"]
   return media_lib.load_frames(visual, config.num_frames, crop_size=config.crop_size, short_side=config.short_side,
-                               window=manifest_lib.clip_window(record))
+                               window=manifest_lib.clip_window(record), sampling=config.frame_sampling)
 
 
 class Preprocess:

@@ -154,10 +154,11 @@ def load_clip(media_item: Any, data: pipeline.DataConfig) -> np.ndarray:
     names = sorted((n for n in os.listdir(media_item) if not n.startswith(".")), key=_natural_key)
     if not names:
       raise media.BadSample(media.MISSING_FILE, f"frame directory {media_item} is empty")
-    chosen = media.sample_frame_indices(len(names), data.num_frames)
+    chosen = media.sample_frame_indices(len(names), data.num_frames, data.frame_sampling)
     frames = {i: load_image(os.path.join(media_item, names[i]), data) for i in set(chosen.tolist())}
     return np.concatenate([frames[i] for i in chosen.tolist()])
-  return media.load_frames(media_item, data.num_frames, crop_size=data.crop_size, short_side=data.short_side)[0]
+  return media.load_frames(media_item, data.num_frames, crop_size=data.crop_size, short_side=data.short_side,
+                           sampling=data.frame_sampling)[0]
 
 
 def load_image(image: Any, data: pipeline.DataConfig) -> np.ndarray:

@@ -61,18 +61,28 @@ class VideoInfo:
 # --- Which frames, at what size -------------------------------------------------------------
 
 
-def sample_frame_indices(num_available: int, num_frames: int) -> np.ndarray:
+# How a clip's frames are spread over a video (`sample_frame_indices`): "segment_centres", the
+# default, or "first_to_last" (both ends included), the sampling of open-vljepa's MSR-VTT evaluation.
+FRAME_SAMPLINGS = ("segment_centres", "first_to_last")
+
+
+def sample_frame_indices(num_available: int, num_frames: int, sampling: str = "segment_centres") -> np.ndarray:
   """int64 indices of `num_frames` frames spread uniformly over `num_available`.
 
-  Frame i is the centre of the i-th of `num_frames` equal segments,
-  floor((i + 0.5) * num_available / num_frames). When the video is shorter than the clip,
-  segments are shorter than a frame and indices repeat: that is how short videos are padded.
-  Integer arithmetic keeps the floor exact for any length.
+  "segment_centres": frame i is the centre of the i-th of `num_frames` equal segments,
+  floor((i + 0.5) * num_available / num_frames); integer arithmetic keeps the floor exact for any
+  length. "first_to_last": `np.linspace(0, num_available - 1, num_frames)` truncated, the first
+  and last frames included (open-vljepa's `MSRVTTDataset._load_video`, the same NumPy expression).
+  When the video is shorter than the clip, indices repeat: that is how short videos are padded.
   """
   if num_available < 1:
     raise ValueError(f"num_available must be >= 1, got {num_available}")
   if num_frames < 1:
     raise ValueError(f"num_frames must be >= 1, got {num_frames}")
+  if sampling == "first_to_last":
+    return np.linspace(0, num_available - 1, num_frames).astype(np.int64)
+  if sampling != "segment_centres":
+    raise ValueError(f"frame sampling {sampling!r}: expected one of {FRAME_SAMPLINGS}")
   i = np.arange(num_frames, dtype=np.int64)
   # (i + 0.5) * n / t == (2i + 1) * n / (2t)
   return (2 * i + 1) * np.int64(num_available) // np.int64(2 * num_frames)
@@ -83,7 +93,7 @@ _WINDOW_TOLERANCE_FRAMES = 1e-6
 
 
 def window_frame_indices(num_available: int, rate: float, window: tuple[float, float],
-                         num_frames: int) -> tuple[np.ndarray, int]:
+                         num_frames: int, sampling: str = "segment_centres") -> tuple[np.ndarray, int]:
   """`num_frames` indices spread uniformly over the frames shown in `window` = (start_s, end_s).
 
   Frame i is shown at i / `rate` seconds; the window holds the frames with start_s <= i / rate <
@@ -96,7 +106,7 @@ def window_frame_indices(num_available: int, rate: float, window: tuple[float, f
     raise BadSample(WINDOW_PAST_END, f"window {start_s:g}-{end_s:g} s starts after the video's last frame "
                                      f"({num_available} frames at {rate:g} fps)")
   stop = min(max(math.ceil(end_s * rate - _WINDOW_TOLERANCE_FRAMES), first + 1), num_available)
-  return first + sample_frame_indices(stop - first, num_frames), stop - first
+  return first + sample_frame_indices(stop - first, num_frames, sampling), stop - first
 
 
 def short_side_shape(height: int, width: int, size: int) -> tuple[int, int]:
@@ -411,8 +421,9 @@ def _decode_sequentially(source, indices: Callable[[int], np.ndarray], declared:
 
 
 def decode_video(source: bytes | str | os.PathLike, num_frames: int, *, short_side: int | None = None,
-                 window: tuple[float, float] | None = None) -> tuple[np.ndarray, VideoInfo]:
-  """Decodes the frames at `sample_frame_indices(frames in video, num_frames)` with PyAV.
+                 window: tuple[float, float] | None = None, sampling: str = "segment_centres"
+                 ) -> tuple[np.ndarray, VideoInfo]:
+  """Decodes the frames at `sample_frame_indices(frames in video, num_frames, sampling)` with PyAV.
 
   Args:
     source: encoded video bytes, or a path.
@@ -442,10 +453,10 @@ def decode_video(source: bytes | str | os.PathLike, num_frames: int, *, short_si
 
   def indices(count: int) -> np.ndarray:
     if window is None:
-      return sample_frame_indices(count, num_frames)
+      return sample_frame_indices(count, num_frames, sampling)
     if plan.rate is None:
       raise BadSample(UNREADABLE_MEDIA, f"{name}: no frame rate, so the clip window {window} cannot be found")
-    chosen, in_window[count] = window_frame_indices(count, float(plan.rate), window, num_frames)
+    chosen, in_window[count] = window_frame_indices(count, float(plan.rate), window, num_frames, sampling)
     return chosen
 
   try:

@@ -36,8 +36,8 @@ from vljepa_jax.train import stages as stages_lib
 # The stage name results are recorded under when a sweep evaluates `init.checkpoint` (nothing trained in the workdir).
 INIT_STAGE = "init"
 # Data settings the evaluators inherit from the training stage unless their own `data` overrides them.
-INHERITED_DATA = ("num_frames", "crop_size", "short_side", "query_length", "target_length", "video_dtype",
-                  "default_query", "num_threads")
+INHERITED_DATA = ("num_frames", "crop_size", "short_side", "frame_sampling", "query_length", "target_length",
+                  "video_dtype", "default_query", "num_threads")
 
 
 def prediction_functions(model: Any, *, mesh: jax.sharding.Mesh | None, rules: Any, batch_size: int) -> Any:
@@ -153,7 +153,10 @@ def sweep(config: ml_collections.ConfigDict, workdir: str, steps: Sequence[int] 
       continue
     if name not in layouts:
       layouts[name] = param_layout_lib.param_layout(stage_config, setup, mesh)
-    params, _ = checkpointing.restore_params(stage_dir, layouts[name], step=stage_step)
+    # A converted whole model may leave towers out (open-vljepa's X-encoder): config.init.<tower> supplies them.
+    supplied = tuple(location.split("/")[0] for location in setup.checkpoints)
+    params, _ = checkpointing.restore_params(stage_dir, layouts[name], step=stage_step, supplied=supplied)
+    params = model_setup.load_absent_towers(setup.checkpoints, params, layouts[name])
     evaluation.run_missing(params, step=global_step, stage=name, stage_step=stage_step)
   results = results_lib.load(workdir)
   if is_logger:

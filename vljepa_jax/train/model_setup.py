@@ -14,10 +14,16 @@ A tower loaded from a checkpoint takes its architecture from the checkpoint (the
 for that tower is replaced, and the log says so); the experiment's dtypes and remat still apply.
 An empty path leaves the tower randomly initialised.
 
+`config.init.checkpoint` naming a converted whole model (`--model open_vljepa`) replaces the whole
+architecture with the one it records; `config.init.<tower>` then supplies only the towers it left
+out (open-vljepa's X-encoder), and naming a tower it holds is an error (its weights would be
+overwritten). Such a model carries no tokenizers: `config.tokenizers.*` must name them.
+
 `config.tokenizers.query` / `.target` pick the text tokenizers: "predictor" or "y_encoder" (the
-tokenizer saved with that tower's converted checkpoint), a folder with tokenizer files, or "shapes"
-(a word-level tokenizer over the embedded dataset's vocabulary, for random towers with no
-checkpoint).
+tokenizer saved with that tower's converted checkpoint), a folder with tokenizer files or a Hugging
+Face Hub repo id (only its tokenizer and config files are fetched; the family's pad and special-token
+defaults follow the folder's `config.json` `model_type`), or "shapes" (a word-level tokenizer over
+the embedded dataset's vocabulary, for random towers with no checkpoint).
 """
 from __future__ import annotations
 
@@ -38,6 +44,7 @@ from vljepa_jax.models import predictor_backbones
 from vljepa_jax.models import token_vlm
 from vljepa_jax.models import vljepa
 from vljepa_jax.objectives import registry as objectives_registry
+from vljepa_jax.train import checkpointing
 from vljepa_jax.train import stages as stages_lib
 
 MINILM = "minilm"
@@ -203,20 +210,48 @@ def model_config(model: Mapping[str, Any], checkpoints: Mapping[str, str], *, dt
   return config
 
 
-def _tokenizer(choice: str, checkpoints: Mapping[str, str], role: str) -> tokenizer_lib.Tokenizer:
-  """`checkpoints`: tower -> converted folder."""
+def whole_model(path: str) -> tuple[dict[str, Any], tuple[str, ...]] | None:
+  """`(architecture dict, omitted parts)` of the converted whole model `config.init.checkpoint` names, else None."""
+  if not path or not os.path.isfile(os.path.join(path, checkpointing.CONVERTED_METADATA)):
+    return None
+  meta = convert.checkpoint.read_metadata(path)
+  if meta["family"] not in checkpointing.WHOLE_MODEL_FAMILIES:
+    return None  # one tower: `checkpointing.restore_params` refuses it, saying where it belongs
+  return meta["config"], tuple(meta.get("omitted", ()))
+
+
+# Hugging Face `model_type` -> the tokenizer family whose pad and special-token defaults apply.
+_TOKENIZER_MODEL_TYPES = {"llama": "llama", "bert": "bert", "gemma3_text": "embeddinggemma",
+                          "gemma3": "embeddinggemma"}
+
+
+def _tokenizer_folder(choice: str, role: str) -> tokenizer_lib.Tokenizer:
+  """A folder of tokenizer files (or a Hub repo id, fetched without weights), with its family's defaults."""
+  parsed = hub.parse(choice)
+  folder = hub.fetch(*parsed, allow_patterns=hub.CONFIG_AND_TOKENIZER) if parsed else choice
+  if not os.path.isdir(folder):
+    raise ValueError(f"config.tokenizers.{role}={choice!r}: expected 'predictor', 'y_encoder', 'shapes', a folder "
+                     "with tokenizer.json / tokenizer.model, or a Hugging Face Hub repo id")
+  model_type = (convert.source.read_hf_config(folder) or {}).get("model_type")
+  return tokenizer_lib.from_directory(folder, family=_TOKENIZER_MODEL_TYPES.get(model_type))
+
+
+def _tokenizer(choice: str, checkpoints: Mapping[str, str], role: str, *, whole: str = "") -> tokenizer_lib.Tokenizer:
+  """`checkpoints`: tower -> converted folder; `whole`: a converted whole model the weights come from."""
   if choice in ("predictor", "y_encoder"):
     if choice in checkpoints:
       return tokenizer_lib.for_converted_model(checkpoints[choice])
+    if whole:  # the embedded dataset's tokenizer would silently feed the model meaningless ids
+      raise ValueError(f"config.tokenizers.{role}={choice!r}, but config.init.checkpoint={whole!r} is a converted "
+                       "whole model, which carries no tokenizer: set config.tokenizers." + role + " to its tokenizer "
+                       "(a folder or a Hub repo id, e.g. meta-llama/Llama-3.2-1B for the query, "
+                       "google/embeddinggemma-300m for the target)")
     logging.info("tokenizers.%s=%r but that tower has no checkpoint: using the embedded dataset's word-level "
                  "tokenizer", role, choice)
     return shapes_tokenizer()
   if choice == "shapes":
     return shapes_tokenizer()
-  if os.path.isdir(choice):
-    return tokenizer_lib.from_directory(choice)
-  raise ValueError(f"config.tokenizers.{role}={choice!r}: expected 'predictor', 'y_encoder', 'shapes' or a folder "
-                   "with tokenizer.json / tokenizer.model")
+  return _tokenizer_folder(choice, role)
 
 
 def shapes_tokenizer() -> tokenizer_lib.Tokenizer:
@@ -260,10 +295,23 @@ def build(config: Any, cache_dir: str) -> ModelSetup:
   layers = config.model.predictor.get("backbone_config", {}).get("source_layers")
   checkpoints = resolve_checkpoints(init, cache_dir, predictor_backbone=backbone,
                                     predictor_layers=tuple(layers) if layers and kind != "token_vlm" else None)
-  arch = model_config(config.model, checkpoints, dtype=config.dtype, param_dtype=config.param_dtype,
+  architecture = config.model
+  whole_path = config.init.get("checkpoint", "")
+  whole = whole_model(whole_path)
+  if whole is not None:
+    architecture, omitted = whole
+    held = [tower for tower in checkpoints if tower not in omitted]
+    if held:
+      raise ValueError(f"config.init.checkpoint={whole_path!r} is a whole converted model that holds the {held[0]}, "
+                       f"so config.init.{held[0]}={checkpoints[held[0]]!r} would be overwritten: leave it empty "
+                       f"(config.init.<tower> supplies only what the model left out: {list(omitted) or 'nothing'}; "
+                       "tokenizers are named by config.tokenizers.*)")
+    logging.info("architecture from the converted model %s", whole_path)
+  arch = model_config(architecture, checkpoints, dtype=config.dtype, param_dtype=config.param_dtype,
                       remat=config.remat, kind=kind)
-  query_tok = _tokenizer(config.tokenizers.query, checkpoints, "query")
-  target_tok = _tokenizer(config.tokenizers.target, checkpoints, "target")
+  whole_tokens = whole_path if whole is not None else ""
+  query_tok = _tokenizer(config.tokenizers.query, checkpoints, "query", whole=whole_tokens)
+  target_tok = _tokenizer(config.tokenizers.target, checkpoints, "target", whole=whole_tokens)
   if arch.attention_impl is not None:  # logs what "auto" means here; each tower's head_dim is logged at compile
     attention_lib.resolve_impl(arch.attention_impl, dtype=arch.compute_dtype)
   if kind == "token_vlm":
@@ -324,6 +372,20 @@ def load_pretrained(checkpoints: Mapping[str, str], params: Any, shardings: Any,
   if post_load is not None:
     params = jax.device_put(post_load(params), shardings)
   return params
+
+
+def load_absent_towers(checkpoints: Mapping[str, str], params: Any, layout: Any) -> Any:
+  """`params` with the towers they lack loaded from their `config.init.<tower>` checkpoints.
+
+  For parameters restored from a converted whole model that left a tower out (open-vljepa's
+  X-encoder), or from a previous stage without it. `layout`: the whole tree as `ShapeDtypeStruct`s
+  with shardings (`param_layout`), which fixes the shapes each loaded tower must have and where it goes.
+  """
+  absent = {location: path for location, path in checkpoints.items() if location.split("/")[0] not in params}
+  if not absent:
+    return params
+  placeholders = {location.split("/")[0]: layout[location.split("/")[0]] for location in absent}
+  return load_pretrained(absent, {**params, **placeholders}, jax.tree.map(lambda x: x.sharding, layout))
 
 
 def _first_difference(expected: Any, got: Any) -> str:

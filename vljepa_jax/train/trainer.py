@@ -234,12 +234,11 @@ class Stage:
           supplied=supplied)
       logging.info("[%s] parameters from %s (step %d)", self.name, self.config.init.checkpoint, step)
     if init_params is not None:
+      # Towers a converted whole model left out (open_vljepa's X-encoder) come from config.init.<tower>.
+      init_params = model_setup.load_absent_towers(
+          self.setup.checkpoints, init_params, param_layout_lib.with_shardings(self.abstract_params, self.param_shardings))
       params = jax.device_put(
           {k: init_params.get(k, v) for k, v in params.items()}, self.param_shardings)
-      # Towers a converted whole model left out (open_vljepa's X-encoder) come from config.init.<tower>.
-      absent = {loc: path for loc, path in self.setup.checkpoints.items() if loc.split("/")[0] not in init_params}
-      if absent:
-        params = model_setup.load_pretrained(absent, params, self.param_shardings)
     else:
       params = model_setup.load_pretrained(self.setup.checkpoints, params, self.param_shardings,
                                            self.setup.post_load)
