@@ -44,7 +44,8 @@ def test_bad_init_paths_and_vocabularies_fail_by_name(tmp_path):
   with pytest.raises(FileNotFoundError, match=r"config.init.x_encoder='/no/such/folder' is not a folder"):
     model_setup.build(_config(x_encoder="/no/such/folder"), str(tmp_path))
   model_setup.build(_config(y_encoder="minilm"), str(tmp_path))  # converts MiniLM into tmp_path/minilm
-  with pytest.raises(ValueError, match=r"config.init.x_encoder=.* holds a 'bert' model; expected one of \('vjepa2',\)"):
+  with pytest.raises(ValueError,
+                     match=r"config.init.x_encoder=.* holds a 'bert' model; expected one of \('vjepa2', 'vjepa2_1'\)"):
     model_setup.build(_config(x_encoder=str(tmp_path / "minilm")), str(tmp_path))
   config = _config()
   with config.unlocked():

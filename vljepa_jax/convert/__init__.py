@@ -39,7 +39,7 @@ from vljepa_jax.convert import source as source_lib
 from vljepa_jax.convert.mapping import ConversionError
 from vljepa_jax.models import params as params_lib
 
-FAMILIES = ("vjepa2", "llama", "embeddinggemma", "bert", "open_vljepa")
+FAMILIES = ("vjepa2", "vjepa2_1", "llama", "embeddinggemma", "bert", "open_vljepa")
 
 __all__ = ["ConversionError", "ConvertOptions", "FAMILIES", "convert", "load", "family_module"]
 
@@ -49,7 +49,9 @@ class ConvertOptions:
   """Family-specific choices; each family reads the ones it understands."""
 
   layers: tuple[int, int] | None = None  # llama: keep source layers [start, stop)
-  checkpoint_key: str = "encoder"  # vjepa2 native .pt: "encoder" or "target_encoder"
+  # Native V-JEPA .pt: the state dict to read ("encoder", "target_encoder", "ema_encoder"); None: the
+  # family's default (vjepa2: "encoder"; vjepa2_1: torch hub's, "ema_encoder" if present, else "target_encoder").
+  checkpoint_key: str | None = None
   variant: str | None = None  # preset name when the source carries no config.json
   dtype: str = "float32"  # compute dtype recorded in the converted config
   param_dtype: str = "float32"

@@ -6,6 +6,7 @@ Examples:
   python -m vljepa_jax.convert --model llama --input meta-llama/Llama-3.2-1B --layers 8:16 --output /tmp/pred
   python -m vljepa_jax.convert --model vjepa2 --input vitl.pt --checkpoint_key target_encoder \
       --output /tmp/vitl
+  python -m vljepa_jax.convert --model vjepa2_1 --input vjepa2_1_vitl_dist_vitG_384.pt --output /tmp/vitl_2_1
   python -m vljepa_jax.convert --model embeddinggemma --input ~/embeddinggemma-300m --output /tmp/eg
   python -m vljepa_jax.convert --model open_vljepa --input cun-bjy/open-vljepa --x_encoder /tmp/vitl \
       --output /tmp/open_vljepa
@@ -22,13 +23,14 @@ from vljepa_jax import convert as convert_lib
 _MODEL = flags.DEFINE_enum("model", None, list(convert_lib.FAMILIES), "Model family of the checkpoint.")
 _INPUT = flags.DEFINE_string(
     "input", None, "Hugging Face model folder (config.json + *.safetensors or pytorch_model.bin), "
-    "a .safetensors file, (vjepa2, open_vljepa) a native .pt checkpoint, or a Hugging Face Hub repo id "
+    "a .safetensors file, (vjepa2, vjepa2_1, open_vljepa) a native .pt checkpoint, or a Hugging Face Hub repo id "
     "OWNER/NAME[@REVISION], fetched with huggingface_hub (its cache, token and HF_HUB_OFFLINE apply).")
 _OUTPUT = flags.DEFINE_string("output", None, "Directory to create (written atomically).")
 _LAYERS = flags.DEFINE_string("layers", None, "llama: keep source layers START:STOP (e.g. 8:16).")
 _CHECKPOINT_KEY = flags.DEFINE_enum(
-    "checkpoint_key", "encoder", ["encoder", "target_encoder"],
-    "vjepa2 native .pt: which state dict to convert.")
+    "checkpoint_key", None, ["encoder", "target_encoder", "ema_encoder"],
+    "vjepa2 / vjepa2_1 native .pt: which state dict to convert. Default: vjepa2 reads encoder; vjepa2_1 what "
+    "torch hub reads, ema_encoder when present (distilled ViT-B/L), else target_encoder (ViT-g/G).")
 _X_ENCODER = flags.DEFINE_string(
     "x_encoder", None, "open_vljepa: a folder converted with --model vjepa2 (facebook/vjepa2-vitl-fpc64-256), "
     "stored as the model's X-encoder; without it the output has no X-encoder parameters.")

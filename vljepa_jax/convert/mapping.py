@@ -45,6 +45,12 @@ def reshape(x: np.ndarray, expected: tuple[int, ...]) -> np.ndarray:
   return x.reshape(expected)
 
 
+def squeeze(x: np.ndarray, expected: tuple[int, ...]) -> np.ndarray:
+  """A tensor stored with extra size-1 dims (V-JEPA 2.1's `(1, 1, D)` modality embeddings), kept without them."""
+  _check([d for d in x.shape if d != 1] == [d for d in expected if d != 1], x.shape, expected, "tensor")
+  return x.reshape(expected)
+
+
 def linear(in_dims: int = 1) -> Transform:
   """`torch.nn.Linear.weight` `[out, in]` -> kernel `(in..., out...)`; the first `in_dims`
   expected dims are the contracted ones (e.g. 2 for an attention output `(heads, head_dim, embed)`)."""

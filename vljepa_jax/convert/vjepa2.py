@@ -12,6 +12,9 @@ Two sources, one set of rules:
 Names are kept as the source spells them (the rules accept both spellings) so errors point
 at the user's own tensors; the one rewrite is the fused qkv, split into q/k/v thirds named
 `blocks.{i}.attn.{query,key,value}.*` (the names HF's own converter gives them).
+
+V-JEPA 2.1 (`vjepa2_1.py`) shares the native reading (`native_encoder`), the shape inference,
+the preset check and the block rules; a 2.1 checkpoint given here is refused with a pointer there.
 """
 from __future__ import annotations
 
@@ -20,7 +23,7 @@ import re
 import jax.numpy as jnp
 
 from vljepa_jax.convert.mapping import ConversionError, Rule, conv3d, layer_norm_rules, linear_rules
-from vljepa_jax.convert.source import select_state_dict, strip_prefixes
+from vljepa_jax.convert.source import StateDict, select_state_dict, strip_prefixes
 from vljepa_jax.models import vit
 
 CONFIG = vit.ViTConfig
@@ -32,6 +35,10 @@ IGNORE = (r"predictor\..*", r"pooler\..*", r"classifier\..*", r"pos_embed")
 _PREFIXES = ("vjepa2.", "module.", "backbone.")
 # Heads by width for native checkpoints, which carry no config (models.md section 1.1).
 HEADS_BY_WIDTH = {1024: 16, 1280: 16, 1408: 22}
+# The V-JEPA 2 presets (`--variant`): those without V-JEPA 2.1's per-layer norms.
+PRESETS = {name: c for name, c in vit.PRESETS.items() if not c.hierarchical_layers}
+# Tensors only a V-JEPA 2.1 encoder has (app/vjepa_2_1/models/vision_transformer.py), behind any wrapper prefix.
+_V2_1_ONLY = re.compile(r"(?:^|\.)(?:norms_block\.\d+\.|patch_embed_img\.proj\.|img_mod_embed$|video_mod_embed$)")
 
 _PATCH = r"(?:encoder\.embeddings\.patch_embeddings|patch_embed)\.proj\."
 _LAYER = r"(?:encoder\.layer|blocks)\.(?P<i>\d+)\."
@@ -60,20 +67,42 @@ def _split_fused_qkv(state: dict) -> dict:
 
 def prepare(state, options, path):
   """Selects the state dict, strips wrapper prefixes, splits fused qkv, rejects other families."""
-  nested = any(isinstance(v, dict) for v in state.values())
-  if not nested and options.checkpoint_key != "encoder":
-    raise ConversionError(f"{path} holds a single state dict; --checkpoint_key {options.checkpoint_key} "
-                          "only applies to a native V-JEPA 2 .pt with several")
-  state = select_state_dict(state, options.checkpoint_key if nested else None, path)
-  state = _split_fused_qkv(strip_prefixes(state, _PREFIXES))
-  if not any(re.fullmatch(_PATCH + "weight", k) for k in state):
-    known = [re.compile(r.pattern) for r in rules(None)] + [re.compile(p) for p in IGNORE]
-    foreign = sorted(k for k in state if not any(p.fullmatch(k) for p in known))
-    raise ConversionError(
-        f"{path} is not a V-JEPA 2 encoder checkpoint: it has no patch embedding "
-        f"(patch_embed.proj.weight or encoder.embeddings.patch_embeddings.proj.weight); "
-        f"{len(foreign)} tensors are not V-JEPA 2 names, e.g. {foreign[:8]}")
+  if is_vjepa2_1(state):
+    raise ConversionError(f"{path} is a V-JEPA 2.1 checkpoint (it has norms_block / patch_embed_img / modality "
+                          "embeddings); convert it with --model vjepa2_1")
+  key = options.checkpoint_key or "encoder"
+  state = native_encoder(state, key, path, explicit=key != "encoder")
+  require_patch_embedding(state, path, "V-JEPA 2", [r.pattern for r in rules(None)] + list(IGNORE))
   return state
+
+
+def is_vjepa2_1(state) -> bool:
+  """Whether any tensor of the checkpoint (in any of its state dicts) is one only V-JEPA 2.1 has."""
+  names = [k for v in state.values() if isinstance(v, dict) for k in v] + [k for k in state]
+  return any(_V2_1_ONLY.search(name) for name in names)
+
+
+def native_encoder(state, key: str, path: str, *, explicit: bool) -> StateDict:
+  """The encoder's tensors: `state[key]` if the checkpoint nests state dicts (Meta's .pt), with wrapper
+  prefixes stripped and fused qkv split. `explicit`: the user named `key`, which a single state dict refuses."""
+  nested = any(isinstance(v, dict) for v in state.values())
+  if not nested and explicit:
+    raise ConversionError(f"{path} holds a single state dict; --checkpoint_key {key} "
+                          "only applies to a native V-JEPA .pt with several")
+  state = select_state_dict(state, key if nested else None, path)
+  return _split_fused_qkv(strip_prefixes(state, _PREFIXES))
+
+
+def require_patch_embedding(state: StateDict, path: str, family: str, known: list[str]) -> None:
+  """Refuses a checkpoint of another family, naming some of its tensors that no `known` regex matches."""
+  if any(re.fullmatch(_PATCH + "weight", k) for k in state):
+    return
+  patterns = [re.compile(p) for p in known]
+  foreign = sorted(k for k in state if not any(p.fullmatch(k) for p in patterns))
+  raise ConversionError(
+      f"{path} is not a {family} encoder checkpoint: it has no patch embedding "
+      f"(patch_embed.proj.weight or encoder.embeddings.patch_embeddings.proj.weight); "
+      f"{len(foreign)} tensors are not {family} names, e.g. {foreign[:8]}")
 
 
 def _shape(state, pattern: str) -> tuple[int, ...] | None:
@@ -99,10 +128,11 @@ def infer_shapes(state) -> dict:
               in_channels=channels)
 
 
-def _preset(variant: str, shapes: dict) -> vit.ViTConfig:
-  if variant not in vit.PRESETS:
-    raise ConversionError(f"unknown V-JEPA 2 variant {variant!r}; expected one of {sorted(vit.PRESETS)}")
-  config = vit.PRESETS[variant]
+def preset(variant: str, shapes: dict, presets: dict = PRESETS, family: str = "V-JEPA 2") -> vit.ViTConfig:
+  """The `--variant` preset, checked against the checkpoint's shapes (`infer_shapes`)."""
+  if variant not in presets:
+    raise ConversionError(f"unknown {family} variant {variant!r}; expected one of {sorted(presets)}")
+  config = presets[variant]
   differ = {k: (getattr(config, k), v) for k, v in shapes.items() if getattr(config, k) != v}
   if differ:
     raise ConversionError(f"checkpoint does not match --variant {variant}: "
@@ -113,7 +143,7 @@ def _preset(variant: str, shapes: dict) -> vit.ViTConfig:
 
 def config_from_source(hf_config, state, options, path):
   if options.variant:
-    return _preset(options.variant, infer_shapes(state))
+    return preset(options.variant, infer_shapes(state))
   if hf_config is not None:
     if hf_config.get("model_type", "vjepa2") != "vjepa2":
       raise ConversionError(f"config.json has model_type {hf_config.get('model_type')!r}, expected 'vjepa2'")
@@ -127,12 +157,17 @@ def config_from_source(hf_config, state, options, path):
     raise ConversionError(
         f"{path} has no config.json and its width {shapes['hidden_size']} is not a known V-JEPA 2 size "
         f"({sorted(HEADS_BY_WIDTH)}), so the head count is unknown; pass --variant "
-        f"(one of {sorted(vit.PRESETS)})")
+        f"(one of {sorted(PRESETS)})")
   return vit.ViTConfig(num_heads=heads, **shapes)
 
 
 def rules(config):
   del config
+  return block_rules() + layer_norm_rules(_FINAL_NORM, "norm")
+
+
+def block_rules() -> list[Rule]:
+  """The patch embedding and the transformer blocks: what V-JEPA 2 and 2.1 encoders share."""
   dst = "layers_{i}/"
   rs = [
       Rule(_PATCH + "weight", "patch_embed/kernel", conv3d),
@@ -142,7 +177,6 @@ def rules(config):
       *linear_rules(_LAYER + _ATTN + r"proj\.", dst + "attention/out", in_dims=2),
       *linear_rules(_LAYER + r"mlp\.fc1\.", dst + "mlp/wi"),
       *linear_rules(_LAYER + r"mlp\.fc2\.", dst + "mlp/wo"),
-      *layer_norm_rules(_FINAL_NORM, "norm"),
   ]
   for proj in ("query", "key", "value"):
     rs += linear_rules(_LAYER + _ATTN + rf"{proj}\.", dst + f"attention/{proj}", head_shaped_bias=True)

@@ -1,4 +1,4 @@
-"""Rotary position embeddings: the 1D half-split form (Llama, Gemma) and V-JEPA 2's 3D form.
+"""Rotary position embeddings: the 1D half-split form (Llama, Gemma) and V-JEPA 2 / 2.1's 3D form.
 
 Angles are always computed in float32, whatever the activation dtype, and the rotated
 tensor is cast back to its input dtype.
@@ -105,7 +105,8 @@ def rotary_positions(positions: np.ndarray | jax.Array, inv_freq: np.ndarray | j
 # How the d/2 angles fill the d-vector COS/SIN is a per-checkpoint constant:
 #   "tiled"       [f0..f_{d/2-1}, f0..f_{d/2-1}] - what V-JEPA 2 weights were trained with
 #                 (Meta calls it a bug kept for compatibility; HF and bonsai keep it too);
-#   "interleaved" [f0, f0, f1, f1, ...] - the textbook form used by V-JEPA 2.1.
+#   "interleaved" [f0, f0, f1, f1, ...] - the textbook form used by V-JEPA 2.1
+#                 (`repeat_interleave(2)` in `rotate_queries_or_keys`, app/vjepa_2_1/models/utils/modules.py).
 ROPE_LAYOUTS = ("tiled", "interleaved")
 
 
@@ -113,23 +114,43 @@ def vjepa_axis_dim(head_dim: int) -> int:
   return 2 * ((head_dim // 3) // 2)
 
 
+def grid_positions(grid: tuple[int, int, int], reference_grid: int = 0) -> np.ndarray:
+  """Time, row and column position of every token of a time-major grid: `(3, T'H'W')` float32.
+
+  Token n sits at (n // (H'W'), (n mod H'W') // W', n mod W'). With `reference_grid` G > 0
+  (V-JEPA 2.1's `interpolate_rope`, `RoPEAttention.forward` in app/vjepa_2_1/models/utils/modules.py)
+  rows and columns are stretched to span the grid the model was pretrained on, whatever the input
+  size: position h becomes h * (G - 1) / (H' - 1), in float32 and in that order, as Meta computes it;
+  frame positions are never rescaled. A single row or column (H' or W' = 1) stays at position 0:
+  Meta divides 0 by 0 there and rotates by NaN.
+  """
+  t, h, w = grid
+  ids = np.arange(t * h * w)
+  positions = np.stack([ids // (h * w), (ids % (h * w)) // w, ids % w]).astype(np.float32)
+  if reference_grid:
+    for axis, size in ((1, h), (2, w)):
+      if size > 1:
+        positions[axis] = positions[axis] * np.float32(reference_grid - 1) / np.float32(size - 1)
+  return positions
+
+
 @functools.lru_cache(maxsize=32)
-def rope_3d_tables(grid: tuple[int, int, int], head_dim: int, layout: str = "tiled") -> tuple[np.ndarray, np.ndarray]:
+def rope_3d_tables(grid: tuple[int, int, int], head_dim: int, layout: str = "tiled",
+                   reference_grid: int = 0) -> tuple[np.ndarray, np.ndarray]:
   """`(cos, sin)` of V-JEPA 2's 3D rotation over a time-major grid, each `(T'H'W', 1, 3d)` float32.
 
-  Built on the host once per (grid, head_dim, layout): the grid is static, so the tables are
-  constants of the compiled program (see `rope_tables` for why that matters), and the cache
-  hands every layer the same array, which JAX traces as one constant.
+  Built on the host once per (grid, head_dim, layout, reference_grid): the grid is static, so the
+  tables are constants of the compiled program (see `rope_tables` for why that matters), and the
+  cache hands every layer the same array, which JAX traces as one constant. `reference_grid`: see
+  `grid_positions` (0: the raw integer positions).
   """
   if layout not in ROPE_LAYOUTS:
     raise ValueError(f"unknown V-JEPA RoPE layout {layout!r}; expected one of {ROPE_LAYOUTS}")
-  t, h, w = grid
   d = vjepa_axis_dim(head_dim)
-  ids = np.arange(t * h * w)
   omega = 1.0 / (10000.0 ** (np.arange(d // 2, dtype=np.float32) / np.float32(d / 2.0)))
   freqs = []
-  for pos in (ids // (h * w), (ids % (h * w)) // w, ids % w):  # time, row, column
-    freq = pos.astype(np.float32)[:, None] * omega  # (N, d/2)
+  for pos in grid_positions(grid, reference_grid):  # time, row, column
+    freq = pos[:, None] * omega  # (N, d/2)
     freqs.append(np.concatenate([freq, freq], -1) if layout == "tiled" else np.repeat(freq, 2, axis=-1))
   angles = np.concatenate(freqs, axis=-1)[:, None, :]  # (N, 1, 3d)
   cos, sin = np.cos(angles), np.sin(angles)
@@ -137,17 +158,18 @@ def rope_3d_tables(grid: tuple[int, int, int], head_dim: int, layout: str = "til
   return cos, sin
 
 
-def apply_rope_3d(x: jax.Array, grid: tuple[int, int, int], layout: str = "tiled") -> jax.Array:
+def apply_rope_3d(x: jax.Array, grid: tuple[int, int, int], layout: str = "tiled",
+                  reference_grid: int = 0) -> jax.Array:
   """V-JEPA 2 RoPE over a time-major token grid. x: `(B, T'*H'*W', H, D)`.
 
-  Token index n sits at (t, h, w) = (n // (H'W'), (n mod H'W') // W', n mod W'). The three
-  rotated chunks are one elementwise pass over the first 3d dims; the rest pass through.
+  Token positions: `grid_positions`. The three rotated chunks are one elementwise pass over the
+  first 3d dims; the rest pass through.
   """
   t, h, w = grid
   if x.shape[1] != t * h * w:
     raise ValueError(f"{x.shape[1]} tokens do not match the grid {grid}")
   d3 = 3 * vjepa_axis_dim(x.shape[-1])
-  cos, sin = rope_3d_tables(tuple(grid), x.shape[-1], layout)
+  cos, sin = rope_3d_tables(tuple(grid), x.shape[-1], layout, reference_grid)
   xf = x.astype(jnp.float32)
   rot = xf[..., :d3]
   pairs = rot.reshape(*rot.shape[:-1], d3 // 2, 2)

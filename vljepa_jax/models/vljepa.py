@@ -62,9 +62,9 @@ class VLJEPAConfig(ArchConfig):
     if None in (self.x_encoder, self.predictor, self.y_encoder):
       raise ValueError("VLJEPAConfig needs x_encoder, predictor and y_encoder configs")
     settle_model_fields(self, ("x_encoder", "predictor", "y_encoder", "y_decoder"))
-    if self.predictor.vision_dim != self.x_encoder.hidden_size:
-      raise ValueError(f"predictor.vision_dim ({self.predictor.vision_dim}) must equal the X-encoder width "
-                       f"({self.x_encoder.hidden_size})")
+    if self.predictor.vision_dim != self.x_encoder.output_dim:
+      raise ValueError(f"predictor.vision_dim ({self.predictor.vision_dim}) must equal the X-encoder's output width "
+                       f"({self.x_encoder.output_dim})")
     if self.y_decoder is not None and self.y_decoder.embed_dim != self.predictor.embed_dim:
       raise ValueError(f"y_decoder.embed_dim ({self.y_decoder.embed_dim}) must equal the shared embedding size "
                        f"predictor.embed_dim ({self.predictor.embed_dim})")

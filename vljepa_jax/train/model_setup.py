@@ -4,7 +4,7 @@
 architecture field can be overridden from the command line and a misspelt one fails by name.
 `config.init` names converted checkpoints (`python -m vljepa_jax.convert ...`) to start towers from:
 
-    init.x_encoder   converted V-JEPA 2 folder                             -> params["x_encoder"]
+    init.x_encoder   converted V-JEPA 2 or 2.1 folder                      -> params["x_encoder"]
     init.predictor   converted folder of the predictor backbone's family   -> params["predictor"][<backbone>]
                      (backbone "llama": a Llama folder, e.g. --layers 8:16)
     init.y_encoder   converted EmbeddingGemma / BERT folder,               -> params["y_encoder"]
@@ -51,7 +51,7 @@ MINILM = "minilm"
 # Towers `config.init` can start from converted checkpoints.
 TOWERS = ("x_encoder", "predictor", "y_encoder")
 # The converted families the encoders accept; the predictor accepts its backbone's (`checkpoint_families`).
-_ENCODER_FAMILIES = {"x_encoder": ("vjepa2",), "y_encoder": ("bert", "embeddinggemma")}
+_ENCODER_FAMILIES = {"x_encoder": ("vjepa2", "vjepa2_1"), "y_encoder": ("bert", "embeddinggemma")}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -193,7 +193,7 @@ def model_config(model: Mapping[str, Any], checkpoints: Mapping[str, str], *, dt
     _, tower_config = convert.load_config(path)
     if tower == "x_encoder":
       config = config.replace(x_encoder=tower_config,
-                              predictor=config.predictor.replace(vision_dim=tower_config.hidden_size))
+                              predictor=config.predictor.replace(vision_dim=tower_config.output_dim))
     elif tower == "predictor":
       check_predictor_layers(config.predictor.backbone_config, tower_config, path, kind)
       config = config.replace(predictor=config.predictor.replace(backbone_config=tower_config))
