@@ -392,3 +392,32 @@ def test_training_from_a_converted_model_fills_its_x_encoder_from_init(reference
                                        start["y_head"]))
   assert max(moved) > 0  # trained: started from the converted head, not a fresh one
   np.testing.assert_allclose(params["y_head"]["kernel"], start["y_head"]["kernel"], atol=1e-2)
+
+
+def test_init_checkpoint_takes_a_hub_repo_id_converted_once(reference, msrvtt, tmp_path, monkeypatch):
+  """`config.init.checkpoint=OWNER/NAME` (offline, from a cache laid out as huggingface_hub lays it out) is
+  fetched (`best.pt` only), converted into `<workdir>/hub/OWNER--NAME@COMMIT` once, and read from there."""
+  import shutil  # pylint: disable=g-import-not-at-top
+  from huggingface_hub import constants  # pylint: disable=g-import-not-at-top
+  from vljepa_jax.train import model_setup  # pylint: disable=g-import-not-at-top
+  from vljepa_jax.train import stages  # pylint: disable=g-import-not-at-top
+  _, _, folder, _ = reference
+  commit = "89abcdef0123456789abcdef0123456789abcdef"
+  snapshot = tmp_path / "cache" / "models--acme--open-vljepa" / "snapshots" / commit
+  os.makedirs(snapshot)
+  shutil.copy(folder / "best.pt", snapshot / "best.pt")
+  os.makedirs(snapshot.parent.parent / "refs")
+  (snapshot.parent.parent / "refs" / "main").write_text(commit)
+  monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+  monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "cache"))
+  config = _eval_config(msrvtt, **{"init.checkpoint": "acme/open-vljepa"})
+  setup = model_setup.build(stages.resolve(config)[0][1], str(tmp_path / "work"))
+  converted = tmp_path / "work" / "hub" / f"acme--open-vljepa@{commit}"
+  assert setup.init_checkpoint == str(converted)
+  meta = convert.checkpoint.read_metadata(str(converted))
+  assert (meta["family"], meta["source"], meta["omitted"]) == ("open_vljepa", f"hf://acme/open-vljepa@{commit}",
+                                                               ["x_encoder"])
+  assert setup.model.config.predictor.pool == "all"  # the architecture is the converted model's
+  stamp = os.stat(converted / "model.json").st_mtime_ns
+  model_setup.build(stages.resolve(config)[0][1], str(tmp_path / "work"))
+  assert os.stat(converted / "model.json").st_mtime_ns == stamp  # reused, not converted again

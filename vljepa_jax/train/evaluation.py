@@ -119,6 +119,7 @@ def sweep(config: ml_collections.ConfigDict, workdir: str, steps: Sequence[int] 
         todo.append((global_step, name, stage_step, stage_config, os.path.join(workdir, name)))
   init = final_config.init.checkpoint
   if not todo and steps is None and init:
+    init = model_setup.local_init_checkpoint(init, workdir)  # a Hub repo id: converted once
     # Nothing trained here: evaluate the run `init.checkpoint` names (its newest checkpoint), at step 0.
     directory = checkpointing.checkpoints_dir(os.path.abspath(init))
     if os.path.isfile(os.path.join(init, checkpointing.CONVERTED_METADATA)):  # a converted whole model

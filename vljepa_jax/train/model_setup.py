@@ -14,8 +14,8 @@ A tower loaded from a checkpoint takes its architecture from the checkpoint (the
 for that tower is replaced, and the log says so); the experiment's dtypes and remat still apply.
 An empty path leaves the tower randomly initialised.
 
-`config.init.checkpoint` naming a converted whole model (`--model open_vljepa`) replaces the whole
-architecture with the one it records; `config.init.<tower>` then supplies only the towers it left
+`config.init.checkpoint` naming a converted whole model (`--model open_vljepa`, or its Hub repo id,
+converted into `<workdir>/hub/` once) replaces the whole architecture with the one it records; `config.init.<tower>` then supplies only the towers it left
 out (open-vljepa's X-encoder), and naming a tower it holds is an error (its weights would be
 overwritten). Such a model carries no tokenizers: `config.tokenizers.*` must name them.
 
@@ -65,6 +65,8 @@ class ModelSetup:
   # Applied to the parameters once the converted towers are in (the token baseline's LM head starts
   # as its pretrained embedding table); None: nothing.
   post_load: Callable[[Any], Any] | None = None
+  # The first stage's `init.checkpoint` as a local path (a Hub repo id converted), or "".
+  init_checkpoint: str = ""
 
 
 def checkpoint_families(tower: str, predictor_backbone: str) -> tuple[str, ...]:
@@ -112,6 +114,12 @@ def converted_from_hub(tower: str, spec: str, cache_dir: str, *, predictor_backb
       raise ValueError(f"config.init.y_encoder={spec!r}: a {model_type!r} model; expected one of "
                        f"{sorted(_Y_ENCODER_MODEL_TYPES)} (BERT / MiniLM or EmbeddingGemma)")
     family = _Y_ENCODER_MODEL_TYPES[model_type]
+  return _converted_once(family, spec, local, cache_dir, layers=layers)
+
+
+def _converted_once(family: str, spec: str, local: str, cache_dir: str, *,
+                    layers: tuple[int, int] | None = None) -> str:
+  """Hub repo `spec` (fetched to `local`) converted into `cache_dir/hub/REPO@COMMIT[--layers-A-B]`, unless there."""
   repo, revision = hub.parse(spec)
   name = f"{repo.replace('/', '--')}@{hub.revision_of(local) or revision or 'main'}"
   if layers is not None:
@@ -121,6 +129,26 @@ def converted_from_hub(tower: str, spec: str, cache_dir: str, *, predictor_backb
     logging.info("converting %s (%s) -> %s", spec, family, path)
     convert.convert(family, spec, path, convert.ConvertOptions(layers=layers))
   return path
+
+
+# The converter family of a whole model named by a Hub repo id in `config.init.checkpoint`: the one
+# whole-model layout with trained weights on the Hub.
+HUB_WHOLE_MODEL_FAMILY = "open_vljepa"
+
+
+def local_init_checkpoint(spec: str, cache_dir: str) -> str:
+  """`config.init.checkpoint` as a local path: a run or converted folder as it is; a Hub repo id
+  (`cun-bjy/open-vljepa`) fetched and converted (`--model open_vljepa`) into `cache_dir/hub/` once."""
+  if hub.parse(spec) is None:
+    return spec
+  family = convert.family_module(HUB_WHOLE_MODEL_FAMILY)
+  return _converted_once(HUB_WHOLE_MODEL_FAMILY, spec, hub.resolve(spec, filename=family.HUB_FILENAME), cache_dir)
+
+
+def first_stage_init_checkpoint(config: Any) -> str:
+  """The `init.checkpoint` the first stage reads (a stage may set its own)."""
+  resolved = stages_lib.resolve(config) if config.get("stage_order") else [("", config)]
+  return resolved[0][1].init.get("checkpoint", "")
 
 
 def resolve_checkpoints(init: Mapping[str, str], cache_dir: str, *, predictor_backbone: str,
@@ -296,7 +324,7 @@ def build(config: Any, cache_dir: str) -> ModelSetup:
   checkpoints = resolve_checkpoints(init, cache_dir, predictor_backbone=backbone,
                                     predictor_layers=tuple(layers) if layers and kind != "token_vlm" else None)
   architecture = config.model
-  whole_path = config.init.get("checkpoint", "")
+  whole_path = local_init_checkpoint(first_stage_init_checkpoint(config), cache_dir)
   whole = whole_model(whole_path)
   if whole is not None:
     architecture, omitted = whole
@@ -320,10 +348,10 @@ def build(config: Any, cache_dir: str) -> ModelSetup:
     locations = {{"x_encoder": "x_encoder", "predictor": "decoder"}[tower]: path
                  for tower, path in checkpoints.items() if tower in ("x_encoder", "predictor")}
     post_load = token_vlm.head_from_embedding if "decoder" in locations else None
-    return ModelSetup(model, query_tok, target_tok, locations, post_load)
+    return ModelSetup(model, query_tok, target_tok, locations, post_load, init_checkpoint=whole_path)
   check_vocab(arch, query_tok, target_tok)
   locations = {"/".join(param_location(tower, backbone)): path for tower, path in checkpoints.items()}
-  return ModelSetup(vljepa.VLJEPA(arch), query_tok, target_tok, locations)
+  return ModelSetup(vljepa.VLJEPA(arch), query_tok, target_tok, locations, init_checkpoint=whole_path)
 
 
 def token_baseline(config: Any, arch: vljepa.VLJEPAConfig, target_tokenizer: tokenizer_lib.Tokenizer, *,
