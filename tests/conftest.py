@@ -4,10 +4,10 @@ Parity needs true fp32 matmuls (no TF32/bf16 passes on any backend). Sharding te
 devices: the CPU backend is split into 8 virtual devices before anything initialises it (tests
 that do not shard just use device 0, at no measured cost).
 
-Compiled programs go to a persistent XLA cache private to this session, shared with the
-`python -m vljepa_jax.main` subprocesses (through the environment): the end-to-end tests compile
-the same tiny train step many times, and a cache hit returns the identical executable, so the
-bit-for-bit resume checks are unaffected. In-process jit caches, which the compile-once tests
+Compiled programs go to a persistent XLA cache private to this run, shared by the xdist workers and
+the `python -m vljepa_jax.main` subprocesses (through the environment), for every program however
+quick to compile: the end-to-end tests compile the same tiny train step many times, and a cache hit
+returns the identical executable, so the bit-for-bit resume checks are unaffected. In-process jit caches, which the compile-once tests
 count, are not involved.
 
 Random keys are "rbg" (XLA's RngBitGenerator) rather than JAX's default threefry, here and in the
@@ -30,10 +30,20 @@ jax.config.update("jax_default_matmul_precision", "highest")
 os.environ["JAX_DEFAULT_PRNG_IMPL"] = "rbg"
 jax.config.update("jax_default_prng_impl", "rbg")
 jax.config.update("jax_num_cpu_devices", 8)
-_XLA_CACHE = tempfile.mkdtemp(prefix="vljepa-jax-tests-xla-cache-")
-atexit.register(shutil.rmtree, _XLA_CACHE, ignore_errors=True)
+# One cache for the whole run, pytest-xdist's workers included: they run different files that compile
+# the same tiny train steps. The first process (pytest itself, or xdist's controller, which loads this
+# file before it starts the workers) makes the directory, hands it down through the environment and
+# removes it when it exits, last.
+_XLA_CACHE = os.environ.get("VLJEPA_TESTS_XLA_CACHE")
+if not _XLA_CACHE:
+  _XLA_CACHE = tempfile.mkdtemp(prefix="vljepa-jax-tests-xla-cache-")
+  os.environ["VLJEPA_TESTS_XLA_CACHE"] = _XLA_CACHE
+  atexit.register(shutil.rmtree, _XLA_CACHE, ignore_errors=True)
 os.environ["JAX_COMPILATION_CACHE_DIR"] = _XLA_CACHE
 jax.config.update("jax_compilation_cache_dir", _XLA_CACHE)
+# Every program, however quick to compile: the tests' programs are small, and many compile in 0.2-1 s.
+os.environ["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"] = "0"
+jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
 NUM_CPU_DEVICES = 8
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
