@@ -517,3 +517,14 @@ def test_command_line_overrides():
   assert config.init.checkpoint == "/w/pretrain/video32"
   with pytest.raises(AttributeError, match="path"):  # a misspelt key fails by name
     parse_flags(f"--config={CONFIGS}/vljepa_pretrain.py:image", "--config.data.sources.main.pth=/data")
+
+
+def test_eval_open_vljepa_is_open_vljepas_msrvtt_protocol():
+  """The values of open-vljepa's configs/stage_b_retrain.yaml (data) and scripts/eval.py (prompt, pool)."""
+  built = build(load("eval_open_vljepa"))
+  (stage, data, _), = built.values()
+  assert (data.num_frames, data.crop_size, data.short_side, data.frame_sampling) == (8, 256, 256, "first_to_last")
+  assert (data.query_length, data.target_length, data.default_query) == (64, 64, "Describe the video.")
+  spec = stage.evals.msrvtt
+  assert spec.type == "retrieval" and spec.data.sources.main.limit == 500 and spec.data.sources.main.type == "manifest"
+  assert (stage.tokenizers.query, stage.tokenizers.target) == ("meta-llama/Llama-3.2-1B", "google/embeddinggemma-300m")

@@ -132,3 +132,30 @@ def test_a_training_run_with_a_repo_missing_from_the_cache_exits_1_saying_what_t
   assert proc.returncode == 1, proc.stderr
   assert "error: acme/missing-model is not in the Hugging Face cache" in proc.stderr and "hf download" in proc.stderr
   assert "Traceback" not in proc.stderr
+
+
+def test_a_tokenizer_named_by_repo_id_is_read_with_its_family(hub_cache, offline, tmp_path):
+  """`config.tokenizers.query=OWNER/NAME` (a repo holding only tokenizer and config files) is read from the cache,
+  and the family of its config.json (`bert`: pad id 0) sets the defaults."""
+  from tokenizers import Tokenizer, models, pre_tokenizers, processors  # pylint: disable=g-import-not-at-top
+  cache, _ = hub_cache
+  vocab = {"[PAD]": 0, "[UNK]": 1, "[CLS]": 2, "[SEP]": 3, "red": 4, "square": 5}
+  tok = Tokenizer(models.WordLevel(vocab, unk_token="[UNK]"))
+  tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+  tok.post_processor = processors.TemplateProcessing(single="[CLS] $A [SEP]", special_tokens=[("[CLS]", 2),
+                                                                                               ("[SEP]", 3)])
+  tokenizer_repo = cache / "models--acme--tiny-tokenizer"
+  snapshot = tokenizer_repo / "snapshots" / COMMIT
+  os.makedirs(snapshot)
+  tok.save(str(snapshot / "tokenizer.json"))
+  (snapshot / "config.json").write_text('{"model_type": "bert"}')
+  os.makedirs(tokenizer_repo / "refs")
+  (tokenizer_repo / "refs" / "main").write_text(COMMIT)
+  config = tiny_train_config.get_config_with(**{"tokenizers.query": "acme/tiny-tokenizer"})
+  setup = model_setup.build(config, cache_dir=str(tmp_path))
+  ids, mask = setup.query_tokenizer.with_max_length(6)(["red square", "square"])
+  np.testing.assert_array_equal(ids, [[2, 4, 5, 3, 0, 0], [2, 5, 3, 0, 0, 0]])
+  np.testing.assert_array_equal(mask, [[1, 1, 1, 1, 0, 0], [1, 1, 1, 0, 0, 0]])
+  bad = tiny_train_config.get_config_with(**{"tokenizers.query": "acme/no-such-tokenizer"})
+  with pytest.raises(hub.HubError, match="acme/no-such-tokenizer is not in the Hugging Face cache"):
+    model_setup.build(bad, cache_dir=str(tmp_path))

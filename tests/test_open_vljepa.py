@@ -413,7 +413,7 @@ def test_init_checkpoint_takes_a_hub_repo_id_converted_once(reference, msrvtt, t
   config = _eval_config(msrvtt, **{"init.checkpoint": "acme/open-vljepa"})
   setup = model_setup.build(stages.resolve(config)[0][1], str(tmp_path / "work"))
   converted = tmp_path / "work" / "hub" / f"acme--open-vljepa@{commit}"
-  assert setup.init_checkpoint == str(converted)
+  assert model_setup.local_init_checkpoint("acme/open-vljepa", setup.cache_dir) == str(converted)
   meta = convert.checkpoint.read_metadata(str(converted))
   assert (meta["family"], meta["source"], meta["omitted"]) == ("open_vljepa", f"hf://acme/open-vljepa@{commit}",
                                                                ["x_encoder"])

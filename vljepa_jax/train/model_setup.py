@@ -65,8 +65,8 @@ class ModelSetup:
   # Applied to the parameters once the converted towers are in (the token baseline's LM head starts
   # as its pretrained embedding table); None: nothing.
   post_load: Callable[[Any], Any] | None = None
-  # The first stage's `init.checkpoint` as a local path (a Hub repo id converted), or "".
-  init_checkpoint: str = ""
+  # Where Hub repo ids are converted (`<workdir>`; see `local_init_checkpoint`).
+  cache_dir: str = ""
 
 
 def checkpoint_families(tower: str, predictor_backbone: str) -> tuple[str, ...]:
@@ -348,10 +348,10 @@ def build(config: Any, cache_dir: str) -> ModelSetup:
     locations = {{"x_encoder": "x_encoder", "predictor": "decoder"}[tower]: path
                  for tower, path in checkpoints.items() if tower in ("x_encoder", "predictor")}
     post_load = token_vlm.head_from_embedding if "decoder" in locations else None
-    return ModelSetup(model, query_tok, target_tok, locations, post_load, init_checkpoint=whole_path)
+    return ModelSetup(model, query_tok, target_tok, locations, post_load, cache_dir=cache_dir)
   check_vocab(arch, query_tok, target_tok)
   locations = {"/".join(param_location(tower, backbone)): path for tower, path in checkpoints.items()}
-  return ModelSetup(vljepa.VLJEPA(arch), query_tok, target_tok, locations, init_checkpoint=whole_path)
+  return ModelSetup(vljepa.VLJEPA(arch), query_tok, target_tok, locations, cache_dir=cache_dir)
 
 
 def token_baseline(config: Any, arch: vljepa.VLJEPAConfig, target_tokenizer: tokenizer_lib.Tokenizer, *,

@@ -229,8 +229,8 @@ class Stage:
     if init_params is None and self.config.init.checkpoint:
       # Towers a converted whole model left out (open_vljepa's X-encoder) may come from config.init.<tower>.
       supplied = tuple(location.split("/")[0] for location in self.setup.checkpoints)
-      # The local path: a Hub repo id was converted when the model was set up.
-      path = self.setup.init_checkpoint or self.config.init.checkpoint
+      # A Hub repo id was converted when the model was set up: this finds that folder.
+      path = model_setup.local_init_checkpoint(self.config.init.checkpoint, self.setup.cache_dir)
       init_params, step = checkpointing.restore_params(
           path, param_layout_lib.with_shardings(self.abstract_params, self.param_shardings), supplied=supplied)
       logging.info("[%s] parameters from %s (step %d)", self.name, path, step)
