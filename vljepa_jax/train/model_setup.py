@@ -95,7 +95,9 @@ def minilm_path() -> str | None:
 
 
 # Hugging Face `model_type` -> the converter family of a Y-encoder fetched from the Hub.
-_Y_ENCODER_MODEL_TYPES = {"bert": "bert", "gemma3_text": "embeddinggemma", "gemma3": "embeddinggemma"}
+# Hugging Face `model_type` -> our converter family, which is also the tokenizer family whose pad and
+# special-token defaults apply (`tokenizer.FAMILY_DEFAULTS`).
+FAMILY_BY_MODEL_TYPE = {"llama": "llama", "bert": "bert", "gemma3_text": "embeddinggemma", "gemma3": "embeddinggemma"}
 
 
 def converted_from_hub(tower: str, spec: str, cache_dir: str, *, predictor_backbone: str,
@@ -110,10 +112,11 @@ def converted_from_hub(tower: str, spec: str, cache_dir: str, *, predictor_backb
   family = families[0]
   if tower == "y_encoder":
     model_type = (convert.source.read_hf_config(local) or {}).get("model_type")
-    if model_type not in _Y_ENCODER_MODEL_TYPES:
-      raise ValueError(f"config.init.y_encoder={spec!r}: a {model_type!r} model; expected one of "
-                       f"{sorted(_Y_ENCODER_MODEL_TYPES)} (BERT / MiniLM or EmbeddingGemma)")
-    family = _Y_ENCODER_MODEL_TYPES[model_type]
+    family = FAMILY_BY_MODEL_TYPE.get(model_type)
+    if family not in families:
+      accepted = sorted(t for t, f in FAMILY_BY_MODEL_TYPE.items() if f in families)
+      raise ValueError(f"config.init.y_encoder={spec!r}: a {model_type!r} model; expected one of {accepted} "
+                       "(BERT / MiniLM or EmbeddingGemma)")
   return _converted_once(family, spec, local, cache_dir, layers=layers)
 
 
@@ -248,11 +251,6 @@ def whole_model(path: str) -> tuple[dict[str, Any], tuple[str, ...]] | None:
   return meta["config"], tuple(meta.get("omitted", ()))
 
 
-# Hugging Face `model_type` -> the tokenizer family whose pad and special-token defaults apply.
-_TOKENIZER_MODEL_TYPES = {"llama": "llama", "bert": "bert", "gemma3_text": "embeddinggemma",
-                          "gemma3": "embeddinggemma"}
-
-
 def _tokenizer_folder(choice: str, role: str) -> tokenizer_lib.Tokenizer:
   """A folder of tokenizer files (or a Hub repo id, fetched without weights), with its family's defaults."""
   parsed = hub.parse(choice)
@@ -261,7 +259,7 @@ def _tokenizer_folder(choice: str, role: str) -> tokenizer_lib.Tokenizer:
     raise ValueError(f"config.tokenizers.{role}={choice!r}: expected 'predictor', 'y_encoder', 'shapes', a folder "
                      "with tokenizer.json / tokenizer.model, or a Hugging Face Hub repo id")
   model_type = (convert.source.read_hf_config(folder) or {}).get("model_type")
-  return tokenizer_lib.from_directory(folder, family=_TOKENIZER_MODEL_TYPES.get(model_type))
+  return tokenizer_lib.from_directory(folder, family=FAMILY_BY_MODEL_TYPE.get(model_type))
 
 
 def _tokenizer(choice: str, checkpoints: Mapping[str, str], role: str, *, whole: str = "") -> tokenizer_lib.Tokenizer:
