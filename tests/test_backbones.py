@@ -324,3 +324,18 @@ def test_flops_of_a_frame_chunked_x_encoder():
   assert whole == vit_flops(4 * per_tubelet, 1)
   assert chunked == vit_flops(per_tubelet, 4)
   assert flops.forward_flops(cfg.replace(x_encoder_chunk_frames=8), num_frames=8, **shape)["x_encoder"] == whole
+
+
+def test_a_vjepa2_1_image_is_counted_with_its_tubelet_1_embedding():
+  """V-JEPA 2.1 embeds a single frame with a (1, p, p) kernel; V-JEPA 2 duplicates it into a (2, p, p) tubelet.
+  The token count, and so every block, is the same: only the patch embedding's FLOPs halve."""
+  cfg = vljepa.tiny_config()
+  vit = cfg.x_encoder
+  shape = dict(crop_size=4 * vit.patch_size, query_length=8, target_length=12)
+  tokens = 16  # (crop / patch)^2, one tubelet
+  v2 = flops.forward_flops(cfg, num_frames=1, **shape)["x_encoder"]
+  v2_1 = flops.forward_flops(cfg.replace(x_encoder=vit.replace(image_patch_embed=True)), num_frames=1,
+                             **shape)["x_encoder"]
+  assert v2 - v2_1 == 2 * tokens * (2 - 1) * vit.patch_size ** 2 * vit.in_channels * vit.hidden_size
+  video = flops.forward_flops(cfg.replace(x_encoder=vit.replace(image_patch_embed=True)), num_frames=2, **shape)
+  assert video["x_encoder"] == v2  # two frames are one video tubelet either way

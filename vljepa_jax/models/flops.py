@@ -45,7 +45,9 @@ def forward_flops(config: vljepa.VLJEPAConfig, *, num_frames: int, crop_size: in
   # With x_encoder_chunk_frames the X-encoder attends within chunks: the clip's cost is its chunks'.
   chunk = config.x_encoder_chunk_frames
   chunks = num_frames // chunk if chunk is not None and num_frames > chunk else 1
-  patch = 2 * n * vit.tubelet_size * vit.patch_size ** 2 * vit.in_channels * vit.hidden_size
+  # V-JEPA 2.1 embeds a single frame with its own tubelet-1 kernel instead of duplicating it.
+  tubelet = 1 if vit.image_patch_embed and num_frames == 1 else vit.tubelet_size
+  patch = 2 * n * tubelet * vit.patch_size ** 2 * vit.in_channels * vit.hidden_size
   x = patch + chunks * vit.num_layers * transformer_layer(n // chunks, vit.hidden_size, vit.hidden_size,
                                                           vit.hidden_size, vit.mlp_dim, False)
 
