@@ -28,7 +28,9 @@ config files are fetched; `--config.tokenizers.query=DIR` / `.target=DIR` take l
 The protocol, as open-vljepa's code runs it (`scripts/eval.py`, `openvljepa/data/msrvtt.py`,
 `configs/stage_b_retrain.yaml`), and where ours differs:
   pool       the first 500 test videos of annotations.json in file order (the source's `limit`),
-             every caption of each as a query (about 10,000 text->video queries);
+             every caption of each as a query (about 10,000 text->video queries). The import fails
+             while any test video is missing; `--skip-missing` leaves the missing ones out (and lists
+             them), which would move later videos into the pool, so check none of the first 500 is;
   frames     8 per video, `np.linspace(0, n - 1, 8)` truncated over the whole video
              (`data.frame_sampling="first_to_last"`), short side resized to 256 (bilinear,
              antialiased), centre crop 256, ImageNet mean and std;
