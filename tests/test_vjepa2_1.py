@@ -13,8 +13,6 @@ import functools
 import json
 import os
 import shutil
-import subprocess
-import sys
 
 import jax
 import jax.numpy as jnp
@@ -22,6 +20,7 @@ import numpy as np
 import pytest
 import torch
 
+from conftest import run_cli
 import vljepa_jax.convert as convert_lib
 from vljepa_jax.convert import vjepa2_1 as vjepa2_1_family
 from vljepa_jax.models import params as params_lib
@@ -32,7 +31,6 @@ from vljepa_jax.train import model_setup
 
 jax.config.update("jax_default_matmul_precision", "highest")
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY = vit.PRESETS["tiny_2_1"]  # width 80, 4 heads: head_dim 20 -> RoPE chunks 6/6/6 + 2 unrotated
 WIDTH, PATCH = TINY.hidden_size, TINY.patch_size
 ATOL = 1e-4
@@ -198,11 +196,6 @@ def _ours(model, params, video: np.ndarray) -> np.ndarray:
   return np.asarray(_apply(model, params, jnp.asarray(video.transpose(0, 2, 3, 4, 1))))
 
 
-def _cli(*args: str) -> subprocess.CompletedProcess:
-  return subprocess.run([sys.executable, "-m", "vljepa_jax.convert", *args], cwd=REPO, capture_output=True,
-                        text=True, env={**os.environ, "JAX_PLATFORMS": "cpu"})
-
-
 def _max_err(a: np.ndarray, b: np.ndarray) -> float:
   assert a.shape == b.shape, (a.shape, b.shape)
   return float(np.max(np.abs(a - b)))
@@ -239,8 +232,7 @@ def native_pt(references, tmp_path_factory) -> str:
 @pytest.fixture(scope="module")
 def converted(native_pt, tmp_path_factory):
   out = str(tmp_path_factory.mktemp("conv") / "tiny_2_1")
-  proc = _cli("--model", "vjepa2_1", "--input", native_pt, "--output", out, "--variant", "tiny_2_1")
-  assert proc.returncode == 0, f"conversion failed:\n{proc.stdout}\n{proc.stderr}"
+  run_cli("vljepa_jax.convert", "--model", "vjepa2_1", "--input", native_pt, "--output", out, "--variant", "tiny_2_1")
   return (out, *convert_lib.load(out))
 
 
@@ -391,7 +383,8 @@ def _vjepa2_layout(reference: Reference) -> dict[str, torch.Tensor]:
 
 
 def test_2_1_checkpoint_given_to_vjepa2_fails_through_cli(native_pt, tmp_path):
-  proc = _cli("--model", "vjepa2", "--input", native_pt, "--output", str(tmp_path / "out"))
+  proc = run_cli("vljepa_jax.convert", "--model", "vjepa2", "--input", native_pt, "--output", str(tmp_path / "out"),
+                 check=False)
   assert proc.returncode == 1
   assert "conversion failed" in proc.stderr and "V-JEPA 2.1 checkpoint" in proc.stderr, proc.stderr
   assert "--model vjepa2_1" in proc.stderr

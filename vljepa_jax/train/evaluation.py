@@ -155,8 +155,8 @@ def sweep(config: ml_collections.ConfigDict, workdir: str, steps: Sequence[int] 
     if name not in layouts:
       layouts[name] = param_layout_lib.param_layout(stage_config, setup, mesh)
     # A converted whole model may leave towers out (open-vljepa's X-encoder): config.init.<tower> supplies them.
-    supplied = tuple(location.split("/")[0] for location in setup.checkpoints)
-    params, _ = checkpointing.restore_params(stage_dir, layouts[name], step=stage_step, supplied=supplied)
+    params, _ = checkpointing.restore_params(stage_dir, layouts[name], step=stage_step,
+                                             supplied=setup.supplied_parts)
     params = model_setup.load_absent_towers(setup.checkpoints, params, layouts[name])
     evaluation.run_missing(params, step=global_step, stage=name, stage_step=stage_step)
   results = results_lib.load(workdir)

@@ -68,6 +68,11 @@ class ModelSetup:
   # Where Hub repo ids are converted (`<workdir>`; see `local_init_checkpoint`).
   cache_dir: str = ""
 
+  @property
+  def supplied_parts(self) -> tuple[str, ...]:
+    """The top-level parameter subtrees `config.init.<tower>` supplies (e.g. "x_encoder", "predictor")."""
+    return tuple(location.split("/")[0] for location in self.checkpoints)
+
 
 def checkpoint_families(tower: str, predictor_backbone: str) -> tuple[str, ...]:
   """The converted families whose folders `config.init.<tower>` may name."""
@@ -410,7 +415,7 @@ def load_absent_towers(checkpoints: Mapping[str, str], params: Any, layout: Any)
   absent = {location: path for location, path in checkpoints.items() if location.split("/")[0] not in params}
   if not absent:
     return params
-  placeholders = {location.split("/")[0]: layout[location.split("/")[0]] for location in absent}
+  placeholders = {part: layout[part] for part in {location.split("/")[0] for location in absent}}
   return load_pretrained(absent, {**params, **placeholders}, jax.tree.map(lambda x: x.sharding, layout))
 
 

@@ -226,18 +226,15 @@ class Stage:
       params = jax.jit(init, out_shardings=model_shardings)(rng)
     params = jax.device_put(objectives_base.with_objective_params(params, self.objective.init_params()),
                             self.param_shardings)
+    layout = param_layout_lib.with_shardings(self.abstract_params, self.param_shardings)
     if init_params is None and self.config.init.checkpoint:
-      # Towers a converted whole model left out (open_vljepa's X-encoder) may come from config.init.<tower>.
-      supplied = tuple(location.split("/")[0] for location in self.setup.checkpoints)
       # A Hub repo id was converted when the model was set up: this finds that folder.
       path = model_setup.local_init_checkpoint(self.config.init.checkpoint, self.setup.cache_dir)
-      init_params, step = checkpointing.restore_params(
-          path, param_layout_lib.with_shardings(self.abstract_params, self.param_shardings), supplied=supplied)
+      init_params, step = checkpointing.restore_params(path, layout, supplied=self.setup.supplied_parts)
       logging.info("[%s] parameters from %s (step %d)", self.name, path, step)
     if init_params is not None:
       # Towers a converted whole model left out (open_vljepa's X-encoder) come from config.init.<tower>.
-      init_params = model_setup.load_absent_towers(
-          self.setup.checkpoints, init_params, param_layout_lib.with_shardings(self.abstract_params, self.param_shardings))
+      init_params = model_setup.load_absent_towers(self.setup.checkpoints, init_params, layout)
       params = jax.device_put(
           {k: init_params.get(k, v) for k, v in params.items()}, self.param_shardings)
     else:
