@@ -10,10 +10,8 @@ prints each step's compile time. CPU only; `--dtype`, `--batch_size`, `--steps`,
 `--host_memory` are `train_step.py`'s flags.
 """
 import os
-import statistics
 import sys
 import tempfile
-import time
 
 from absl import app
 from absl import flags
@@ -27,7 +25,6 @@ def main(argv):
   del argv
   sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
   host_memory_note = train_step_benchmark._retain_host_memory()  # pylint: disable=protected-access
-  import jax  # pylint: disable=g-import-not-at-top
   from vljepa_jax.models import attention as attention_lib  # pylint: disable=g-import-not-at-top
 
   print(harness.machine_line() + host_memory_note)
@@ -38,27 +35,11 @@ def main(argv):
     with tempfile.TemporaryDirectory() as workdir:
       for variant, threshold in (("sliced", default_threshold), ("whole", float("inf"))):
         attention_lib._MIN_SLICED_WORK = threshold  # pylint: disable=protected-access
-        stage, stage_config, _, batch = train_step_benchmark._stage_and_batch(  # pylint: disable=protected-access
+        steps[variant], compile_s[variant], stage_config = train_step_benchmark.warm_step(
             config, os.path.join(workdir, variant))
-        holder = {"state": stage.init_state(None)}
-        start = time.perf_counter()
-        with jax.set_mesh(stage.mesh):
-          stage.step_fn.jitted.lower(holder["state"], batch).compile()
-        compile_s[variant] = time.perf_counter() - start
-
-        def step(stage=stage, holder=holder, batch=batch):
-          holder["state"], metrics = stage.step_fn(holder["state"], batch)
-          return metrics
-
-        for _ in range(2):
-          jax.block_until_ready(step())
-        steps[variant] = step
       attention_lib._MIN_SLICED_WORK = default_threshold  # pylint: disable=protected-access
-      seconds = {variant: [] for variant in steps}
-      for _ in range(flags.FLAGS.rounds):
-        for variant, step in steps.items():
-          seconds[variant].append(harness.median_time(step, flags.FLAGS.steps, jax.block_until_ready))
-    sliced, whole = (statistics.median(seconds[v]) for v in ("sliced", "whole"))
+      seconds = train_step_benchmark.alternating_rounds(steps, flags.FLAGS.rounds, flags.FLAGS.steps)
+    sliced, whole = seconds["sliced"], seconds["whole"]
     print(f"{spec} ({stage_config.dtype}, batch {stage_config.batch_size}): sliced {sliced * 1e3:.0f} ms "
           f"(compile {compile_s['sliced']:.1f} s), whole {whole * 1e3:.0f} ms (compile {compile_s['whole']:.1f} s); "
           f"sliced / whole {sliced / whole:.3f}", flush=True)

@@ -6,6 +6,9 @@
   python benchmarks/train_step.py --configs=configs/small.py --dtype=bfloat16   # accelerator: TFLOP/s, MFU
   python benchmarks/train_step.py --aot_paper                   # lower + compile the paper config only
 
+On a CPU each config runs on the CPU devices its `cpu_devices` asks for (1 unless it says
+otherwise), as `python -m vljepa_jax.main` would run it; `--devices=N` times every config on N.
+
 For each config it builds the last stage exactly as `python -m vljepa_jax.main` does
 (`trainer.Stage`: sharded init, optimizer groups, the jitted donated step), takes one pipeline
 batch, and times:
@@ -33,6 +36,7 @@ EmbeddingGemma-300M) at the image stage's global batch of 24,000 lowers and comp
 import os
 import resource
 import statistics
+import subprocess
 import sys
 import time
 
@@ -44,7 +48,9 @@ from vljepa_jax import host_memory  # no JAX import: the allocator is set before
 
 _CONFIGS = flags.DEFINE_list("configs", ["configs/demo.py:video", "configs/small.py"], "Configs to time.")
 _STEPS = flags.DEFINE_integer("steps", 20, "Timed steps per config (per round with --compare_torch).")
-_DEVICES = flags.DEFINE_integer("devices", 1, "Virtual CPU devices for the timed configs (CPU only).")
+_DEVICES = flags.DEFINE_integer("devices", None, "CPU devices for the timed configs (CPU only). Default: each "
+                                "config's own `cpu_devices`; configs that ask for different counts are timed in "
+                                "one child process per count, since a process's device count is fixed once JAX starts.")
 _DTYPE = flags.DEFINE_enum("dtype", None, ["float32", "bfloat16"], "Override the configs' compute dtype.")
 _BATCH_SIZE = flags.DEFINE_integer("batch_size", None, "Override the configs' global batch size.")
 _COMPARE = flags.DEFINE_bool("compare_torch", False, "Time the PyTorch twin side by side (torch_reference.py).")
@@ -83,6 +89,39 @@ def _stage_and_batch(config, workdir):
   host = next(stage.make_iterator())
   host = {k: host[k] for k in train_step.MODEL_INPUTS}
   return stage, stage_config, host, global_batch.to_global_batch(host, stage.mesh)
+
+
+def warm_step(config, workdir):
+  """The config's last-stage train step, compiled and run twice: (step(), compile seconds, stage config).
+
+  `step()` runs one step on the pipeline's first batch, carrying the (donated) state along.
+  """
+  import jax  # pylint: disable=g-import-not-at-top
+  stage, stage_config, _, batch = _stage_and_batch(config, workdir)
+  holder = {"state": stage.init_state(None)}
+  start = time.perf_counter()
+  with jax.set_mesh(stage.mesh):
+    stage.step_fn.jitted.lower(holder["state"], batch).compile()
+  compile_s = time.perf_counter() - start
+
+  def step():
+    holder["state"], metrics = stage.step_fn(holder["state"], batch)
+    return metrics
+
+  for _ in range(2):
+    jax.block_until_ready(step())
+  return step, compile_s, stage_config
+
+
+def alternating_rounds(steps: dict, rounds: int, calls: int) -> dict[str, float]:
+  """Median seconds per call of each `steps` function, timed in alternating rounds of `calls` calls."""
+  import jax  # pylint: disable=g-import-not-at-top
+  seconds = {name: [] for name in steps}
+  for _ in range(rounds):
+    for name, step in steps.items():
+      time.sleep(_PAUSE_S)  # let the other variant's worker threads go idle first (see `_compare_rounds`)
+      seconds[name].append(harness.median_time(step, calls, jax.block_until_ready))
+  return {name: statistics.median(times) for name, times in seconds.items()}
 
 
 def _retain_host_memory() -> str:
@@ -276,10 +315,41 @@ def aot_paper(num_devices: int, batch_size: int) -> None:
         f"arguments {memory.argument_size_in_bytes / 2**30:.2f} GiB, temp {memory.temp_size_in_bytes / 2**30:.2f} GiB")
 
 
+def _config_device_counts() -> dict[int | None, list[str]]:
+  """The configs grouped by the CPU device count each asks for (`cpu_devices`, resolved for its batch).
+
+  One group, keyed None, where the count is not the configs' to choose: an accelerator process, or
+  `XLA_FLAGS` forcing a CPU device count.
+  """
+  from vljepa_jax import cpu_devices  # pylint: disable=g-import-not-at-top
+  from vljepa_jax.train import stages  # pylint: disable=g-import-not-at-top
+  if not host_memory.cpu_only_process() or cpu_devices.forced_count() is not None:
+    return {None: list(_CONFIGS.value)}
+  groups = {}
+  for spec in _CONFIGS.value:
+    config = _override(harness.load_config(spec))
+    batch = stages.resolve(config)[-1][1].batch_size
+    groups.setdefault(cpu_devices.resolve_count(config.cpu_devices, [(spec, batch)]), []).append(spec)
+  return groups
+
+
 def main(argv):
-  del argv
+  del argv  # children get this command line's flags from sys.argv
   host_memory_note = _retain_host_memory()  # before any backend starts, as main.py does
-  devices = _AOT_DEVICES.value if _AOT.value else _DEVICES.value
+  if _AOT.value:
+    devices = _AOT_DEVICES.value
+  elif _DEVICES.value is not None:
+    devices = _DEVICES.value
+  else:
+    groups = _config_device_counts()
+    if len(groups) > 1:
+      passed = [arg for arg in sys.argv[1:] if not arg.startswith(("--configs", "--devices"))]
+      for count, specs in groups.items():
+        print(f"--- {count} CPU device(s): {', '.join(specs)} (a child process)", flush=True)
+        subprocess.run([sys.executable, os.path.abspath(__file__), *passed, f"--configs={','.join(specs)}",
+                        f"--devices={count}"], check=True)
+      return
+    devices = next(iter(groups)) or 1
   if devices > 1:
     import jax  # pylint: disable=g-import-not-at-top
     jax.config.update("jax_num_cpu_devices", devices)

@@ -3,11 +3,14 @@ r"""Minimal, standalone reproductions of the XLA:CPU gaps behind the train-step 
   python benchmarks/xla_cpu_repro.py                 # matmuls, batched matmuls, attention blocks
   taskset -c 0 python benchmarks/xla_cpu_repro.py    # the same on one core
   python benchmarks/xla_cpu_repro.py --parts=step --step_config=configs/small.py --dtype=float32
+  python benchmarks/xla_cpu_repro.py --parts=bmm --devices=2   # + the batched products over 2 CPU devices
 
 Four parts, each JAX against torch on the same float32 random inputs, median of `--rounds` rounds:
   1. plain 2-D GEMMs at the towers' shapes (the machine's matmul speed: equal in both);
   2. batched matmuls at attention shapes (`einsum("bmk,bkn->bmn")` vs `torch.bmm`): with several
-     threads XLA:CPU's batched dot runs at about its one-core speed, torch's scales;
+     threads XLA:CPU's batched dot runs at about its one-core speed, torch's scales; with
+     `--devices=N` also the same product with its batch split over N CPU devices, which does scale
+     (the workaround: `config.cpu_devices`, vljepa_jax/cpu_devices.py);
   3. one attention block (q/k/v/o projections + masked softmax attention), forward and forward +
      backward: `models.attention.attention` (impl "xla") against `F.scaled_dot_product_attention`;
   4. `step`: every matrix product of one config's train step (forward, backward, frozen towers),
@@ -70,14 +73,23 @@ def gemm_and_bmm(parts):
       print(f"| {m}×{k}×{n} | {flop / _seconds(lambda: mm(ja, jb)) / 1e9:.1f} | "
             f"{flop / _seconds(lambda: ta @ tb) / 1e9:.1f} |", flush=True)
   if "bmm" in parts:
-    print("\n| batched matmul b, m×k×n | JAX GFLOP/s | torch GFLOP/s |\n|---|---|---|")
+    # With several CPU devices (--devices), also the same product with its batch split over all of them.
+    split = jax.device_count() > 1
+    mesh = jax.make_mesh((jax.device_count(),), ("batch",), axis_types=(jax.sharding.AxisType.Auto,))
+    batch_split = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec("batch"))
+    print("\n| batched matmul b, m×k×n | JAX GFLOP/s |"
+          + (f" JAX over {jax.device_count()} devices |" if split else "") + " torch GFLOP/s |\n|---|---|---|"
+          + ("---|" if split else ""))
     bmm = jax.jit(lambda a, b: jnp.einsum("bmk,bkn->bmn", a, b))
     for b, m, k, n in BMMS:
       x, y = rng.random((b, m, k), np.float32), rng.random((b, k, n), np.float32)
       jx, jy, tx, ty = jnp.asarray(x), jnp.asarray(y), torch.from_numpy(x), torch.from_numpy(y)
       flop = 2 * b * m * k * n
-      print(f"| {b}, {m}×{k}×{n} | {flop / _seconds(lambda: bmm(jx, jy), 20) / 1e9:.1f} | "
-            f"{flop / _seconds(lambda: torch.bmm(tx, ty), 20) / 1e9:.1f} |", flush=True)
+      row = f"| {b}, {m}×{k}×{n} | {flop / _seconds(lambda: bmm(jx, jy), 20) / 1e9:.1f} |"
+      if split:
+        sx, sy = jax.device_put(x, batch_split), jax.device_put(y, batch_split)
+        row += f" {flop / _seconds(lambda: bmm(sx, sy), 20) / 1e9:.1f} |"
+      print(row + f" {flop / _seconds(lambda: torch.bmm(tx, ty), 20) / 1e9:.1f} |", flush=True)
 
 
 def attention_blocks():
@@ -221,6 +233,8 @@ def main(argv):
   host_memory_note = train_step_benchmark._retain_host_memory()  # pylint: disable=protected-access
   import jax  # pylint: disable=g-import-not-at-top
   import torch  # pylint: disable=g-import-not-at-top
+  if flags.FLAGS.devices:  # train_step.py's flag: CPU devices for the split batched products
+    jax.config.update("jax_num_cpu_devices", flags.FLAGS.devices)
   print(f"cores available: {len(os.sched_getaffinity(0))}{host_memory_note}, torch threads {torch.get_num_threads()}, "
         f"jax {jax.__version__} ({jax.devices()[0].device_kind}), torch {torch.__version__}")
   gemm_and_bmm(_PARTS.value)

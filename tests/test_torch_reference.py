@@ -123,3 +123,29 @@ def test_accelerator_suite_writes_one_report(tmp_path):
   for title in ("## Attention kernels", "## Train step", "## Y-decoder generation"):
     assert title in text
   assert text.count("exit 0)") == 3 and "FAILED" not in text
+
+
+def test_train_step_benchmark_runs_each_config_on_its_own_cpu_devices(tmp_path):
+  """Configs asking for different `cpu_devices` are timed in one child process per device count."""
+  split = tmp_path / "tiny_split_config.py"
+  split.write_text(f"import sys\nsys.path.insert(0, {os.path.dirname(TINY)!r})\nimport tiny_train_config\n\n\n"
+                   "def get_config(arg=''):\n  c = tiny_train_config.get_config(arg)\n  c.cpu_devices = 2\n  return c\n")
+  proc = _run([sys.executable, "benchmarks/train_step.py", f"--configs={TINY},{split}", "--steps=1", "--matmul_size=0",
+               "--batch_size=4"], env={"XLA_FLAGS": ""})
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  out = proc.stdout
+  assert f"--- 1 CPU device(s): {TINY} (a child process)" in out, out
+  assert f"--- 2 CPU device(s): {split} (a child process)" in out, out
+  machines = [line for line in out.splitlines() if line.startswith("machine:")]
+  assert [", cpu x 1," in machines[0], ", cpu x 2," in machines[1]] == [True, True], machines
+  rows = [line.split(" | ") for line in out.splitlines() if line.startswith(("| " + TINY, "| " + str(split)))]
+  assert [row[2] for row in rows] == ["4", "4"], out  # the children got the command line's flags
+
+
+def test_cpu_devices_benchmark_times_one_device_against_all(tmp_path):
+  proc = _run([sys.executable, "benchmarks/cpu_devices.py", f"--configs={TINY}", "--devices=2", "--steps=1",
+               "--rounds=1", "--batch_size=4"], env={"XLA_FLAGS": ""})
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  line = [line for line in proc.stdout.splitlines() if line.startswith(TINY)]
+  assert len(line) == 1 and "1 device " in line[0] and "2 devices " in line[0] and "speed-up" in line[0], proc.stdout
+  assert "(float32, batch 4)" in line[0], line  # the children got the command line's flags

@@ -53,7 +53,7 @@ def _glibc() -> ctypes.CDLL | None:
     return None
 
 
-def _backend_started() -> bool:
+def backend_started() -> bool:
   # JAX has no public "has a backend started?"; xla_bridge has answered it since 0.4.
   from jax._src import xla_bridge  # pylint: disable=g-import-not-at-top
   started = getattr(xla_bridge, "backends_are_initialized", None)
@@ -90,7 +90,7 @@ def retain_freed_memory(mode: str = "auto") -> bool:
   if libc is None:
     logging.info("host memory: not glibc, the C library's allocator is left as it is")
     return False
-  if _backend_started():
+  if backend_started():
     logging.warning("host memory: the JAX backend has already started, so its threads keep their malloc arenas; "
                     "call host_memory.retain_freed_memory() before anything touches jax devices")
     return False

@@ -35,6 +35,7 @@ from absl import logging
 import jax
 from ml_collections import config_flags
 
+from vljepa_jax import cpu_devices
 from vljepa_jax import host_memory
 from vljepa_jax.train import overrides as overrides_lib
 from vljepa_jax.train import stages as stages_lib
@@ -85,9 +86,14 @@ def _cluster_detected() -> bool:
   return len([h for h in hosts.split(",") if h]) > 1
 
 
+def _distributed_requested() -> bool:
+  explicit = _COORDINATOR.value is not None
+  return _DISTRIBUTED.value == "on" or (_DISTRIBUTED.value == "auto" and (explicit or _cluster_detected()))
+
+
 def initialize_distributed() -> None:
   explicit = _COORDINATOR.value is not None
-  if _DISTRIBUTED.value == "off" or (_DISTRIBUTED.value == "auto" and not explicit and not _cluster_detected()):
+  if not _distributed_requested():
     return
   if explicit:
     if _NUM_PROCESSES.value is None or _PROCESS_ID.value is None:
@@ -147,11 +153,27 @@ def parse_flags(argv: list[str]) -> list[str]:
       logging.info(note)
     overrides.update(overrides_lib.apply_backbone_config_overrides(config, backbone_args))
     overrides.update(overrides_lib.apply_stage_overrides(config, stage_args))
-    stages_lib.resolve(config)
+    batch_sizes = _batch_sizes(config)  # resolves the stages, refusing keys they would ignore
     stages_lib.check_overrides(config, overrides)
+    cpu_devices.resolve_count(config.cpu_devices, batch_sizes)
   except (ValueError, OSError) as e:  # OSError: a config file that could not be loaded
     _fail(str(e))
   return remaining
+
+
+def _batch_sizes(config) -> list[tuple[str, int]]:
+  return [(name, stage.batch_size) for name, stage in stages_lib.resolve(config)]
+
+
+def split_cpu(config) -> None:
+  """Applies `config.cpu_devices` (vljepa_jax/cpu_devices.py) before anything starts the backend."""
+  if config.cpu_devices != 1 and _distributed_requested():
+    _fail(f"config.cpu_devices={config.cpu_devices} splits one process's CPU into devices; a multi-process run "
+          "(jax.distributed) keeps one device per process: leave it at 1")
+  try:
+    cpu_devices.split_cpu(config.cpu_devices, _batch_sizes(config))
+  except ValueError as e:
+    _fail(str(e))
 
 
 def main(argv):
@@ -165,6 +187,7 @@ def main(argv):
     logging.get_absl_handler().addFilter(_QuietLibraries())
   # Before anything starts a JAX backend: its threads choose their malloc arena on first use.
   host_memory.retain_freed_memory(_HOST_MEMORY.value)
+  split_cpu(_CONFIG.value)
   initialize_distributed()
   # Imported after jax.distributed is up: nothing may touch the backend before it.
   from vljepa_jax.convert import hub  # pylint: disable=g-import-not-at-top

@@ -75,6 +75,10 @@ def base_config() -> ml_collections.ConfigDict:
   # Parallelism: mesh axis sizes (-1: the rest of the devices) and the logical-axis rule set.
   c.mesh = ml_collections.ConfigDict({"data": -1, "fsdp": 1, "tensor": 1})
   c.sharding_rules = "fsdp"
+  # CPU-only processes: how many JAX devices the CPU is split into (-1: one per core), so that
+  # `mesh` runs the step data-parallel over the cores; vljepa_jax/cpu_devices.py says when it pays
+  # (large attention products) and what it costs (host memory).
+  c.cpu_devices = 1
   # Architecture: a VLJEPAConfig as nested dicts (every field overridable).
   c.model = ml_collections.ConfigDict(vljepa.tiny_config().to_dict())
   # Converted checkpoints to start towers from ("" = random init); see train/model_setup.py.

@@ -35,7 +35,7 @@ STAGE_KEYS = ("stages", "stage_order")
 # Read once per run from the top level (trainer.run, model_setup.build, evaluation.sweep): one model
 # (architecture, dtypes, remat, the pretrained towers of `init`), one mesh and one pair of tokenizers
 # serve every stage. `PER_STAGE_EXCEPTIONS` lie inside them but are read per stage.
-RUN_LEVEL_KEYS = ("model", "dtype", "param_dtype", "remat", "mesh", "tokenizers", "init")
+RUN_LEVEL_KEYS = ("model", "dtype", "param_dtype", "remat", "mesh", "cpu_devices", "tokenizers", "init")
 PER_STAGE_EXCEPTIONS = ("init.checkpoint",)
 # Read from the first stage only: every later stage starts from the parameters of the one before.
 FIRST_STAGE_KEYS = ("init.checkpoint",)
