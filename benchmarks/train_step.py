@@ -323,7 +323,7 @@ def _config_device_counts() -> dict[int | None, list[str]]:
   """
   from vljepa_jax import cpu_devices  # pylint: disable=g-import-not-at-top
   from vljepa_jax.train import stages  # pylint: disable=g-import-not-at-top
-  if not host_memory.cpu_only_process() or cpu_devices.forced_count() is not None:
+  if not cpu_devices.count_is_configurable():
     return {None: list(_CONFIGS.value)}
   groups = {}
   for spec in _CONFIGS.value:

@@ -75,8 +75,9 @@ def gemm_and_bmm(parts):
   if "bmm" in parts:
     # With several CPU devices (--devices), also the same product with its batch split over all of them.
     split = jax.device_count() > 1
-    mesh = jax.make_mesh((jax.device_count(),), ("batch",), axis_types=(jax.sharding.AxisType.Auto,))
-    batch_split = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec("batch"))
+    if split:
+      mesh = jax.make_mesh((jax.device_count(),), ("batch",), axis_types=(jax.sharding.AxisType.Auto,))
+      batch_split = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec("batch"))
     print("\n| batched matmul b, m×k×n | JAX GFLOP/s |"
           + (f" JAX over {jax.device_count()} devices |" if split else "") + " torch GFLOP/s |\n|---|---|---|"
           + ("---|" if split else ""))

@@ -91,6 +91,7 @@ def _main(workdir, *overrides):
 
 def test_main_trains_on_the_devices_it_asks_for(tmp_path):
   """Two devices: the step runs under a 2-way data mesh, and trains as the one-device run does."""
+  assert tiny_train_config.get_config().batch_size % 2 == 0  # the premise: two devices can split the batch
   losses = {}
   for devices in (1, 2):
     workdir = tmp_path / f"devices{devices}"
@@ -103,7 +104,6 @@ def test_main_trains_on_the_devices_it_asks_for(tmp_path):
   assert len(losses[1]) == len(losses[2]) == 3
   # The same global batch, split over two devices: the same losses up to summation order.
   assert losses[2] == pytest.approx(losses[1], rel=1e-4)
-  assert tiny_train_config.get_config().batch_size % 2 == 0
 
 
 def test_main_refuses_a_count_the_batch_cannot_split(tmp_path):

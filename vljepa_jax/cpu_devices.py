@@ -56,23 +56,29 @@ def resolve_count(requested: int, batch_sizes: Sequence[tuple[str, int]], cores:
   batch_sizes: (stage name, global batch) pairs; each must divide by the count, since the mesh's
   batch axes span every device.
   """
-  if requested != ONE_PER_CORE and requested < 1:
+  if requested == ONE_PER_CORE:
+    cores = available_cores() if cores is None else cores
+    common = math.gcd(*(batch for _, batch in batch_sizes)) if batch_sizes else cores
+    return max(count for count in range(1, cores + 1) if common % count == 0)
+  if requested < 1:
     raise ValueError(f"config.cpu_devices={requested}: expected a device count >= 1, or -1 for one per core")
-  if requested != ONE_PER_CORE:
-    for stage, batch in batch_sizes:
-      if batch % requested:
-        raise ValueError(f"config.cpu_devices={requested}: stage {stage!r}'s global batch {batch} does not divide "
-                         f"by {requested} devices; choose a count that divides it, or -1")
-    return requested
-  cores = available_cores() if cores is None else cores
-  common = math.gcd(*(batch for _, batch in batch_sizes)) if batch_sizes else cores
-  return max(count for count in range(1, cores + 1) if common % count == 0)
+  for stage, batch in batch_sizes:
+    if batch % requested:
+      raise ValueError(f"config.cpu_devices={requested}: stage {stage!r}'s global batch {batch} does not divide "
+                       f"by {requested} devices; choose a count that divides it, or -1")
+  return requested
 
 
 def forced_count() -> int | None:
   """The device count `XLA_FLAGS` already forces on the CPU platform, if any."""
   found = _FORCED_COUNT.findall(os.environ.get("XLA_FLAGS", ""))
   return int(found[-1]) if found else None
+
+
+def count_is_configurable() -> bool:
+  """Whether this process's CPU device count is the config's to set: a CPU-only process whose
+  `XLA_FLAGS` does not already force one."""
+  return host_memory.cpu_only_process() and forced_count() is None
 
 
 def split_cpu(requested: int, batch_sizes: Sequence[tuple[str, int]] = ()) -> int | None:
@@ -82,12 +88,10 @@ def split_cpu(requested: int, batch_sizes: Sequence[tuple[str, int]] = ()) -> in
   count). Raises ValueError where the request is invalid or can no longer take effect.
   """
   count = resolve_count(requested, batch_sizes)
-  if requested == 1 or not host_memory.cpu_only_process():
-    return None
-  forced = forced_count()
-  if forced is not None:
-    logging.info("cpu devices: XLA_FLAGS forces %d CPU devices; config.cpu_devices=%d is not applied", forced,
-                 requested)
+  if requested == 1 or not count_is_configurable():
+    if requested != 1:
+      logging.info("cpu devices: config.cpu_devices=%d is not applied (an accelerator process, or XLA_FLAGS forces "
+                   "the CPU device count)", requested)
     return None
   if host_memory.backend_started():
     raise ValueError(f"config.cpu_devices={requested}: the JAX backend has already started, so the CPU's device "
