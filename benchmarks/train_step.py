@@ -3,6 +3,7 @@
   python benchmarks/train_step.py                                # demo (video stage) and small
   python benchmarks/train_step.py --compare_torch                # side by side with the PyTorch twin
   python benchmarks/train_step.py --configs=configs/small.py --dtype=float32 --compare_torch
+  python benchmarks/train_step.py --configs=configs/small.py --dtype=float32 --compare_torch --isolate_runtimes
   python benchmarks/train_step.py --configs=configs/small.py --dtype=bfloat16   # accelerator: TFLOP/s, MFU
   python benchmarks/train_step.py --aot_paper                   # lower + compile the paper config only
 
@@ -27,12 +28,16 @@ alternating rounds (`--rounds`, medians), each as the whole step, forward alone 
 backward. It prints one line per config,
   ratio <config>: X.XX (jax S1 samples/s, torch S2 samples/s [eager|compile])
 against the faster torch variant, and the machine's large-matmul FLOP/s in JAX and torch
-(`--matmul_size`), so each figure can be read as a fraction of what the machine can do.
+(`--matmul_size`), so each figure can be read as a fraction of what the machine can do. With
+`--isolate_runtimes` each runtime runs in a child process of its own, one child per runtime and
+round in the same alternation: for a config whose JAX step and `torch.compile` step do not fit in
+host memory together (`small` at batch 32 in 24 GiB), at the cost of compiling every round.
 
 `--aot_paper` checks that the paper's full model (ViT-L + Llama-3.2-1B layers 8-15 +
 EmbeddingGemma-300M) at the image stage's global batch of 24,000 lowers and compiles for a mesh of
 `--aot_devices` virtual CPU devices (FSDP), without executing or allocating it.
 """
+import json
 import os
 import resource
 import statistics
@@ -56,6 +61,12 @@ _BATCH_SIZE = flags.DEFINE_integer("batch_size", None, "Override the configs' gl
 _COMPARE = flags.DEFINE_bool("compare_torch", False, "Time the PyTorch twin side by side (torch_reference.py).")
 _ROUNDS = flags.DEFINE_integer("rounds", 3, "Alternating JAX / torch rounds with --compare_torch (medians).")
 _TORCH_COMPILE = flags.DEFINE_bool("torch_compile", True, "With --compare_torch, also time torch.compile.")
+_ISOLATE = flags.DEFINE_bool("isolate_runtimes", False, "With --compare_torch, time JAX, torch eager and "
+                             "torch.compile each in a child process of its own, alternating in every round, so that "
+                             "a config whose runtimes do not fit in host memory together can still be compared (each "
+                             "child builds and compiles its step again).")
+_CHILD_RUNTIME = flags.DEFINE_enum("child_runtime", None, ["jax", "eager", "compile"], "Internal "
+                                   "(--isolate_runtimes): time one round of this runtime only; print one JSON line.")
 _PHASES = flags.DEFINE_bool("phases", True, "With --compare_torch, also time forward and forward + backward alone.")
 _MATMUL = flags.DEFINE_integer("matmul_size", 2048, "N of the N x N x N float32 matmul that measures the machine "
                                "(0: skip).")
@@ -67,7 +78,7 @@ _AOT = flags.DEFINE_bool("aot_paper", False, "Only lower + compile the paper con
 _AOT_DEVICES = flags.DEFINE_integer("aot_devices", 192, "Virtual devices for --aot_paper (the batch must divide by it).")
 _AOT_BATCH = flags.DEFINE_integer("aot_batch", 24_000, "Global batch for --aot_paper.")
 
-_PAUSE_S = 0.5  # between timed runs of different runtimes, see `_compare_rounds`
+_PAUSE_S = 0.5  # between timed runs of different variants, see `_timed_rounds`
 # Dense bf16 peak TFLOP/s per device (vendor datasheets), matched as substrings of `device_kind`.
 PEAK_TFLOPS = (("H200", 989.0), ("H100", 989.0), ("A100", 312.0), ("L40S", 362.0), ("L4", 121.0),
                ("TPU v6", 918.0), ("TPU v5p", 459.0), ("TPU v5", 197.0), ("TPU v4", 275.0))
@@ -92,36 +103,20 @@ def _stage_and_batch(config, workdir):
 
 
 def warm_step(config, workdir):
-  """The config's last-stage train step, compiled and run twice: (step(), compile seconds, stage config).
+  """The config's last-stage train step, compiled and run three times: (step(), compile seconds, stage config).
 
   `step()` runs one step on the pipeline's first batch, carrying the (donated) state along.
   """
-  import jax  # pylint: disable=g-import-not-at-top
   stage, stage_config, _, batch = _stage_and_batch(config, workdir)
-  holder = {"state": stage.init_state(None)}
-  start = time.perf_counter()
-  with jax.set_mesh(stage.mesh):
-    stage.step_fn.jitted.lower(holder["state"], batch).compile()
-  compile_s = time.perf_counter() - start
-
-  def step():
-    holder["state"], metrics = stage.step_fn(holder["state"], batch)
-    return metrics
-
-  for _ in range(2):
-    jax.block_until_ready(step())
-  return step, compile_s, stage_config
+  result = {}
+  step = _jax_variant(stage, stage_config, batch, result)["step"]
+  return step, result["compile_s"], stage_config
 
 
 def alternating_rounds(steps: dict, rounds: int, calls: int) -> dict[str, float]:
-  """Median seconds per call of each `steps` function, timed in alternating rounds of `calls` calls."""
-  import jax  # pylint: disable=g-import-not-at-top
-  seconds = {name: [] for name in steps}
-  for _ in range(rounds):
-    for name, step in steps.items():
-      time.sleep(_PAUSE_S)  # let the other variant's worker threads go idle first (see `_compare_rounds`)
-      seconds[name].append(harness.median_time(step, calls, jax.block_until_ready))
-  return {name: statistics.median(times) for name, times in seconds.items()}
+  """Median seconds per call of each (warmed-up) `steps` function, timed in alternating rounds of `calls` calls."""
+  timed = _timed_rounds({name: {"step": step} for name, step in steps.items()}, ("step",), calls, rounds)
+  return {name: statistics.median(times) for name, times in timed.items()}
 
 
 def _retain_host_memory() -> str:
@@ -176,54 +171,75 @@ def _override(config):
   return config
 
 
-def time_config(spec: str, steps: int, compare_torch: bool = False) -> dict:
-  """Times one config's JAX step (and, with `compare_torch`, its PyTorch twin in alternating rounds)."""
+RUNTIMES = {"jax": "jax", "eager": "torch eager", "compile": "torch compile"}  # flag value -> timed name
+
+
+def time_config(spec: str, steps: int, runtimes: tuple[str, ...] = ("jax",)) -> dict:
+  """Times one config's step in each of `runtimes` (`RUNTIMES` values), in alternating rounds if several.
+
+  The JAX step is timed alone, as the whole step, unless torch runtimes are compared (here or, with
+  `--isolate_runtimes`, in sibling processes): then every runtime's forward and forward + backward
+  too (`--phases`). The result carries the JAX step's compile time, memory and FLOPs when JAX ran.
+  """
   import jax  # pylint: disable=g-import-not-at-top
   import tempfile  # pylint: disable=g-import-not-at-top
-  from vljepa_jax.models import flops  # pylint: disable=g-import-not-at-top
 
   config = _override(harness.load_config(spec))
+  phases = ("step", "forward", "forward+backward") if _COMPARE.value and _PHASES.value else ("step",)
+  result = {"config": spec}
   with tempfile.TemporaryDirectory() as workdir:
     stage, stage_config, host, batch = _stage_and_batch(config, workdir)
-    state = stage.init_state(None)
-    start = time.perf_counter()
-    with jax.set_mesh(stage.mesh):
-      compiled = stage.step_fn.jitted.lower(state, batch).compile()
-    compile_s = time.perf_counter() - start
-    memory = compiled.memory_analysis()
-    cost = compiled.cost_analysis()
-    cost = cost[0] if isinstance(cost, (list, tuple)) else cost
-    holder = {"state": state}
-
-    def jax_step():
-      holder["state"], metrics = stage.step_fn(holder["state"], batch)
-      return metrics
-
-    for _ in range(3):
-      jax.block_until_ready(jax_step())
-    timed = {"jax": [harness.median_time(jax_step, steps, jax.block_until_ready)]}
-    if compare_torch:
-      timed = _compare_rounds(stage, stage_config, host, batch, holder, jax_step, steps)
-  data = stage.data
-  arch = stage.setup.model.config
-  per_sample = flops.train_flops_per_sample(arch, trainable=_trainable(stage), num_frames=data.num_frames,
-                                            crop_size=data.crop_size, query_length=data.query_length,
-                                            target_length=data.target_length)
-  batch_size = stage_config.batch_size
-  seconds = statistics.median(timed["jax"])
-  result = {"config": spec, "dtype": stage_config.dtype, "batch": batch_size, "compile_s": compile_s,
-            "steps_per_s": 1 / seconds, "samples_per_s": batch_size / seconds, "gflop_per_sample": per_sample / 1e9,
-            "tflops": per_sample * batch_size / seconds / 1e12,
-            "xla_gflop_per_sample": (cost or {}).get("flops", float("nan")) / batch_size / 1e9,
-            "temp_mib": getattr(memory, "temp_size_in_bytes", 0) / 2**20,
-            "peak_host_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
-            "seconds": {k: statistics.median(v) for k, v in timed.items() if v}}
+    variants = {}
+    if "jax" in runtimes:
+      variants["jax"] = _jax_variant(stage, stage_config, batch, result)
+    torch_runtimes = [r for r in runtimes if r != "jax"]
+    if torch_runtimes:
+      variants.update(_torch_variants(stage, stage_config, host, torch_runtimes))
+    for fns in variants.values():  # compile every phase (the JAX step is warm already) outside the timed rounds
+      for phase in phases[1:] if fns is variants.get("jax") else phases:
+        jax.block_until_ready(fns[phase]())
+    timed = _timed_rounds(variants, phases, steps, _ROUNDS.value if len(variants) > 1 else 1)
+  result.update(batch=stage_config.batch_size, dtype=stage_config.dtype,
+                seconds={k: statistics.median(v) for k, v in timed.items()})
   return result
 
 
-def _compare_rounds(stage, stage_config, host, batch, holder, jax_step, steps) -> dict[str, list[float]]:
-  """JAX, torch eager and torch.compile in alternating rounds; seconds per call of each phase."""
+def _jax_variant(stage, stage_config, batch, result: dict) -> dict:
+  """The JAX step (compiled, warmed up) and its phases; its compile time, memory and FLOPs go in `result`."""
   import jax  # pylint: disable=g-import-not-at-top
+  from vljepa_jax.models import flops  # pylint: disable=g-import-not-at-top
+  holder = {"state": stage.init_state(None)}
+  start = time.perf_counter()
+  with jax.set_mesh(stage.mesh):
+    compiled = stage.step_fn.jitted.lower(holder["state"], batch).compile()
+  compile_s = time.perf_counter() - start
+  memory = compiled.memory_analysis()
+  cost = compiled.cost_analysis()
+  cost = cost[0] if isinstance(cost, (list, tuple)) else cost
+
+  def jax_step():  # as the trainer's loop runs it: on a CPU, each step finishes before the next is dispatched
+    holder["state"], metrics = stage.step_fn(holder["state"], batch)
+    return jax.block_until_ready(metrics) if stage.waits_for_each_step else metrics
+
+  for _ in range(3):
+    jax.block_until_ready(jax_step())
+  data = stage.data
+  per_sample = flops.train_flops_per_sample(stage.setup.model.config, trainable=_trainable(stage),
+                                            num_frames=data.num_frames, crop_size=data.crop_size,
+                                            query_length=data.query_length, target_length=data.target_length)
+  batch_size = stage_config.batch_size
+  result.update(compile_s=compile_s, gflop_per_sample=per_sample / 1e9,
+                xla_gflop_per_sample=(cost or {}).get("flops", float("nan")) / batch_size / 1e9,
+                temp_mib=getattr(memory, "temp_size_in_bytes", 0) / 2**20,
+                peak_host_mib=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
+  forward, forward_backward = stage.phase_fns()
+  # The step donates its state, so the phases read the current parameters at each call.
+  return {"step": jax_step, "forward": lambda: forward(holder["state"].params, batch),
+          "forward+backward": lambda: forward_backward(holder["state"].params, batch)}
+
+
+def _torch_variants(stage, stage_config, host, runtimes) -> dict[str, dict]:
+  """The PyTorch twin's step and phases, eager and/or compiled (`runtimes`), on the same pipeline batch."""
   import torch_reference  # pylint: disable=g-import-not-at-top
 
   twin = torch_reference.build(stage_config, arch=stage.setup.model.config)
@@ -231,14 +247,11 @@ def _compare_rounds(stage, stage_config, host, batch, holder, jax_step, steps) -
   print(f"  parameters (total, trainable): jax {jax_total}, torch {torch_total}; torch AdamW {twin.optimizer_kind}, "
         f"{twin.attn_implementation} attention", flush=True)
   torch_batch = twin.batch_from_numpy(host)
-  forward, forward_backward = stage.phase_fns()
-  # The step donates its state, so the phases read the current parameters at each call.
-  variants = {"jax": {"step": jax_step, "forward": lambda: forward(holder["state"].params, batch),
-                      "forward+backward": lambda: forward_backward(holder["state"].params, batch)}}
-  eager = {"step": lambda: twin.step(torch_batch), "forward": lambda: twin.forward_only(torch_batch),
-           "forward+backward": lambda: twin.forward_backward(torch_batch)}
-  variants["torch eager"] = eager
-  if _TORCH_COMPILE.value:
+  variants = {}
+  if "torch eager" in runtimes:
+    variants["torch eager"] = {"step": lambda: twin.step(torch_batch), "forward": lambda: twin.forward_only(torch_batch),
+                               "forward+backward": lambda: twin.forward_backward(torch_batch)}
+  if "torch compile" in runtimes:
     fast = twin.compiled()
     start = time.perf_counter()
     for fn in (fast.step, fast.forward_only):
@@ -247,20 +260,54 @@ def _compare_rounds(stage, stage_config, host, batch, holder, jax_step, steps) -
     variants["torch compile"] = {"step": lambda: fast.step(torch_batch),
                                  "forward": lambda: fast.forward_only(torch_batch),
                                  "forward+backward": lambda: fast.forward_backward(torch_batch)}
-  phases = ("step", "forward", "forward+backward") if _PHASES.value else ("step",)
-  for name, fns in variants.items():  # warm-up: compile every phase once, outside the timed rounds
-    for phase in phases:
-      jax.block_until_ready(fns[phase]())
+  return variants
+
+
+def _timed_rounds(variants: dict[str, dict], phases: tuple[str, ...], steps: int, rounds: int
+                  ) -> dict[str, list[float]]:
+  """Seconds per call of each variant's phases ("jax", "jax/forward", ...), timed in alternating rounds."""
+  import jax  # pylint: disable=g-import-not-at-top
   timed = {f"{name}/{phase}" if phase != "step" else name: [] for name in variants for phase in phases}
-  for _ in range(_ROUNDS.value):
+  for _ in range(rounds):
     for name, fns in variants.items():
       for phase in phases:
-        key = f"{name}/{phase}" if phase != "step" else name
-        # Both runtimes keep their worker threads spinning for a moment after a call (XLA's pool,
-        # torch's OpenMP team); a pause lets them sleep before the other side is timed.
-        time.sleep(_PAUSE_S)
-        timed[key].append(harness.median_time(fns[phase], steps, jax.block_until_ready))
+        if len(timed) > 1:
+          # Runtimes keep their worker threads spinning for a moment after a call (XLA's pool,
+          # torch's OpenMP team); a pause lets them sleep before the next variant is timed.
+          time.sleep(_PAUSE_S)
+        timed[f"{name}/{phase}" if phase != "step" else name].append(
+            harness.median_time(fns[phase], steps, jax.block_until_ready))
   return timed
+
+
+def _isolated(spec: str, devices: int, runtimes: tuple[str, ...]) -> dict:
+  """`time_config` with each runtime in a child process of its own, alternating in every round (medians)."""
+  passed = [arg for arg in sys.argv[1:] if not arg.startswith(("--configs", "--devices", "--isolate_runtimes"))]
+  names = {name: flag for flag, name in RUNTIMES.items()}
+  result, timed = {}, {}
+  for _ in range(_ROUNDS.value):
+    for runtime in runtimes:
+      out = subprocess.run([sys.executable, os.path.abspath(__file__), *passed, f"--configs={spec}",
+                            f"--devices={devices}", f"--child_runtime={names[runtime]}"],
+                           check=True, stdout=subprocess.PIPE, text=True).stdout.strip().splitlines()
+      for line in out[:-1]:  # what the child said besides its result: parameter counts, compilation
+        print(f"  [{runtime}] {line.strip()}", flush=True)
+      child = json.loads(out[-1])
+      for key, seconds in child.pop("seconds").items():
+        timed.setdefault(key, []).append(seconds)
+      if runtime == "jax":
+        result.setdefault("compile_s_rounds", []).append(child["compile_s"])
+        result.update(child)
+  result["compile_s"] = statistics.median(result.pop("compile_s_rounds"))
+  result["seconds"] = {key: statistics.median(v) for key, v in timed.items()}
+  return result
+
+
+def _with_rates(r: dict) -> dict:
+  """`r` with the JAX step's rates (steps/s, samples/s, TFLOP/s) filled in from its seconds."""
+  seconds = r["seconds"]["jax"]
+  return {**r, "steps_per_s": 1 / seconds, "samples_per_s": r["batch"] / seconds,
+          "tflops": r["gflop_per_sample"] * r["batch"] / seconds / 1e3}
 
 
 def aot_paper(num_devices: int, batch_size: int) -> None:
@@ -355,6 +402,9 @@ def main(argv):
     jax.config.update("jax_num_cpu_devices", devices)
   import jax  # pylint: disable=g-import-not-at-top
   sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # torch_reference
+  if _CHILD_RUNTIME.value:  # one round of one runtime, for a parent with --isolate_runtimes
+    print(json.dumps(time_config(_CONFIGS.value[0], _STEPS.value, (RUNTIMES[_CHILD_RUNTIME.value],))))
+    return
   print(harness.machine_line() + host_memory_note)
   if _AOT.value:
     aot_paper(devices, _AOT_BATCH.value)
@@ -377,8 +427,14 @@ def main(argv):
     header.append("MFU")
   header += ["XLA GFLOP/sample", "XLA temp MiB", "peak host MiB"]
   rows, ratios, phase_rows = [], [], []
+  runtimes = ("jax",)
+  if _COMPARE.value:
+    runtimes += ("torch eager", "torch compile") if _TORCH_COMPILE.value else ("torch eager",)
   for spec in _CONFIGS.value:
-    r = time_config(spec, _STEPS.value, compare_torch=_COMPARE.value)
+    if _COMPARE.value and _ISOLATE.value:
+      r = _with_rates(_isolated(spec, devices, runtimes))
+    else:
+      r = _with_rates(time_config(spec, _STEPS.value, runtimes))
     row = [r["config"], r["dtype"], r["batch"], f"{r['compile_s']:.1f}", f"{r['steps_per_s']:.2f}",
            f"{r['samples_per_s']:.1f}", f"{r['gflop_per_sample']:.2f}", f"{r['tflops']:.3f}"]
     if matmul:

@@ -110,6 +110,23 @@ def test_train_step_benchmark_compares_against_torch():
   assert len(ratio) == 1 and ratio[0].endswith("samples/s [eager])"), out
 
 
+def test_train_step_benchmark_isolates_runtimes_in_child_processes():
+  """--isolate_runtimes: each runtime is timed in its own child process; the parent prints the same tables."""
+  proc = _run([sys.executable, "benchmarks/train_step.py", f"--configs={TINY}", "--compare_torch", "--torch_compile=false",
+               "--isolate_runtimes", "--rounds=2", "--steps=1", "--matmul_size=0", "--batch_size=4", "--dtype=float32"])
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  out = proc.stdout.splitlines()
+  # The twin is built only in the torch children, once per round; the JAX children never build it.
+  assert sum(line.startswith("  [torch eager] parameters (total, trainable): jax (") for line in out) == 2, out
+  assert not any(line.startswith("  [jax]") for line in out), out
+  rows = [line.split(" | ") for line in out if line.startswith(f"| {TINY} |")]
+  assert rows[0][1:3] == ["float32", "4"] and float(rows[0][3]) > 0, rows  # the JAX child's batch and compile time
+  assert [r[1] for r in rows[1:]] == ["jax", "torch eager"], rows
+  assert all(cell.strip() != "-" for r in rows[1:] for cell in r[2:5]), rows  # every phase timed on both sides
+  ratio = [line for line in out if line.startswith(f"ratio {TINY}: ")]
+  assert len(ratio) == 1 and ratio[0].endswith("samples/s [eager])"), out
+
+
 def test_accelerator_suite_writes_one_report(tmp_path):
   """The suite's plumbing on CPU at toy sizes: three parts, one markdown report, exit 0."""
   report = tmp_path / "report.md"

@@ -19,6 +19,7 @@ import sys
 import time
 
 import jax
+import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import pytest
@@ -267,6 +268,41 @@ def test_compiles_the_train_step_once(tmp_path):
           for k in trainer.train_step_lib.MODEL_INPUTS}
   with jax.set_mesh(mesh), pytest.raises(AssertionError, match="traced > 1 times"):
     jax.eval_shape(stage.step_fn.jitted, stage.abstract_state, half)
+
+
+def test_on_a_cpu_each_step_finishes_before_the_next_is_dispatched(tmp_path):
+  """XLA:CPU frees a step's temporaries only after the next queued step took its own: the loop waits on a CPU."""
+  config = tiny_train_config.get_config()
+  with config.unlocked():
+    config.total_steps = 6
+    config.log_every = config.checkpoint_every = 6  # neither waits for the steps in between
+  setup = trainer.model_setup.build(config, str(tmp_path))
+  mesh = trainer.sharding.make_mesh({"data": -1, "fsdp": 1, "tensor": 1})
+  stage = trainer.Stage(stages.resolve(config)[0][1], "train", setup, mesh, str(tmp_path / "train"))
+  assert stage.waits_for_each_step
+  # The tiny step can finish before its call returns; its metrics are passed through ~0.1 s of
+  # asynchronously dispatched work, so a loop that did not wait would find them still pending.
+  seed = jnp.full((512, 512), 0.01)
+
+  @jax.jit
+  def later(metrics):
+    x = seed
+    for _ in range(20):
+      x = jnp.tanh(x @ x)
+    return jax.tree.map(lambda m: m + 0 * x[0, 0].astype(m.dtype), metrics)
+
+  step_fn, previous, ready_at_next_call = stage.step_fn, [], []
+
+  def slowed(state, batch):
+    if previous:
+      ready_at_next_call.append(all(m.is_ready() for m in jax.tree.leaves(previous[-1])))
+    state, metrics = step_fn(state, batch)
+    previous.append(later(metrics))
+    return state, previous[-1]
+
+  stage.step_fn = slowed
+  stage.train()
+  assert ready_at_next_call == [True] * 5
 
 
 def test_two_processes_give_the_losses_of_one(reference, tmp_path):

@@ -15,10 +15,11 @@ What. Three `mallopt` settings, the in-process equivalent of `MALLOC_MMAP_MAX_=0
 MALLOC_TRIM_THRESHOLD_=-1 MALLOC_ARENA_MAX=1`: serve large blocks from the heap (no mmap), never
 give freed heap memory back (no trim), and one arena, because a thread's own arena (a heap of at
 most 64 MiB) maps any larger block regardless. The process keeps its peak host memory for its
-life. That peak is reached within the first steps, not the first one: a call's block is freed
-after the next call has taken its own, so the heap grows until it holds two calls' temporaries,
-then stays (a program with 136 MiB of temporaries, 60 calls: 329-735 MiB of heap; 1-4 calls
-faulted, all among the first 15).
+life. That peak is reached within the first steps, not the first one: when calls are queued
+ahead, a call's block is freed after the next call has taken its own, so the heap grows until it
+holds two calls' temporaries, then stays (a program with 136 MiB of temporaries, 60 calls:
+329-735 MiB of heap; 1-4 calls faulted, all among the first 15). The trainer therefore waits for
+each step on a CPU (`trainer.waits_for_each_step`), which keeps the heap at one step's.
 
 When. Before the JAX backend starts: its worker threads pick their arena on their first
 allocation, so `retain_freed_memory` must run before anything initialises a backend (it says so

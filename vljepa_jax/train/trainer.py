@@ -138,6 +138,19 @@ def frozen_x_encoder_rules(rules: Sequence[tuple[str, float]], abstract_params: 
   return (frozen_rule,) + tuple((p, m) for p, m in rules if p != frozen_rule[0])
 
 
+def waits_for_each_step(mesh: jax.sharding.Mesh) -> bool:
+  """Whether the loop waits for each step to finish before it dispatches the next: on CPU devices.
+
+  XLA:CPU frees a step's temporaries only after the step queued behind it has allocated its own,
+  so a loop that runs ahead holds two steps' temporaries: `configs/small.py` in float32 at batch 32
+  (8.9 GiB of temporaries) held 19.3 GiB of host memory instead of 10.7, and the step that first
+  grew the heap took 21 s instead of 15 s (1.1 M page faults). On a CPU, running ahead buys
+  nothing, because the dispatching thread shares the cores that run the step: the demo's step took
+  278-300 ms either way (`benchmarks/README.md`, "Fifth pass"). Accelerators keep running ahead.
+  """
+  return all(device.platform == "cpu" for device in mesh.devices.flat)
+
+
 class Stage:
   """One stage's model, optimizer, shardings and compiled step; `train()` runs its loop."""
 
@@ -172,6 +185,7 @@ class Stage:
                                           rules=self.rules, frozen=frozen)
     self.step_fn = train_step_lib.jit_train_step(step, mesh=mesh, state_shardings=self.state_shardings,
                                                  batch_shardings=self.batch_sharding)
+    self.waits_for_each_step = waits_for_each_step(mesh)
 
   def phase_fns(self):
     """`(forward, forward_backward)`: the objective's loss on the whole batch alone and with its gradients, jitted.
@@ -297,6 +311,8 @@ class Stage:
           batch = next(iterator)
           inputs = global_batch.to_global_batch(train_step_lib.batch_inputs(batch), self.mesh)
           state, metrics = self.step_fn(state, inputs)
+          if self.waits_for_each_step:
+            jax.block_until_ready(metrics)
           done = step + 1
           if done % log_every == 0 or done == total:
             metrics = jax.block_until_ready(metrics)  # the window's time must include its compute
