@@ -138,17 +138,27 @@ def frozen_x_encoder_rules(rules: Sequence[tuple[str, float]], abstract_params: 
   return (frozen_rule,) + tuple((p, m) for p, m in rules if p != frozen_rule[0])
 
 
-def waits_for_each_step(mesh: jax.sharding.Mesh) -> bool:
-  """Whether the loop waits for each step to finish before it dispatches the next: on CPU devices.
+# A CPU step with at least this much temporary memory is waited for before the next is dispatched.
+WAIT_TEMP_BYTES = 2**30
 
-  XLA:CPU frees a step's temporaries only after the step queued behind it has allocated its own,
-  so a loop that runs ahead holds two steps' temporaries: `configs/small.py` in float32 at batch 32
-  (8.9 GiB of temporaries) held 19.3 GiB of host memory instead of 10.7, and the step that first
-  grew the heap took 21 s instead of 15 s (1.1 M page faults). On a CPU, running ahead buys
-  nothing, because the dispatching thread shares the cores that run the step: the demo's step took
-  278-300 ms either way (`benchmarks/README.md`, "Fifth pass"). Accelerators keep running ahead.
+
+def waits_for_each_step(mesh: jax.sharding.Mesh, compiled_step: Any) -> bool:
+  """Whether the loop waits for each step to finish before dispatching the next: on CPU devices, for
+  a step with at least `WAIT_TEMP_BYTES` of temporaries (`compiled_step`: its compiled executable).
+
+  XLA:CPU starts a queued step as soon as the running one's outputs are ready, before the running
+  one has freed its temporaries, so a loop that runs ahead holds two steps' temporaries:
+  `configs/small.py` in float32 at batch 32 (8.9 GiB of them) held 19.3 GiB of host memory
+  instead of 10.7, and the step that first grew the heap took 21 s instead of 15 s (1.1 M page
+  faults). Waiting costs the overlap of the next dispatch with the step: the demo's video step
+  (242 MiB of temporaries) took 307 ms waited for against 294 ms run ahead. A step with a GiB of
+  temporaries runs for seconds on a CPU, where that overlap is under 1% and the memory is not
+  (`benchmarks/README.md`, "Fifth pass"). Accelerators keep running ahead.
   """
-  return all(device.platform == "cpu" for device in mesh.devices.flat)
+  if not all(device.platform == "cpu" for device in mesh.devices.flat):
+    return False
+  memory = compiled_step.memory_analysis()
+  return (getattr(memory, "temp_size_in_bytes", 0) or 0) >= WAIT_TEMP_BYTES
 
 
 class Stage:
@@ -185,7 +195,6 @@ class Stage:
                                           rules=self.rules, frozen=frozen)
     self.step_fn = train_step_lib.jit_train_step(step, mesh=mesh, state_shardings=self.state_shardings,
                                                  batch_shardings=self.batch_sharding)
-    self.waits_for_each_step = waits_for_each_step(mesh)
 
   def phase_fns(self):
     """`(forward, forward_backward)`: the objective's loss on the whole batch alone and with its gradients, jitted.
@@ -307,11 +316,14 @@ class Stage:
       meta = {"stage": self.name, "total_steps": total}
       with _SigtermFlag() as sigterm:
         window_start, window_step = time.time(), start
+        wait = None  # decided at the first step, from the compiled step
         for step in range(start, total):
           batch = next(iterator)
           inputs = global_batch.to_global_batch(train_step_lib.batch_inputs(batch), self.mesh)
+          if wait is None:
+            wait = self._waits_for_each_step(state, inputs)
           state, metrics = self.step_fn(state, inputs)
-          if self.waits_for_each_step:
+          if wait:
             jax.block_until_ready(metrics)
           done = step + 1
           if done % log_every == 0 or done == total:
@@ -337,6 +349,16 @@ class Stage:
       ckpt.wait()
       logger.close()
     return state.params
+
+  def _waits_for_each_step(self, state: Any, inputs: Any) -> bool:
+    with jax.set_mesh(self.mesh):
+      compiled = self.step_fn.jitted.lower(state, inputs).compile()  # the step's own compilation: the call reuses it
+    wait = waits_for_each_step(self.mesh, compiled)
+    if wait:
+      logging.info("[%s] %.1f GiB of temporaries per step on CPU devices: each step finishes before the next is "
+                   "dispatched (trainer.waits_for_each_step)", self.name,
+                   compiled.memory_analysis().temp_size_in_bytes / 2**30)
+    return wait
 
   def _describe(self, start: int) -> str:
     counts = ", ".join(f"{label} {n:,}" for label, n in self.groups.items())
