@@ -19,7 +19,8 @@ life. That peak is reached within the first steps, not the first one: when calls
 ahead, a call's block is freed after the next call has taken its own, so the heap grows until it
 holds two calls' temporaries, then stays (a program with 136 MiB of temporaries, 60 calls:
 329-735 MiB of heap; 1-4 calls faulted, all among the first 15). The trainer therefore waits for
-each step on a CPU (`trainer.waits_for_each_step`), which keeps the heap at one step's.
+each step whose temporaries are large (`trainer.waits_for_each_step`), keeping the heap at one
+step's.
 
 When. Before the JAX backend starts: its worker threads pick their arena on their first
 allocation, so `retain_freed_memory` must run before anything initialises a backend (it says so
