@@ -50,13 +50,12 @@ def main(argv):
     return
   from vljepa_jax import cpu_devices  # pylint: disable=g-import-not-at-top
   count = flags.FLAGS.devices or cpu_devices.available_cores()
-  passed = [arg for arg in sys.argv[1:] if not arg.startswith(("--configs", "--devices"))]
   for spec in flags.FLAGS.configs:
     rounds = {1: [], count: []}
     for _ in range(flags.FLAGS.rounds):
       for devices, results in rounds.items():
-        out = subprocess.run([sys.executable, os.path.abspath(__file__), *passed, f"--configs={spec}",
-                              f"--child_devices={devices}"], check=True, capture_output=True, text=True).stdout
+        command = train_step_benchmark.child_command(__file__, f"--configs={spec}", f"--child_devices={devices}")
+        out = subprocess.run(command, check=True, capture_output=True, text=True).stdout
         results.append(json.loads(out.strip().splitlines()[-1]))
     if spec == flags.FLAGS.configs[0]:
       print(rounds[count][0]["machine"].replace(f"x {count},", f"x 1 and x {count},"))

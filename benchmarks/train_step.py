@@ -102,6 +102,13 @@ def _stage_and_batch(config, workdir):
   return stage, stage_config, host, global_batch.to_global_batch(host, stage.mesh)
 
 
+def child_command(script: str, *flags_: str, dropped: tuple[str, ...] = ()) -> list[str]:
+  """The command line that runs `script` again with this command line's flags, except `--configs`,
+  `--devices` and `dropped`, which `flags_` replace or leave out."""
+  passed = [arg for arg in sys.argv[1:] if not arg.startswith(("--configs", "--devices") + dropped)]
+  return [sys.executable, os.path.abspath(script), *passed, *flags_]
+
+
 def warm_step(config, workdir):
   """The config's last-stage train step, compiled and run three times: (step(), compile seconds, stage config).
 
@@ -216,11 +223,10 @@ def _jax_variant(stage, stage_config, batch, result: dict) -> dict:
   with jax.set_mesh(stage.mesh):
     compiled = stage.step_fn.jitted.lower(holder["state"], batch).compile()
   compile_s = time.perf_counter() - start
-  memory = compiled.memory_analysis()
+  temp_bytes = getattr(compiled.memory_analysis(), "temp_size_in_bytes", 0) or 0
   cost = compiled.cost_analysis()
   cost = cost[0] if isinstance(cost, (list, tuple)) else cost
-
-  waits = trainer.waits_for_each_step(stage.mesh, compiled)
+  waits = trainer.waits_for_each_step(stage.mesh, temp_bytes)
 
   def jax_step():  # as the trainer's loop runs it (a big step on a CPU finishes before the next is dispatched)
     holder["state"], metrics = stage.step_fn(holder["state"], batch)
@@ -235,7 +241,7 @@ def _jax_variant(stage, stage_config, batch, result: dict) -> dict:
   batch_size = stage_config.batch_size
   result.update(compile_s=compile_s, gflop_per_sample=per_sample / 1e9,
                 xla_gflop_per_sample=(cost or {}).get("flops", float("nan")) / batch_size / 1e9,
-                temp_mib=getattr(memory, "temp_size_in_bytes", 0) / 2**20,
+                temp_mib=temp_bytes / 2**20,
                 peak_host_mib=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
   forward, forward_backward = stage.phase_fns()
   # The step donates its state, so the phases read the current parameters at each call.
@@ -287,23 +293,22 @@ def _timed_rounds(variants: dict[str, dict], phases: tuple[str, ...], steps: int
 
 def _isolated(spec: str, devices: int, runtimes: tuple[str, ...]) -> dict:
   """`time_config` with each runtime in a child process of its own, alternating in every round (medians)."""
-  passed = [arg for arg in sys.argv[1:] if not arg.startswith(("--configs", "--devices", "--isolate_runtimes"))]
   names = {name: flag for flag, name in RUNTIMES.items()}
-  result, timed = {}, {}
+  result, timed, compile_s = {}, {}, []
   for _ in range(_ROUNDS.value):
     for runtime in runtimes:
-      out = subprocess.run([sys.executable, os.path.abspath(__file__), *passed, f"--configs={spec}",
-                            f"--devices={devices}", f"--child_runtime={names[runtime]}"],
-                           check=True, stdout=subprocess.PIPE, text=True).stdout.strip().splitlines()
+      command = child_command(__file__, f"--configs={spec}", f"--devices={devices}",
+                              f"--child_runtime={names[runtime]}", dropped=("--isolate_runtimes",))
+      out = subprocess.run(command, check=True, stdout=subprocess.PIPE, text=True).stdout.strip().splitlines()
       for line in out[:-1]:  # what the child said besides its result: parameter counts, compilation
         print(f"  [{runtime}] {line.strip()}", flush=True)
       child = json.loads(out[-1])
       for key, seconds in child.pop("seconds").items():
         timed.setdefault(key, []).append(seconds)
       if runtime == "jax":
-        result.setdefault("compile_s_rounds", []).append(child["compile_s"])
+        compile_s.append(child["compile_s"])
         result.update(child)
-  result["compile_s"] = statistics.median(result.pop("compile_s_rounds"))
+  result["compile_s"] = statistics.median(compile_s)
   result["seconds"] = {key: statistics.median(v) for key, v in timed.items()}
   return result
 
@@ -395,11 +400,9 @@ def main(argv):
   else:
     groups = _config_device_counts()
     if len(groups) > 1:
-      passed = [arg for arg in sys.argv[1:] if not arg.startswith(("--configs", "--devices"))]
       for count, specs in groups.items():
         print(f"--- {count} CPU device(s): {', '.join(specs)} (a child process)", flush=True)
-        subprocess.run([sys.executable, os.path.abspath(__file__), *passed, f"--configs={','.join(specs)}",
-                        f"--devices={count}"], check=True)
+        subprocess.run(child_command(__file__, f"--configs={','.join(specs)}", f"--devices={count}"), check=True)
       return
     devices = next(iter(groups)) or 1
   if devices > 1:

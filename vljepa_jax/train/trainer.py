@@ -142,9 +142,13 @@ def frozen_x_encoder_rules(rules: Sequence[tuple[str, float]], abstract_params: 
 WAIT_TEMP_BYTES = 2**30
 
 
-def waits_for_each_step(mesh: jax.sharding.Mesh, compiled_step: Any) -> bool:
+def on_cpu(mesh: jax.sharding.Mesh) -> bool:
+  return all(device.platform == "cpu" for device in mesh.devices.flat)
+
+
+def waits_for_each_step(mesh: jax.sharding.Mesh, temp_bytes: int) -> bool:
   """Whether the loop waits for each step to finish before dispatching the next: on CPU devices, for
-  a step with at least `WAIT_TEMP_BYTES` of temporaries (`compiled_step`: its compiled executable).
+  a step with at least `WAIT_TEMP_BYTES` of temporaries (`temp_bytes`, from its compiled executable).
 
   XLA:CPU starts a queued step as soon as the running one's outputs are ready, before the running
   one has freed its temporaries, so a loop that runs ahead holds two steps' temporaries:
@@ -155,10 +159,7 @@ def waits_for_each_step(mesh: jax.sharding.Mesh, compiled_step: Any) -> bool:
   temporaries runs for seconds on a CPU, where that overlap is under 1% and the memory is not
   (`benchmarks/README.md`, "Fifth pass"). Accelerators keep running ahead.
   """
-  if not all(device.platform == "cpu" for device in mesh.devices.flat):
-    return False
-  memory = compiled_step.memory_analysis()
-  return (getattr(memory, "temp_size_in_bytes", 0) or 0) >= WAIT_TEMP_BYTES
+  return on_cpu(mesh) and temp_bytes >= WAIT_TEMP_BYTES
 
 
 class Stage:
@@ -351,13 +352,15 @@ class Stage:
     return state.params
 
   def _waits_for_each_step(self, state: Any, inputs: Any) -> bool:
+    if not on_cpu(self.mesh):  # accelerators always run ahead: no need to look at the step
+      return False
     with jax.set_mesh(self.mesh):
       compiled = self.step_fn.jitted.lower(state, inputs).compile()  # the step's own compilation: the call reuses it
-    wait = waits_for_each_step(self.mesh, compiled)
+    temp_bytes = getattr(compiled.memory_analysis(), "temp_size_in_bytes", 0) or 0
+    wait = waits_for_each_step(self.mesh, temp_bytes)
     if wait:
       logging.info("[%s] %.1f GiB of temporaries per step on CPU devices: each step finishes before the next is "
-                   "dispatched (trainer.waits_for_each_step)", self.name,
-                   compiled.memory_analysis().temp_size_in_bytes / 2**30)
+                   "dispatched (trainer.waits_for_each_step)", self.name, temp_bytes / 2**30)
     return wait
 
   def _describe(self, start: int) -> str:
