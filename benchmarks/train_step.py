@@ -226,11 +226,11 @@ def _jax_variant(stage, stage_config, batch, result: dict) -> dict:
   temp_bytes = getattr(compiled.memory_analysis(), "temp_size_in_bytes", 0) or 0
   cost = compiled.cost_analysis()
   cost = cost[0] if isinstance(cost, (list, tuple)) else cost
-  waits = trainer.waits_for_each_step(stage.mesh, temp_bytes)
+  wait_temp_bytes = temp_bytes if trainer.waits_for_each_step(stage.mesh, temp_bytes) else 0
 
-  def jax_step():  # as the trainer's loop runs it (a big step on a CPU finishes before the next is dispatched)
-    holder["state"], metrics = stage.step_fn(holder["state"], batch)
-    return jax.block_until_ready(metrics) if waits else metrics
+  def jax_step():  # as the trainer's loop runs it (a big step on a CPU finishes, and frees, before the next)
+    holder["state"], metrics = trainer.run_step(stage.step_fn, holder["state"], batch, wait_temp_bytes)
+    return metrics
 
   for _ in range(3):
     jax.block_until_ready(jax_step())

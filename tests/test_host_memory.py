@@ -1,8 +1,11 @@
 """`host_memory`: with 'retain', an XLA:CPU step stops page-faulting its temporaries in on every call."""
+import ctypes
 import os
 import subprocess
 import sys
 import textwrap
+import threading
+import time
 
 import pytest
 
@@ -69,3 +72,33 @@ def test_after_backend_start_nothing_is_changed_and_bad_modes_fail():
   assert not host_memory.retain_freed_memory("system")
   with pytest.raises(ValueError, match="expected one of"):
     host_memory.retain_freed_memory("keep")
+
+
+_GLIBC_HEAP = pytest.mark.skipif(host_memory.heap_in_use() is None, reason="mallinfo2 is glibc's (2.33+)")
+
+
+@_GLIBC_HEAP
+def test_wait_until_released_waits_for_a_block_freed_on_another_thread():
+  libc = ctypes.CDLL(None)
+  libc.malloc.restype, libc.malloc.argtypes, libc.free.argtypes = ctypes.c_void_p, [ctypes.c_size_t], [ctypes.c_void_p]
+  size = 256 * 2**20
+  before = host_memory.heap_in_use()
+  block = libc.malloc(size)
+  assert block and host_memory.heap_in_use() - before >= size  # glibc's own accounting sees the block
+  freer = threading.Timer(0.3, libc.free, (block,))
+  start = time.monotonic()
+  freer.start()
+  assert host_memory.wait_until_released(before, size, timeout_s=10.0)
+  assert time.monotonic() - start >= 0.25  # it waited for the free, not less
+  freer.join()
+
+  before = host_memory.heap_in_use()
+  block = libc.malloc(size)
+  try:  # never freed in time: it gives up after the timeout
+    start = time.monotonic()
+    assert not host_memory.wait_until_released(before, size, timeout_s=0.2)
+    assert 0.2 <= time.monotonic() - start < 5.0
+  finally:
+    libc.free(block)
+  assert host_memory.wait_until_released(None, size)  # no heap to read: nothing to wait for
+

@@ -305,8 +305,17 @@ def test_on_a_cpu_a_big_step_finishes_before_the_next_is_dispatched(tmp_path, mo
 
   slowed.jitted = step_fn.jitted  # what the trainer compiles to read the step's temporaries
   stage.step_fn = slowed
+  # The loop also waits for each waited-for step's temporaries to be back in the heap.
+  temp_bytes, released = [], []
+  waits_for_each_step, wait_until_released = trainer.waits_for_each_step, trainer.host_memory.wait_until_released
+  monkeypatch.setattr(trainer, "waits_for_each_step", lambda mesh, nbytes: temp_bytes.append(nbytes) or
+                      waits_for_each_step(mesh, nbytes))
+  monkeypatch.setattr(trainer.host_memory, "wait_until_released",
+                      lambda *args: released.append(args[1]) or wait_until_released(*args))
   stage.train()
   assert ready_at_next_call == [True] * 5 if big_step else not all(ready_at_next_call), ready_at_next_call
+  assert len(temp_bytes) == 1 and temp_bytes[0] > 0, temp_bytes
+  assert released == ([temp_bytes[0]] * 6 if big_step else []), (released, temp_bytes)
 
 
 def test_two_processes_give_the_losses_of_one(reference, tmp_path):

@@ -22,6 +22,13 @@ holds two calls' temporaries, then stays (a program with 136 MiB of temporaries,
 each step whose temporaries are large (`trainer.waits_for_each_step`), keeping the heap at one
 step's.
 
+Waiting for a call's outputs is not enough for that: XLA:CPU marks the outputs ready on its worker
+thread and frees the temporaries just after, so a call dispatched as soon as the outputs are ready
+can take its own block before the last one is back, and the heap grows by a block. With 528 MiB of
+temporaries and each call dispatched right after its outputs were ready, the heap grew to 2.5 GiB
+within 7 calls; waiting also for the release (`wait_until_released`, which reads glibc's heap
+accounting) kept it at 0.9 GiB over 40 calls (`benchmarks/README.md`, "Sixth pass").
+
 When. Before the JAX backend starts: its worker threads pick their arena on their first
 allocation, so `retain_freed_memory` must run before anything initialises a backend (it says so
 and does nothing otherwise). "auto" applies it to CPU-only processes, decided without starting a
@@ -35,15 +42,23 @@ from __future__ import annotations
 import ctypes
 import importlib.metadata
 import importlib.util
+import time
 
 from absl import logging
 
 MODES = ("auto", "retain", "system")
+RELEASE_TIMEOUT_S = 1.0  # the release follows the outputs by microseconds; this only bounds a stall
 
 # <malloc.h> parameter numbers (stable glibc ABI).
 _M_TRIM_THRESHOLD = -1
 _M_MMAP_MAX = -4
 _M_ARENA_MAX = -8
+
+
+class _MallInfo2(ctypes.Structure):
+  """glibc's `struct mallinfo2` (2.33+): byte counts of the heap."""
+  _fields_ = [(name, ctypes.c_size_t) for name in (
+      "arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks", "fsmblks", "uordblks", "fordblks", "keepcost")]
 
 
 def _glibc() -> ctypes.CDLL | None:
@@ -102,3 +117,36 @@ def retain_freed_memory(mode: str = "auto") -> bool:
   if not ok:
     logging.warning("host memory: glibc rejected a mallopt setting; the allocator may be partly configured")
   return ok
+
+
+def heap_in_use() -> int | None:
+  """Bytes the C heap has handed out and not taken back (glibc's `mallinfo2`: heap plus mmapped
+  blocks), or None where that cannot be read (another C library, or glibc before 2.33)."""
+  libc = _glibc()
+  if libc is None or not hasattr(libc, "mallinfo2"):
+    return None
+  libc.mallinfo2.restype = _MallInfo2
+  info = libc.mallinfo2()
+  return info.uordblks + info.hblkhd
+
+
+def wait_until_released(in_use_before: int | None, temp_bytes: int, timeout_s: float = RELEASE_TIMEOUT_S) -> bool:
+  """Waits until a finished call's temporaries are back in the heap; returns whether they were in time.
+
+  `in_use_before`: `heap_in_use()` just before the call was dispatched; `temp_bytes`: the call's
+  temporaries (its executable's `memory_analysis().temp_size_in_bytes`). The block counts as back
+  once less than half of it is still handed out beyond `in_use_before`: other threads (the input
+  pipeline) allocate far less than that in the microseconds between the outputs and the release.
+  Returns True at once where the heap cannot be read.
+  """
+  if in_use_before is None:
+    return True
+  limit = in_use_before + temp_bytes // 2
+  deadline = time.monotonic() + timeout_s
+  while True:
+    in_use = heap_in_use()
+    if in_use is None or in_use < limit:
+      return True
+    if time.monotonic() >= deadline:
+      return False
+    time.sleep(1e-4)

@@ -31,6 +31,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
+from vljepa_jax import host_memory
 from vljepa_jax.data import global_batch
 from vljepa_jax.data import pipeline
 from vljepa_jax.eval import results as results_lib
@@ -160,6 +161,26 @@ def waits_for_each_step(mesh: jax.sharding.Mesh, temp_bytes: int) -> bool:
   (`benchmarks/README.md`, "Fifth pass"). Accelerators keep running ahead.
   """
   return on_cpu(mesh) and temp_bytes >= WAIT_TEMP_BYTES
+
+
+def run_step(step_fn: Any, state: Any, inputs: Any, wait_temp_bytes: int = 0) -> tuple[Any, Any]:
+  """One step of the training loop: `step_fn(state, inputs)`.
+
+  With `wait_temp_bytes` (the step's temporaries, for a step `waits_for_each_step` says to wait
+  for), returns only once the step has finished and its temporaries are back in the host heap:
+  XLA:CPU frees them just after the outputs are ready, and a step dispatched in between would take
+  a second block (`host_memory.wait_until_released`). Otherwise returns at once (the step runs
+  ahead asynchronously).
+  """
+  if not wait_temp_bytes:
+    return step_fn(state, inputs)
+  in_use = host_memory.heap_in_use()
+  state, metrics = step_fn(state, inputs)
+  jax.block_until_ready(metrics)
+  if not host_memory.wait_until_released(in_use, wait_temp_bytes):
+    logging.warning("the step's %.1f GiB of temporaries were not back in the heap %.1f s after it finished; the next "
+                    "step goes ahead", wait_temp_bytes / 2**30, host_memory.RELEASE_TIMEOUT_S)
+  return state, metrics
 
 
 class Stage:
@@ -323,9 +344,7 @@ class Stage:
           inputs = global_batch.to_global_batch(train_step_lib.batch_inputs(batch), self.mesh)
           if wait is None:
             wait = self._waits_for_each_step(state, inputs)
-          state, metrics = self.step_fn(state, inputs)
-          if wait:
-            jax.block_until_ready(metrics)
+          state, metrics = run_step(self.step_fn, state, inputs, wait)
           done = step + 1
           if done % log_every == 0 or done == total:
             metrics = jax.block_until_ready(metrics)  # the window's time must include its compute
@@ -351,17 +370,18 @@ class Stage:
       logger.close()
     return state.params
 
-  def _waits_for_each_step(self, state: Any, inputs: Any) -> bool:
+  def _waits_for_each_step(self, state: Any, inputs: Any) -> int:
+    """`run_step`'s `wait_temp_bytes` for this stage's step: its temporaries if the loop waits for it, else 0."""
     if not on_cpu(self.mesh):  # accelerators always run ahead: no need to look at the step
-      return False
+      return 0
     with jax.set_mesh(self.mesh):
       compiled = self.step_fn.jitted.lower(state, inputs).compile()  # the step's own compilation: the call reuses it
     temp_bytes = getattr(compiled.memory_analysis(), "temp_size_in_bytes", 0) or 0
-    wait = waits_for_each_step(self.mesh, temp_bytes)
-    if wait:
-      logging.info("[%s] %.1f GiB of temporaries per step on CPU devices: each step finishes before the next is "
-                   "dispatched (trainer.waits_for_each_step)", self.name, temp_bytes / 2**30)
-    return wait
+    if not waits_for_each_step(self.mesh, temp_bytes):
+      return 0
+    logging.info("[%s] %.1f GiB of temporaries per step on CPU devices: each step finishes, and frees them, before "
+                 "the next is dispatched (trainer.waits_for_each_step)", self.name, temp_bytes / 2**30)
+    return max(temp_bytes, 1)
 
   def _describe(self, start: int) -> str:
     counts = ", ".join(f"{label} {n:,}" for label, n in self.groups.items())
