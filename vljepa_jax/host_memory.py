@@ -25,9 +25,9 @@ step's.
 Waiting for a call's outputs is not enough for that: XLA:CPU marks the outputs ready on its worker
 thread and frees the temporaries just after, so a call dispatched as soon as the outputs are ready
 can take its own block before the last one is back, and the heap grows by a block. With 528 MiB of
-temporaries and each call dispatched right after its outputs were ready, the heap grew to 2.5 GiB
+temporaries and each call dispatched right after its outputs were ready, the heap grew to 2.4 GiB
 within 7 calls; waiting also for the release (`wait_until_released`, which reads glibc's heap
-accounting) kept it at 0.9 GiB over 40 calls (`benchmarks/README.md`, "Sixth pass").
+accounting) kept it at 1.0 GiB over 40 calls (`benchmarks/README.md`, "Sixth pass").
 
 When. Before the JAX backend starts: its worker threads pick their arena on their first
 allocation, so `retain_freed_memory` must run before anything initialises a backend (it says so
