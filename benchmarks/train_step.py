@@ -226,7 +226,7 @@ def _jax_variant(stage, stage_config, batch, result: dict) -> dict:
   temp_bytes = getattr(compiled.memory_analysis(), "temp_size_in_bytes", 0) or 0
   cost = compiled.cost_analysis()
   cost = cost[0] if isinstance(cost, (list, tuple)) else cost
-  wait_temp_bytes = temp_bytes if trainer.waits_for_each_step(stage.mesh, temp_bytes) else 0
+  wait_temp_bytes = trainer.wait_temp_bytes(stage.mesh, temp_bytes)
 
   def jax_step():  # as the trainer's loop runs it (a big step on a CPU finishes, and frees, before the next)
     holder["state"], metrics = trainer.run_step(stage.step_fn, holder["state"], batch, wait_temp_bytes)

@@ -101,4 +101,3 @@ def test_wait_until_released_waits_for_a_block_freed_on_another_thread():
   finally:
     libc.free(block)
   assert host_memory.wait_until_released(None, size)  # no heap to read: nothing to wait for
-

@@ -163,6 +163,12 @@ def waits_for_each_step(mesh: jax.sharding.Mesh, temp_bytes: int) -> bool:
   return on_cpu(mesh) and temp_bytes >= WAIT_TEMP_BYTES
 
 
+def wait_temp_bytes(mesh: jax.sharding.Mesh, temp_bytes: int) -> int:
+  """`run_step`'s `wait_temp_bytes` for a step with `temp_bytes` of temporaries: positive where the loop
+  waits for it (`waits_for_each_step`), else 0."""
+  return max(temp_bytes, 1) if waits_for_each_step(mesh, temp_bytes) else 0
+
+
 def run_step(step_fn: Any, state: Any, inputs: Any, wait_temp_bytes: int = 0) -> tuple[Any, Any]:
   """One step of the training loop: `step_fn(state, inputs)`.
 
@@ -377,11 +383,11 @@ class Stage:
     with jax.set_mesh(self.mesh):
       compiled = self.step_fn.jitted.lower(state, inputs).compile()  # the step's own compilation: the call reuses it
     temp_bytes = getattr(compiled.memory_analysis(), "temp_size_in_bytes", 0) or 0
-    if not waits_for_each_step(self.mesh, temp_bytes):
-      return 0
-    logging.info("[%s] %.1f GiB of temporaries per step on CPU devices: each step finishes, and frees them, before "
-                 "the next is dispatched (trainer.waits_for_each_step)", self.name, temp_bytes / 2**30)
-    return max(temp_bytes, 1)
+    wait = wait_temp_bytes(self.mesh, temp_bytes)
+    if wait:
+      logging.info("[%s] %.1f GiB of temporaries per step on CPU devices: each step finishes, and frees them, "
+                   "before the next is dispatched (trainer.waits_for_each_step)", self.name, temp_bytes / 2**30)
+    return wait
 
   def _describe(self, start: int) -> str:
     counts = ", ".join(f"{label} {n:,}" for label, n in self.groups.items())
