@@ -223,7 +223,7 @@ def _jax_variant(stage, stage_config, batch, result: dict) -> dict:
   with jax.set_mesh(stage.mesh):
     compiled = stage.step_fn.jitted.lower(holder["state"], batch).compile()
   compile_s = time.perf_counter() - start
-  temp_bytes = getattr(compiled.memory_analysis(), "temp_size_in_bytes", 0) or 0
+  temp_bytes = trainer.temp_bytes_of(compiled)
   cost = compiled.cost_analysis()
   cost = cost[0] if isinstance(cost, (list, tuple)) else cost
   wait_temp_bytes = trainer.wait_temp_bytes(stage.mesh, temp_bytes)

@@ -40,6 +40,7 @@ libraries (macOS, musl) keep their behaviour.
 from __future__ import annotations
 
 import ctypes
+import functools
 import importlib.metadata
 import importlib.util
 import time
@@ -61,6 +62,7 @@ class _MallInfo2(ctypes.Structure):
       "arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks", "fsmblks", "uordblks", "fordblks", "keepcost")]
 
 
+@functools.cache
 def _glibc() -> ctypes.CDLL | None:
   try:
     libc = ctypes.CDLL(None)
@@ -122,12 +124,21 @@ def retain_freed_memory(mode: str = "auto") -> bool:
 def heap_in_use() -> int | None:
   """Bytes the C heap has handed out and not taken back (glibc's `mallinfo2`: heap plus mmapped
   blocks), or None where that cannot be read (another C library, or glibc before 2.33)."""
+  mallinfo2 = _mallinfo2()
+  if mallinfo2 is None:
+    return None
+  info = mallinfo2()
+  return info.uordblks + info.hblkhd
+
+
+@functools.cache
+def _mallinfo2():
+  """glibc's `mallinfo2`, typed once (`wait_until_released` polls it), or None."""
   libc = _glibc()
   if libc is None or not hasattr(libc, "mallinfo2"):
     return None
   libc.mallinfo2.restype = _MallInfo2
-  info = libc.mallinfo2()
-  return info.uordblks + info.hblkhd
+  return libc.mallinfo2
 
 
 def wait_until_released(in_use_before: int | None, temp_bytes: int, timeout_s: float = RELEASE_TIMEOUT_S) -> bool:

@@ -163,6 +163,11 @@ def waits_for_each_step(mesh: jax.sharding.Mesh, temp_bytes: int) -> bool:
   return on_cpu(mesh) and temp_bytes >= WAIT_TEMP_BYTES
 
 
+def temp_bytes_of(compiled: Any) -> int:
+  """A compiled executable's temporaries in bytes (0 where the backend does not say)."""
+  return getattr(compiled.memory_analysis(), "temp_size_in_bytes", 0) or 0
+
+
 def wait_temp_bytes(mesh: jax.sharding.Mesh, temp_bytes: int) -> int:
   """`run_step`'s `wait_temp_bytes` for a step with `temp_bytes` of temporaries: positive where the loop
   waits for it (`waits_for_each_step`), else 0."""
@@ -349,7 +354,7 @@ class Stage:
           batch = next(iterator)
           inputs = global_batch.to_global_batch(train_step_lib.batch_inputs(batch), self.mesh)
           if wait is None:
-            wait = self._waits_for_each_step(state, inputs)
+            wait = self._wait_temp_bytes(state, inputs)
           state, metrics = run_step(self.step_fn, state, inputs, wait)
           done = step + 1
           if done % log_every == 0 or done == total:
@@ -376,13 +381,13 @@ class Stage:
       logger.close()
     return state.params
 
-  def _waits_for_each_step(self, state: Any, inputs: Any) -> int:
+  def _wait_temp_bytes(self, state: Any, inputs: Any) -> int:
     """`run_step`'s `wait_temp_bytes` for this stage's step: its temporaries if the loop waits for it, else 0."""
     if not on_cpu(self.mesh):  # accelerators always run ahead: no need to look at the step
       return 0
     with jax.set_mesh(self.mesh):
       compiled = self.step_fn.jitted.lower(state, inputs).compile()  # the step's own compilation: the call reuses it
-    temp_bytes = getattr(compiled.memory_analysis(), "temp_size_in_bytes", 0) or 0
+    temp_bytes = temp_bytes_of(compiled)
     wait = wait_temp_bytes(self.mesh, temp_bytes)
     if wait:
       logging.info("[%s] %.1f GiB of temporaries per step on CPU devices: each step finishes, and frees them, "
