@@ -13,7 +13,10 @@ The trade-off, measured on that 2-core machine (`benchmarks/README.md`, "CPU dev
   * `configs/small.py` in float32 gains 4-8% (batch 32: 15.8 → 14.6 s per step, from 0.94× to
     1.00× the PyTorch twin's speed), but the process holds 1.7-2× the host memory: each device
     allocates its own temporaries from the one retained heap (`host_memory`), and the blocks of two
-    devices do not reuse each other's holes (batch 16: 10.6-12.7 GiB against 6.3).
+    devices do not reuse each other's holes (batch 16: 10.6-12.7 GiB against 6.3). That is glibc's
+    `posix_memalign` before 2.38: the hole a freed block leaves is a few bytes too small for the
+    same aligned request (sourceware bug 14581; `python benchmarks/aligned_holes.py`), so two
+    devices' blocks, freed in turn, leave holes that only the top of the heap can replace.
   * The demo loses 8-9%: its step is small, already keeps both cores busy with concurrent thunks and
     multi-threaded GEMMs, and the split adds the gradient all-reduce and a replicated update.
 Hence an opt-in, off (1) by default and in every shipped config. Machines with more cores, where

@@ -29,6 +29,14 @@ temporaries and each call dispatched right after its outputs were ready, the hea
 within 7 calls; waiting also for the release (`wait_until_released`, which reads glibc's heap
 accounting) kept it at 1.0 GiB over 40 calls (`benchmarks/README.md`, "Sixth pass").
 
+Where the heap still grows. XLA:CPU takes the block with `posix_memalign`, which glibc before 2.38
+serves from a chunk of the block plus its alignment and more (sourceware bug 14581), so the hole an
+earlier block left is a few bytes too small for the next one. The hole is reused only where it
+merges with the top of the heap; with anything allocated above it, the next block comes from new
+memory and the hole stays resident. One device's block usually lies at the top; two devices'
+blocks, freed in turn, do not (`python benchmarks/aligned_holes.py`; `benchmarks/README.md`,
+"Seventh pass").
+
 When. Before the JAX backend starts: its worker threads pick their arena on their first
 allocation, so `retain_freed_memory` must run before anything initialises a backend (it says so
 and does nothing otherwise). "auto" applies it to CPU-only processes, decided without starting a
