@@ -22,7 +22,6 @@ Two parts, each with the allocator set as `host_memory.retain_freed_memory` sets
 """
 import ctypes
 import os
-import re
 import subprocess
 import sys
 
@@ -47,6 +46,8 @@ def _libc() -> ctypes.CDLL:
   libc.malloc.argtypes = [ctypes.c_size_t]
   libc.posix_memalign.argtypes = [ctypes.POINTER(ctypes.c_void_p), ctypes.c_size_t, ctypes.c_size_t]
   libc.free.argtypes = [ctypes.c_void_p]
+  libc.malloc_usable_size.restype = ctypes.c_size_t
+  libc.malloc_usable_size.argtypes = [ctypes.c_void_p]
   return libc
 
 
@@ -62,27 +63,11 @@ def heap_bytes() -> int:
   return host_memory._mallinfo2()().arena  # pylint: disable=protected-access
 
 
-def largest_free_chunk() -> int:
-  """Bytes of the largest chunk in the main heap's free bins (not the top of the heap), from `malloc_info`."""
-  libc = _libc()
-  libc.open_memstream.restype = ctypes.c_void_p
-  libc.open_memstream.argtypes = [ctypes.POINTER(ctypes.c_void_p), ctypes.POINTER(ctypes.c_size_t)]
-  libc.malloc_info.argtypes = [ctypes.c_int, ctypes.c_void_p]
-  libc.fclose.argtypes = [ctypes.c_void_p]
-  buffer, size = ctypes.c_void_p(), ctypes.c_size_t()
-  stream = libc.open_memstream(ctypes.byref(buffer), ctypes.byref(size))
-  libc.malloc_info(0, stream)
-  libc.fclose(stream)  # flushes into `buffer`
-  xml = ctypes.string_at(buffer.value, size.value).decode()
-  libc.free(buffer.value)
-  # Each bin reports the size range of its chunks (`to`: the largest, with glibc's in-use bit).
-  sizes = re.findall(r'<(?:size|unsorted) from="\d+" to="(\d+)"', xml.split("</heap>")[0])
-  return max((int(s) & ~1 for s in sizes), default=0)
-
-
 def reuses_hole(aligned: bool, block_bytes: int) -> dict:
-  """Frees a block with another allocated above it and asks for the same size again: whether the
-  new block lands in the hole, and how much the heap grew."""
+  """Frees a block with another allocated above it and asks for the same size again: the freed
+  block's chunk (the hole, its neighbours being in use), whether the new block lands in it, and how
+  much the heap grew. The block above and the new one stay
+  allocated, so that a later call's hole is bounded the same way whatever this one left."""
   libc = _libc()
 
   def allocate(size: int) -> int:
@@ -94,14 +79,12 @@ def reuses_hole(aligned: bool, block_bytes: int) -> dict:
     return address.value
 
   first = allocate(block_bytes)
-  above = allocate(block_bytes // 4)  # from the top of the heap, so the first block is not next to it
+  allocate(block_bytes // 4)  # from the top of the heap, above the first block; it stays allocated
+  hole = libc.malloc_usable_size(first) + ctypes.sizeof(ctypes.c_size_t)  # + the chunk's size field
   libc.free(first)
   heap_before = heap_bytes()
-  hole = largest_free_chunk()
   again = allocate(block_bytes)
   grown = heap_bytes() - heap_before
-  libc.free(again)
-  libc.free(above)
   return {"reused": again == first, "hole": hole, "grown": grown}
 
 
@@ -148,7 +131,7 @@ def _xla_part(devices: int) -> tuple[int, list[tuple[int, int]]]:
 def main(argv):
   del argv
   if not host_memory.retain_freed_memory("retain"):
-    raise SystemExit("aligned_holes.py needs glibc (mallopt, mallinfo2, malloc_info), before JAX starts")
+    raise SystemExit("aligned_holes.py needs glibc (mallopt, mallinfo2), before JAX starts")
   block = _BLOCK_MIB.value * 2**20
   if _CHILD_DEVICES.value:
     xla_calls(_CHILD_DEVICES.value, block, _CALLS.value)
@@ -157,7 +140,7 @@ def main(argv):
   print(f"glibc {version[0]}.{version[1]} (sourceware bug 14581 was addressed in 2.38)")
   gib = lambda b: f"{b / 2**30:.2f}"
   if "malloc" in _PARTS.value:
-    print(f"\n| {_BLOCK_MIB.value} MiB block, freed below another, asked for again | its hole minus the block (B) "
+    print(f"\n| {_BLOCK_MIB.value} MiB block, freed below another, asked for again | the freed chunk minus the block (B) "
           "| lands in the hole | heap grew by (GiB) |\n|---|---|---|---|")
     for aligned in (True, False):  # the aligned case first, on the heap as the process started it
       r = reuses_hole(aligned, block)

@@ -36,7 +36,7 @@ def test_an_aligned_block_does_not_reuse_its_own_hole_before_glibc_2_38():
   major, minor = int(out[0]), int(out[1])
   aligned_reused, aligned_grown, plain_reused, plain_grown, hole_slack = (
       out[2] == "True", int(out[3]), out[4] == "True", int(out[5]), int(out[6]))
-  # The hole is the block plus glibc's chunk overhead: tens of bytes, far less than an alignment's worth more.
+  # The freed chunk is the block plus glibc's chunk overhead: tens of bytes.
   assert 0 < hole_slack < 4096, hole_slack
   assert plain_reused and plain_grown == 0  # malloc takes an exact hole
   if (major, minor) < (2, 38):
