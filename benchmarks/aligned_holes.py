@@ -5,7 +5,7 @@ r"""Why the retained heap grows past one step's temporaries on several CPU devic
 
 XLA:CPU allocates a step's temporaries as one block per device with `posix_memalign`. glibc before
 2.38 serves such a call by asking its heap for the block plus the alignment and a minimum chunk
-(sourceware bug 14581, fixed in 2.38), so the hole a freed block of the same size leaves is a few
+(sourceware bug 14581, addressed in 2.38), so the hole a freed block of the same size leaves is a few
 bytes too small to take it again. The hole is reused only where it merges with the top of the heap;
 where anything was allocated above it, the next block comes from new memory and the hole stays
 resident (`host_memory` keeps freed memory mapped, so the process's memory grows by a block).
@@ -14,8 +14,8 @@ Two parts, each with the allocator set as `host_memory.retain_freed_memory` sets
   1. `malloc`: a block of `--block_mib`, a small block allocated above it, the first freed, then the
      same request again: with `malloc` it lands in the hole, with `posix_memalign(64)` it does not
      (on glibc < 2.38), and the heap grows by the block.
-  2. `xla`: a jitted program (a two-layer MLP's gradient step) with `--block_mib` of temporaries per
-     device, run `--calls` times the way the trainer runs a big CPU step (`trainer.run_step`: each
+  2. `xla`: a jitted program (a two-layer MLP's gradient step) sized by `--block_mib` (its
+     temporaries per device are about 0.6 of it: 160 MiB at the default 256), run `--calls` times the way the trainer runs a big CPU step (`trainer.run_step`: each
      call waited for until its temporaries are back in the heap), on 1 CPU device and on
      `--devices`, each in a process of its own: the heap and resident memory after each call.
      Two devices' blocks are freed in turn, so one of them often has a neighbour above it.
@@ -66,8 +66,8 @@ def heap_bytes() -> int:
 def reuses_hole(aligned: bool, block_bytes: int) -> dict:
   """Frees a block with another allocated above it and asks for the same size again: the freed
   block's chunk (the hole, its neighbours being in use), whether the new block lands in it, and how
-  much the heap grew. The block above and the new one stay
-  allocated, so that a later call's hole is bounded the same way whatever this one left."""
+  much the heap grew. The block above and the new one stay allocated, so that a later call's hole
+  is bounded the same way whatever this one left."""
   libc = _libc()
 
   def allocate(size: int) -> int:
@@ -98,7 +98,7 @@ def xla_calls(devices: int, block_bytes: int, calls: int) -> None:
 
   mesh = jax.make_mesh((devices,), ("batch",))
   width, hidden = 1024, 4096
-  # The gradient step keeps two (rows, hidden) activations and their cotangents: ~4 x rows x hidden x 4 bytes.
+  # XLA keeps about 2.5 (rows, hidden) float32 arrays of temporaries for this step.
   rows = max(block_bytes // (16 * hidden), 8)
 
   def step(w, x):
