@@ -5,8 +5,9 @@ r"""Where a train step's time goes, in JAX and in the PyTorch twin: per-op break
 
 (`--steps`, at most 5, is how many steps are profiled after 3 warm-up steps; figures are per step.)
 
-JAX: the jitted step (`trainer.Stage`, as the main job builds it) runs under `jax.profiler` with a
-Perfetto trace; every XLA:CPU thunk event is matched to its instruction in the compiled HLO, and
+JAX: the jitted step (`trainer.Stage`, as the main job builds it, on the CPU devices the config's
+`cpu_devices` asks for, each step run through `trainer.run_step` as the trainer runs it) runs under
+`jax.profiler` with a Perfetto trace; every XLA:CPU thunk event is matched to its instruction in the compiled HLO, and
 its time is summed by phase (forward `jvp`, backward `transpose(jvp)`, or the update and metrics
 outside both), tower (x_encoder, predictor, y_encoder) and kind (matmul: a YNNPACK/oneDNN/Eigen
 dot; copy/transpose: a layout change; broadcast; other fusion). The top single ops follow, with
@@ -43,6 +44,8 @@ _TORCH = flags.DEFINE_bool("torch", True, "Also profile the PyTorch twin.")
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import harness  # pylint: disable=g-import-not-at-top,wrong-import-position
 import train_step as train_step_benchmark  # pylint: disable=g-import-not-at-top,wrong-import-position
+from vljepa_jax import cpu_devices  # pylint: disable=g-import-not-at-top,wrong-import-position
+from vljepa_jax.train import stages  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 TOWERS = ("x_encoder", "predictor", "y_encoder", "y_head")
 _INSTRUCTION = re.compile(r"^\s*(?:ROOT )?%([\w.\-]+) = (\S+) ([\w\-]+)\((.*)$", re.M)
@@ -89,22 +92,26 @@ def thunk_times(trace_dir: str, instructions: dict, steps: int) -> dict[str, flo
 
 def profile_jax(stage, batch, steps: int, top: int) -> float:
   import jax  # pylint: disable=g-import-not-at-top
+  from vljepa_jax.train import trainer  # pylint: disable=g-import-not-at-top
   state = stage.init_state(None)
   with jax.set_mesh(stage.mesh):
-    instructions = hlo_instructions(stage.step_fn.jitted.lower(state, batch).compile().as_text())
+    compiled = stage.step_fn.jitted.lower(state, batch).compile()
+  instructions = hlo_instructions(compiled.as_text())
+  # Each step run as the trainer runs it: a big CPU step is waited for, so the heap holds one step's temporaries.
+  wait = trainer.wait_temp_bytes(stage.mesh, trainer.temp_bytes_of(compiled))
   for _ in range(3):
-    state, metrics = stage.step_fn(state, batch)
+    state, metrics = trainer.run_step(stage.step_fn, state, batch, wait)
   jax.block_until_ready(metrics)
   start = time.perf_counter()
   for _ in range(steps):
-    state, metrics = stage.step_fn(state, batch)
+    state, metrics = trainer.run_step(stage.step_fn, state, batch, wait)
   jax.block_until_ready(metrics)
   wall = (time.perf_counter() - start) / steps * 1e3
   trace_dir = tempfile.mkdtemp(prefix="vljepa-profile-")
   try:
     jax.profiler.start_trace(trace_dir, create_perfetto_trace=True)
     for _ in range(steps):
-      state, metrics = stage.step_fn(state, batch)
+      state, metrics = trainer.run_step(stage.step_fn, state, batch, wait)
     jax.block_until_ready(metrics)
     jax.profiler.stop_trace()
     per = thunk_times(trace_dir, instructions, steps)
@@ -155,9 +162,11 @@ def profile_torch(twin, host, steps: int, top: int) -> float:
 def main(argv):
   del argv
   host_memory_note = train_step_benchmark._retain_host_memory()  # pylint: disable=protected-access
-  print(harness.machine_line() + host_memory_note)
   config = harness.load_config(_CONFIG.value)
   config = train_step_benchmark._override(config)  # pylint: disable=protected-access
+  # The config's CPU devices (`cpu_devices`), set before anything starts the backend, as the main job sets them.
+  cpu_devices.split_cpu(config.cpu_devices, [(name, stage.batch_size) for name, stage in stages.resolve(config)])
+  print(harness.machine_line() + host_memory_note)
   with tempfile.TemporaryDirectory() as workdir:
     stage, stage_config, host, batch = train_step_benchmark._stage_and_batch(config, workdir)  # pylint: disable=protected-access
     print(f"config {_CONFIG.value}, batch {stage_config.batch_size}, dtype {stage_config.dtype}")
