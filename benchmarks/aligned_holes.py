@@ -15,9 +15,10 @@ Two parts, each with the allocator set as `host_memory.retain_freed_memory` sets
      same request again: with `malloc` it lands in the hole, with `posix_memalign(64)` it does not
      (on glibc < 2.38), and the heap grows by the block.
   2. `xla`: a jitted program (a two-layer MLP's gradient step) sized by `--block_mib` (its
-     temporaries per device are about 0.6 of it: 160 MiB at the default 256), run `--calls` times the way the trainer runs a big CPU step (`trainer.run_step`: each
-     call waited for until its temporaries are back in the heap), on 1 CPU device and on
-     `--devices`, each in a process of its own: the heap and resident memory after each call.
+     temporaries per device are about 0.6 of it: 160 MiB at the default 256), run `--calls` times
+     the way the trainer runs a big CPU step (`trainer.run_step`: each call waited for until its
+     temporaries are back in the heap), on 1 CPU device and on `--devices`, each in a process of
+     its own: the heap and resident memory after each call.
      Two devices' blocks are freed in turn, so one of them often has a neighbour above it.
 """
 import ctypes
@@ -140,15 +141,16 @@ def main(argv):
   print(f"glibc {version[0]}.{version[1]} (sourceware bug 14581 was addressed in 2.38)")
   gib = lambda b: f"{b / 2**30:.2f}"
   if "malloc" in _PARTS.value:
-    print(f"\n| {_BLOCK_MIB.value} MiB block, freed below another, asked for again | the freed chunk minus the block (B) "
-          "| lands in the hole | heap grew by (GiB) |\n|---|---|---|---|")
+    print(f"\n| {_BLOCK_MIB.value} MiB block, freed below another, asked for again "
+          "| the freed chunk minus the block (B) | lands in the hole | heap grew by (GiB) |\n|---|---|---|---|")
     for aligned in (True, False):  # the aligned case first, on the heap as the process started it
       r = reuses_hole(aligned, block)
       name = f"posix_memalign({_ALIGNMENT})" if aligned else "malloc"
       print(f"| {name} | {r['hole'] - block:,} | {'yes' if r['reused'] else 'no'} | {gib(r['grown'])} |")
   if "xla" in _PARTS.value:
     print(f"\n| CPU devices | temporaries per device (MiB) | heap after call 1 / {_CALLS.value} (GiB) "
-          f"| resident after call 1 / {_CALLS.value} (GiB) | blocks the heap holds beyond call 1's |\n|---|---|---|---|---|")
+          f"| resident after call 1 / {_CALLS.value} (GiB) | blocks the heap holds beyond call 1's |\n"
+          "|---|---|---|---|---|")
     for devices in (1, _DEVICES.value):
       temp, heap = _xla_part(devices)
       extra = (heap[-1][0] - heap[0][0]) / temp

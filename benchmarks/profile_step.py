@@ -7,8 +7,8 @@ r"""Where a train step's time goes, in JAX and in the PyTorch twin: per-op break
 
 JAX: the jitted step (`trainer.Stage`, as the main job builds it, on the CPU devices the config's
 `cpu_devices` asks for, each step run through `trainer.run_step` as the trainer runs it) runs under
-`jax.profiler` with a Perfetto trace; every XLA:CPU thunk event is matched to its instruction in the compiled HLO, and
-its time is summed by phase (forward `jvp`, backward `transpose(jvp)`, or the update and metrics
+`jax.profiler` with a Perfetto trace; every XLA:CPU thunk event is matched to its instruction in
+the compiled HLO, and its time is summed by phase (forward `jvp`, backward `transpose(jvp)`, or the update and metrics
 outside both), tower (x_encoder, predictor, y_encoder) and kind (matmul: a YNNPACK/oneDNN/Eigen
 dot; copy/transpose: a layout change; broadcast; other fusion). The top single ops follow, with
 their JAX source op.

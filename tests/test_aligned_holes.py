@@ -29,7 +29,7 @@ _CHILD = textwrap.dedent("""
 """)
 
 
-@pytest.mark.skipif(host_memory._glibc() is None, reason="glibc's allocator (Linux)")  # pylint: disable=protected-access
+@pytest.mark.skipif(host_memory._glibc() is None, reason="glibc (Linux)")  # pylint: disable=protected-access
 def test_an_aligned_block_does_not_reuse_its_own_hole_before_glibc_2_38():
   out = subprocess.run([sys.executable, "-c", _CHILD, os.path.join(REPO, "benchmarks")], capture_output=True,
                        text=True, check=True, env=dict(os.environ, JAX_PLATFORMS="cpu")).stdout.split()
