@@ -304,6 +304,21 @@ def test_clipping_uses_trainable_gradients_only():
     np.testing.assert_array_equal(poisoned[path], final[path])
 
 
+@pytest.mark.parametrize("scale", [0.0, 0.01, 1.0, 30.0])
+def test_clip_by_global_norm_scales_by_min_of_one_and_threshold_over_norm(scale):
+  """Against NumPy: below the threshold (and for all-zero gradients) nothing changes; above it every
+  gradient is scaled by threshold / global norm."""
+  rng = np.random.default_rng(0)
+  grads = {"a": rng.standard_normal((7, 5)).astype(np.float32) * scale,
+           "b": {"c": rng.standard_normal(11).astype(np.float32) * scale}}
+  norm = math.sqrt(sum(float(np.sum(g.astype(np.float64) ** 2)) for g in jax.tree.leaves(grads)))
+  factor = 1.0 if norm == 0 else min(1.0, 2.0 / norm)
+  clipped, _ = jax.jit(optimizer.clip_by_global_norm(2.0).update)(grads, optax.EmptyState())
+  for got, g in zip(jax.tree.leaves(clipped), jax.tree.leaves(grads)):
+    np.testing.assert_allclose(np.asarray(got), g * factor, rtol=1e-6, atol=0)
+  assert all(np.isfinite(np.asarray(x)).all() for x in jax.tree.leaves(clipped))
+
+
 def test_group_sizes_and_labels():
   params = mapping.unflatten(random_flat(np.random.default_rng(5)))
   _, sizes = optimizer.make_optimizer(params, learning_rate=1.0, lr_rules=RULES)

@@ -1,6 +1,7 @@
 """The train step: sharded == single-device, GradCache accumulation == full batch, NaN skipping,
 one compilation. The single-device run with the dense loss is the reference for the others."""
 import functools
+import re
 
 import jax
 import jax.numpy as jnp
@@ -242,3 +243,52 @@ def test_frozen_towers_are_stop_gradient_and_the_rest_trains_as_without_the_mask
       train_step_lib.TrainState.create(params, masked_tx), batch).compile().cost_analysis()
   flops = [c[0]["flops"] if isinstance(c, (list, tuple)) else c["flops"] for c in (cost(None), cost(frozen))]
   assert flops[1] < 0.95 * flops[0], flops
+
+
+def _decayed_adamw_step(model):
+  """A jitted, donated step with AdamW, weight decay and clipping, the X- and Y-encoders frozen as the
+  trainer freezes them (`freeze_x_encoder`, an LR multiplier of 0); the step, its state and the frozen mask."""
+  params = _init(model, optax.sgd(0.0)).params
+  rules = (("x_encoder/.*", 0.0), ("y_encoder/.*", 0.0))
+  tx, _ = optimizer.make_optimizer(params, learning_rate=0.05, weight_decay=0.1, grad_clip_norm=0.5, lr_rules=rules)
+  frozen = jax.tree.map(lambda m: m == 0.0, optimizer.lr_multipliers(params, rules))
+  step = train_step_lib.jit_train_step(train_step_lib.make_train_step(model, tx, _contrastive(), frozen=frozen))
+  return step, train_step_lib.TrainState.create(params, tx), frozen
+
+
+def test_update_and_param_norms_are_those_of_the_trainable_parameters():
+  """`update_norm` is the norm of what the step moved, `param_norm` of where it landed: trainable leaves only."""
+  model = _model()
+  step, state, frozen = _decayed_adamw_step(model)
+  batch = {k: jnp.asarray(v) for k, v in _batch(3).items()}
+  for _ in range(2):  # the second step has Adam moments and a learning rate past zero
+    before = jax.tree.map(np.asarray, state.params)
+    state, metrics = step(state, batch)
+  after = jax.tree.map(np.asarray, state.params)
+  trainable = [(b.astype(np.float64), a.astype(np.float64))
+               for b, a, f in zip(jax.tree.leaves(before), jax.tree.leaves(after), jax.tree.leaves(frozen)) if not f]
+  want_update = np.sqrt(sum(np.sum((a - b) ** 2) for b, a in trainable))
+  want_param = np.sqrt(sum(np.sum(a ** 2) for _, a in trainable))
+  assert want_update > 0
+  # The step's update is p_new - p_old only up to float32 rounding of p_new (|p| >> |update|).
+  np.testing.assert_allclose(float(metrics["update_norm"]), want_update, rtol=2e-3)
+  np.testing.assert_allclose(float(metrics["param_norm"]), want_param, rtol=1e-5)
+  # The frozen towers are left out: counting them would change param_norm by far more than the tolerance.
+  everything = np.sqrt(sum(np.sum(a.astype(np.float64) ** 2) for a in jax.tree.leaves(after)))
+  assert abs(everything - want_param) > 1e-3 * want_param
+
+
+@pytest.mark.skipif(jax.default_backend() != "cpu", reason="reads XLA:CPU's compiled program")
+def test_weight_decayed_parameters_are_updated_in_place():
+  """No parameter is copied after the update: with weight decay the old value has two readers (the update
+  norm and the new value), and unless the new value waits for the norm, XLA writes it to a fresh buffer
+  and copies it back into the donated one, every step (`train_step.apply_updates_and_norm`)."""
+  model = _model()
+  step, state, frozen = _decayed_adamw_step(model)
+  batch = {k: jnp.asarray(v) for k, v in _batch(3).items()}
+  hlo = step.lower(state, batch).compile().as_text()  # without a mesh, jit_train_step returns the donating jit
+  entry = hlo[hlo.index("\nENTRY "):]
+  copied = re.findall(r"= (f32\[[\d,]+\])\{[\d,]*\} copy\(", entry)
+  decayed = {f"f32[{','.join(map(str, p.shape))}]" for p, f in zip(jax.tree.leaves(state.params), jax.tree.leaves(frozen))
+             if not f and p.ndim >= 2}
+  assert decayed and not [shape for shape in copied if shape in decayed], copied

@@ -204,6 +204,25 @@ def _scaled(base_schedule: optax.Schedule, multiplier: float) -> optax.Schedule:
   return lambda step: base_schedule(step) * multiplier
 
 
+def clip_by_global_norm(max_norm: float) -> optax.GradientTransformation:
+  """`optax.clip_by_global_norm`, with the clipping factor computed once as a scalar.
+
+  optax scales each element as `where(norm < max_norm, g, g / norm * max_norm)`: a select and a
+  divide per element. XLA does not duplicate such "expensive" elementwise work into several
+  consumers, so on the CPU every clipped gradient was written out once more, to be read back by
+  both Adam moment updates (a pass per parameter; `benchmarks/README.md`, issue 13, eighth pass).
+  `g * min(1, max_norm / norm)` is one multiply per element, which XLA fuses into each consumer.
+  The result differs from optax's by rounding only (`g * (c / n)` against `(g / n) * c`).
+  """
+  def update_fn(updates, state, params=None):
+    del params
+    g_norm = optax.tree.norm(updates)
+    scale = jnp.minimum(1.0, max_norm / g_norm)  # a zero norm gives inf here, so a factor of 1
+    return jax.tree.map(lambda g: g * scale.astype(g.dtype), updates), state
+
+  return optax.GradientTransformation(optax.init_empty_state, update_fn)
+
+
 def make_optimizer(params: Any, *, learning_rate: float, schedule: str = "constant", warmup_steps: int = 0,
                    total_steps: int | None = None, end_learning_rate_factor: float = 0.0, b1: float = 0.9,
                    b2: float = 0.999, eps: float = 1e-8, weight_decay: float = 0.0,
@@ -264,6 +283,6 @@ def make_optimizer(params: Any, *, learning_rate: float, schedule: str = "consta
     if FROZEN_LABEL in group_sizes:
       frozen = jax.tree.map(lambda label: label == FROZEN_LABEL, labels)
       steps.append(optax.masked(optax.set_to_zero(), frozen))
-    steps.append(optax.clip_by_global_norm(grad_clip_norm))
+    steps.append(clip_by_global_norm(grad_clip_norm))
   steps.append(optax.multi_transform(transforms, labels))
   return optax.chain(*steps), group_sizes
