@@ -81,9 +81,9 @@ def apply_updates_and_norm(params: Any, updates: Any, measured: list[bool]) -> t
   parameter, so the old value has two readers, the norm and the new value, which XLA does not
   order. Not knowing that the norm has read the old value before the new one is written over it
   in place (the state is donated), XLA gave every such parameter a fresh buffer and copied it back
-  into place at the end of the step: on the demo, a copy of 70 of its 112 trainable leaves every
-  step. With the dependency the update, clipping included, ran 16.8 → 14.0 ms on the demo and
-  137.9 → 110.6 ms on `small` (`benchmarks/README.md`, issue 13, eighth pass).
+  into place at the end of the step: on the demo, 70 of its 112 trainable leaves, every step. The
+  update alone (`benchmarks/optimizer_update.py`, with `optimizer.clip_by_global_norm`): 16.8 →
+  14.0 ms on the demo, 137.9 → 110.6 ms on `small` (`benchmarks/README.md`, issue 13, eighth pass).
   """
   leaves, treedef = jax.tree.flatten(params)
   update_leaves = treedef.flatten_up_to(updates)
@@ -98,6 +98,29 @@ def apply_updates_and_norm(params: Any, updates: Any, measured: list[bool]) -> t
     new_leaves.append(jnp.asarray(p + u).astype(p.dtype))
   norm = jnp.sqrt(sum(sum_of_squares)) if sum_of_squares else jnp.zeros((), jnp.float32)
   return jax.tree.unflatten(treedef, new_leaves), norm
+
+
+def optimizer_update(tx: optax.GradientTransformation, params: Any, opt_state: Any, grads: Any, finite: jax.Array,
+                     frozen: Any = None) -> tuple[Any, Any, jax.Array]:
+  """The step's update: `(params, opt_state, update_norm)` after `tx`, or unchanged (norm 0) unless `finite`.
+
+  A branch, not `where(finite, new, old)` over every parameter and moment: the skipped update is
+  never computed, and the taken one costs no extra pass over the state (which on CPU was a tenth
+  of the demo's step). `update_norm` covers the parameters that are not `frozen`.
+  """
+  measured = [True] * len(jax.tree.leaves(params)) if frozen is None else [not f for f in jax.tree.leaves(frozen)]
+
+  def update(operand):
+    params, opt_state, grads = operand
+    updates, opt_state = tx.update(grads, opt_state, params)
+    params, update_norm = apply_updates_and_norm(params, updates, measured)
+    return params, opt_state, update_norm
+
+  def skip(operand):
+    params, opt_state, _ = operand
+    return params, opt_state, jnp.zeros((), jnp.float32)
+
+  return jax.lax.cond(finite, update, skip, (params, opt_state, grads))
 
 
 def make_train_step(model: nn.Module, tx: optax.GradientTransformation, objective: objectives_base.Objective, *,
@@ -127,27 +150,13 @@ def make_train_step(model: nn.Module, tx: optax.GradientTransformation, objectiv
       return jax.tree.leaves(tree)
     return [leaf for leaf, f in zip(jax.tree.leaves(tree), jax.tree.leaves(frozen)) if not f]
 
-  def update(operand):
-    params, opt_state, grads = operand
-    updates, opt_state = tx.update(grads, opt_state, params)
-    measured = [True] * len(jax.tree.leaves(params)) if frozen is None else [not f for f in jax.tree.leaves(frozen)]
-    params, update_norm = apply_updates_and_norm(params, updates, measured)
-    return params, opt_state, update_norm
-
-  def skip(operand):
-    params, opt_state, _ = operand
-    return params, opt_state, jnp.zeros((), jnp.float32)
-
   def step(state: TrainState, batch: Batch) -> tuple[TrainState, dict[str, jax.Array]]:
     with nn.logical_axis_rules(rules or ()):
       loss, grads = objective.loss_and_grads(model, state.params, model_inputs(batch), frozen=frozen,
                                              num_microbatches=num_microbatches)
     grad_norm = optax.tree.norm(grads)
     finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
-    # A branch, not `where(finite, new, old)` over every parameter and moment: the skipped update
-    # is never computed, and the taken one costs no extra pass over the state (which on CPU was a
-    # tenth of the demo's step).
-    params, opt_state, update_norm = jax.lax.cond(finite, update, skip, (state.params, state.opt_state, grads))
+    params, opt_state, update_norm = optimizer_update(tx, state.params, state.opt_state, grads, finite, frozen)
     streak = jnp.where(finite, 0, state.nonfinite_streak + 1)
     new_state = TrainState(step=state.step + 1, params=params, opt_state=opt_state, nonfinite_streak=streak,
                            nonfinite_total=state.nonfinite_total + (~finite).astype(jnp.int32), rng=state.rng)
