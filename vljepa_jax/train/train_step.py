@@ -77,13 +77,14 @@ def apply_updates_and_norm(params: Any, updates: Any, measured: list[bool]) -> t
   """`optax.apply_updates(params, updates)`, and the global norm of the updates of the `measured` leaves.
 
   Each measured parameter's new value is made to depend on its update's sum of squares (it adds
-  `0 * sum`, which is exactly zero for a finite sum). Why: with weight decay the update reads the
-  parameter, so the old value has two readers, the norm and the new value, which XLA does not
-  order. Not knowing that the norm has read the old value before the new one is written over it
-  in place (the state is donated), XLA gave every such parameter a fresh buffer and copied it back
-  into place at the end of the step: on the demo, 70 of its 112 trainable leaves, every step. The
-  update alone (`benchmarks/optimizer_update.py`, with `optimizer.clip_by_global_norm`): 16.8 →
-  14.0 ms on the demo, 137.9 → 110.6 ms on `small` (`benchmarks/README.md`, issue 13, eighth pass).
+  `0 * sum`, exactly zero for a finite sum; an update so large that the sum overflows would turn
+  the parameter into NaN, which the next step's finiteness check reports). Why: with weight decay
+  the update reads the parameter, so the old value has two readers, the norm and the new value,
+  which XLA does not order. Not knowing that the norm has read the old value before the new one is
+  written over it in place (the state is donated), XLA gave every such parameter a fresh buffer
+  and copied it back after the update: 69 copies per step on the demo, 212 on `small`. The update
+  alone, with `optimizer.clip_by_global_norm` (`benchmarks/optimizer_update.py`): 19.2 → 17.3 ms
+  on the demo, 161.6 → 138.3 ms on `small` (`benchmarks/README.md`, issue 13, eighth pass).
   """
   leaves, treedef = jax.tree.flatten(params)
   update_leaves = treedef.flatten_up_to(updates)
