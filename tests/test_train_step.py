@@ -289,6 +289,6 @@ def test_weight_decayed_parameters_are_updated_in_place():
   hlo = step.lower(state, batch).compile().as_text()  # without a mesh, jit_train_step returns the donating jit
   entry = hlo[hlo.index("\nENTRY "):]
   copied = re.findall(r"= (f32\[[\d,]+\])\{[\d,]*\} copy\(", entry)
-  decayed = {f"f32[{','.join(map(str, p.shape))}]" for p, f in zip(jax.tree.leaves(state.params), jax.tree.leaves(frozen))
-             if not f and p.ndim >= 2}
+  leaves = zip(jax.tree.leaves(state.params), jax.tree.leaves(frozen))
+  decayed = {f"f32[{','.join(map(str, p.shape))}]" for p, f in leaves if not f and p.ndim >= 2}
   assert decayed and not [shape for shape in copied if shape in decayed], copied
