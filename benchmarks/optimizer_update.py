@@ -13,7 +13,8 @@ alternating rounds (medians):
   optax      the same update written with `optax.clip_by_global_norm`, `optax.apply_updates` and
              `optax.tree.norm` (the step before issue 13's eighth pass)
   no norms   the library's update without `update_norm` and `param_norm`: what the two metrics cost
-  torch      `clip_grad_norm_(foreach=True)` + fused AdamW over the same trainable tensors
+  torch      `clip_grad_norm_(foreach=True)` (where the config clips) + fused AdamW over the same
+             trainable tensors
 
 It also prints, for each JAX variant, the parameter-sized copies its compiled program makes outside
 the update (a copy of a donated parameter each step; `train_step.apply_updates_and_norm`).
@@ -148,7 +149,8 @@ def main(argv):
   torch_adamw = torch.optim.AdamW(torch_params, lr=1e-4, weight_decay=config.optimizer.weight_decay, fused=True)
 
   def torch_call():
-    torch.nn.utils.clip_grad_norm_(torch_params, config.optimizer.grad_clip_norm or 1.0, foreach=True)
+    if config.optimizer.grad_clip_norm:  # as the JAX side: 0 means no clipping
+      torch.nn.utils.clip_grad_norm_(torch_params, config.optimizer.grad_clip_norm, foreach=True)
     torch_adamw.step()
   calls["torch fused AdamW"] = torch_call
 
