@@ -1,0 +1,44 @@
+"""Shared layers against independent references (PyTorch, float64 NumPy)."""
+from __future__ import annotations
+
+import math
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import torch
+
+from vljepa_jax.models import layers
+
+
+def _points() -> np.ndarray:
+  # The whole range, dense near zero and into both tails (where erf saturates and GELU -> 0 or x).
+  return np.concatenate([np.linspace(-10, 10, 20001), -np.logspace(-6, 1.5, 500),
+                         np.logspace(-6, 1.5, 500)]).astype(np.float32)
+
+
+def test_exact_gelu_matches_torch_and_float64():
+  x = _points()
+  erf = np.vectorize(math.erf)
+  x64 = x.astype(np.float64)
+  want = 0.5 * x64 * (1.0 + erf(x64 / math.sqrt(2.0)))
+  want_grad = 0.5 * (1.0 + erf(x64 / math.sqrt(2.0))) + x64 * np.exp(-0.5 * x64 ** 2) / math.sqrt(2.0 * math.pi)
+  act = layers.activation("gelu")
+  got = np.asarray(jax.jit(act)(x), np.float64)
+  got_grad = np.asarray(jax.jit(jax.grad(lambda a: jnp.sum(act(a))))(x), np.float64)
+  np.testing.assert_allclose(got, want, rtol=0, atol=2e-6)
+  np.testing.assert_allclose(got_grad, want_grad, rtol=0, atol=1e-6)
+  tx = torch.tensor(x, requires_grad=True)
+  torch.nn.functional.gelu(tx).sum().backward()  # "gelu" in Hugging Face configs: exact, erf
+  np.testing.assert_allclose(got, torch.nn.functional.gelu(torch.tensor(x)).numpy(), rtol=0, atol=2e-6)
+  np.testing.assert_allclose(got_grad, tx.grad.numpy(), rtol=0, atol=1e-6)
+  # Not the tanh approximation, which is off by up to ~5e-4 here.
+  assert np.max(np.abs(got - np.asarray(jax.nn.gelu(x, approximate=True)))) > 1e-4
+
+
+def test_exact_gelu_keeps_bfloat16():
+  x = jnp.linspace(-4, 4, 257, dtype=jnp.bfloat16)
+  got = layers.activation("gelu")(x)
+  assert got.dtype == jnp.bfloat16
+  want = torch.nn.functional.gelu(torch.tensor(np.asarray(x, np.float32))).numpy()
+  np.testing.assert_allclose(np.asarray(got, np.float32), want, rtol=0, atol=0.02)
