@@ -1,11 +1,11 @@
 r"""Minimal, standalone reproductions of the XLA:CPU gaps behind the train-step comparison with PyTorch.
 
-  python benchmarks/xla_cpu_repro.py                 # matmuls, batched matmuls, attention blocks
+  python benchmarks/xla_cpu_repro.py                 # matmuls, batched matmuls, attention blocks, GELU
   taskset -c 0 python benchmarks/xla_cpu_repro.py    # the same on one core
   python benchmarks/xla_cpu_repro.py --parts=step --step_config=configs/small.py --dtype=float32
   python benchmarks/xla_cpu_repro.py --parts=bmm --devices=2   # + the batched products over 2 CPU devices
 
-Four parts, each JAX against torch on the same float32 random inputs, median of `--rounds` rounds:
+Five parts, each JAX against torch on the same float32 random inputs, median of `--rounds` rounds:
   1. plain 2-D GEMMs at the towers' shapes (the machine's matmul speed: equal in both);
   2. batched matmuls at attention shapes (`einsum("bmk,bkn->bmn")` vs `torch.bmm`): with several
      threads XLA:CPU's batched dot runs at about its one-core speed, torch's scales; with
@@ -17,8 +17,12 @@ Four parts, each JAX against torch on the same float32 random inputs, median of 
      read from the step's jaxpr with its operand shapes and dimension numbers, and timed alone on
      row-major operands: `lax.dot_general` as the jaxpr has it, against `torch.matmul` of permuted
      views of the same buffers. The sums, weighted by how often each product occurs, are what the
-     step's products cost each library with nothing else running.
-Nothing from the library is timed except the attention function in part 3. Like the train step,
+     step's products cost each library with nothing else running;
+  5. `gelu`: exact GELU, forward and with its gradient, at the towers' MLP shapes: `jax.nn.gelu(
+     approximate=False)`, which XLA:CPU lowers from erfc into two branches and two loop fusions,
+     against the same function written with erf (`models.layers.gelu_exact`, the workaround the
+     models use) and `F.gelu`.
+Nothing from the library is timed except the attention function in part 3 and the GELU in part 5. Like the train step,
 both sides run with XLA's temporaries kept mapped (`host_memory.retain_freed_memory`, set before
 JAX starts; process-wide, so torch's allocations are kept as well).
 """
@@ -30,7 +34,7 @@ import time
 from absl import app
 from absl import flags
 
-_PARTS = flags.DEFINE_list("parts", ["gemm", "bmm", "attention"], "Which parts to run (also: step).")
+_PARTS = flags.DEFINE_list("parts", ["gemm", "bmm", "attention", "gelu"], "Which parts to run (also: step).")
 _STEP_CONFIG = flags.DEFINE_string("step_config", "configs/small.py", "Config (last stage) whose step's products "
                                    "--parts=step times; --dtype and --batch_size apply.")
 
@@ -40,6 +44,8 @@ import train_step as train_step_benchmark  # pylint: disable=g-import-not-at-top
 
 GEMMS = ((2048, 2048, 2048), (8192, 384, 384), (8192, 384, 1536), (8192, 1536, 384), (768, 384, 1536))
 BMMS = ((192, 256, 64, 256), (192, 256, 256, 64), (256, 44, 32, 44), (256, 44, 44, 32))
+# MLP activations (tokens, hidden): the demo's MiniLM Y-encoder and ViT, small's ViT.
+GELU_SHAPES = ((768, 1536), (2048, 256), (8192, 1536))
 # (batch, length, width, heads, kv heads): small's ViT and predictor, the demo's predictor.
 BLOCKS = ((32, 256, 384, 6, 6), (32, 272, 512, 8, 2), (64, 44, 128, 4, 2))
 
@@ -228,6 +234,35 @@ def step_products():
         f"{totals['gflop']:.0f} GFLOP; JAX − torch: {totals['jax'] - totals['torch']:+.2f} s per step")
 
 
+def gelu_forms():
+  import jax  # pylint: disable=g-import-not-at-top
+  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
+  import numpy as np  # pylint: disable=g-import-not-at-top
+  import torch  # pylint: disable=g-import-not-at-top
+  from vljepa_jax.models import layers  # pylint: disable=g-import-not-at-top
+  forms = {"jax.nn.gelu (erfc)": lambda x: jax.nn.gelu(x, approximate=False), "erf form": layers.gelu_exact}
+  print("\n| exact GELU, (tokens, hidden) | " + " | ".join(f"{n} fwd / grad µs" for n in forms)
+        + " | torch fwd / grad µs |\n|---|---|---|---|")
+  rng = np.random.default_rng(0)
+  for shape in GELU_SHAPES:
+    x, g = rng.standard_normal(shape, np.float32), rng.standard_normal(shape, np.float32)
+    jx, jg = jnp.asarray(x), jnp.asarray(g)
+    cells = []
+    for fn in forms.values():
+      fwd = jax.jit(fn)
+      grad = jax.jit(jax.grad(lambda a, fn=fn: jnp.sum(fn(a) * jg)))
+      cells.append(f"{_seconds(lambda: fwd(jx), 20) * 1e6:.0f} / {_seconds(lambda: grad(jx), 20) * 1e6:.0f}")
+    tx, tg = torch.from_numpy(x).requires_grad_(True), torch.from_numpy(g)
+
+    def torch_grad():
+      (out,) = torch.autograd.grad((torch.nn.functional.gelu(tx) * tg).sum(), tx)
+      return out
+    with torch.no_grad():
+      torch_fwd = _seconds(lambda: torch.nn.functional.gelu(tx), 20)
+    cells.append(f"{torch_fwd * 1e6:.0f} / {_seconds(torch_grad, 20) * 1e6:.0f}")
+    print(f"| {shape} | " + " | ".join(cells) + " |", flush=True)
+
+
 def main(argv):
   del argv
   sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -241,6 +276,8 @@ def main(argv):
   gemm_and_bmm(_PARTS.value)
   if "attention" in _PARTS.value:
     attention_blocks()
+  if "gelu" in _PARTS.value:
+    gelu_forms()
   if "step" in _PARTS.value:
     step_products()
 

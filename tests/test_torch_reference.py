@@ -166,3 +166,21 @@ def test_cpu_devices_benchmark_times_one_device_against_all(tmp_path):
   line = [line for line in proc.stdout.splitlines() if line.startswith(TINY)]
   assert len(line) == 1 and "1 device " in line[0] and "2 devices " in line[0] and "speed-up" in line[0], proc.stdout
   assert "(float32, batch 4)" in line[0], line  # the children got the command line's flags
+
+
+def test_optimizer_update_benchmark_runs_every_variant():
+  proc = _run([sys.executable, "benchmarks/optimizer_update.py", f"--config={TINY}", "--calls=1", "--rounds=1"])
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  out = proc.stdout
+  rows = [line.split(" | ")[0].strip("| ") for line in out.splitlines() if line.startswith("| ") and " | " in line]
+  assert rows[1:] == ["library", "optax", "no norms", "torch fused AdamW"], out
+  # The library's update makes no parameter-sized copy (the step's own test checks why); optax's may.
+  assert "library: 0 parameter-sized copies" in out, out
+
+
+def test_xla_cpu_repro_gelu_part_prints_all_forms():
+  proc = _run([sys.executable, "benchmarks/xla_cpu_repro.py", "--parts=gelu", "--rounds=1"])
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  rows = [line for line in proc.stdout.splitlines() if line.startswith("| (")]
+  assert [row.split(" | ")[0] for row in rows] == ["| (768, 1536)", "| (2048, 256)", "| (8192, 1536)"], proc.stdout
+  assert all(len(row.split(" | ")) == 4 for row in rows), rows  # shape, erfc, erf, torch
