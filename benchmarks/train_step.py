@@ -25,7 +25,7 @@ batch, and times:
 Face towers, same sizes, same parameters one to one, same optimizer groups; parameter counts are
 asserted equal), feeds it the same pipeline batch, and times JAX, torch eager and `torch.compile` in
 alternating rounds (`--rounds`, medians), each as the whole step, forward alone and forward +
-backward. It prints one line per config,
+backward (the phases' order rotating from round to round). It prints one line per config,
   ratio <config>: X.XX (jax S1 samples/s, torch S2 samples/s [eager|compile])
 against the faster torch variant, and the machine's large-matmul FLOP/s in JAX and torch
 (`--matmul_size`), so each figure can be read as a fraction of what the machine can do. With
@@ -276,12 +276,20 @@ def _torch_variants(stage, stage_config, host, runtimes) -> dict[str, dict]:
 
 def _timed_rounds(variants: dict[str, dict], phases: tuple[str, ...], steps: int, rounds: int
                   ) -> dict[str, list[float]]:
-  """Seconds per call of each variant's phases ("jax", "jax/forward", ...), timed in alternating rounds."""
+  """Seconds per call of each variant's phases ("jax", "jax/forward", ...), timed in alternating rounds.
+
+  Each round starts the phases at the next one (step, forward, forward + backward; then forward,
+  forward + backward, step; ...), the same order for every variant. With the step always first,
+  the JAX step, the first JAX call after the torch variants, ran 33-69 ms above its own forward +
+  backward in three runs of the demo, and 20 ms above it when timed after its phases (issue 13,
+  ninth pass); rotating spreads that position's cost over every phase and variant.
+  """
   import jax  # pylint: disable=g-import-not-at-top
   timed = {f"{name}/{phase}" if phase != "step" else name: [] for name in variants for phase in phases}
-  for _ in range(rounds):
+  for round_index in range(rounds):
+    order = phases[round_index % len(phases):] + phases[:round_index % len(phases)]
     for name, fns in variants.items():
-      for phase in phases:
+      for phase in order:
         if len(timed) > 1:
           # Runtimes keep their worker threads spinning for a moment after a call (XLA's pool,
           # torch's OpenMP team); a pause lets them sleep before the next variant is timed.

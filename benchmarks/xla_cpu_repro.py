@@ -22,9 +22,10 @@ Five parts, each JAX against torch on the same float32 random inputs, median of 
      approximate=False)`, which XLA:CPU lowers from erfc into two branches and two loop fusions,
      against the same function written with erf (`models.layers.gelu_exact`, the workaround the
      models use) and `F.gelu`.
-Nothing from the library is timed except the attention function in part 3 and the GELU in part 5. Like the train step,
-both sides run with XLA's temporaries kept mapped (`host_memory.retain_freed_memory`, set before
-JAX starts; process-wide, so torch's allocations are kept as well).
+Nothing from the library is timed except the attention function in part 3 and the GELU in part 5.
+Like the train step, both sides run with XLA's temporaries kept mapped
+(`host_memory.retain_freed_memory`, set before JAX starts; process-wide, so torch's allocations are
+kept as well).
 """
 import os
 import statistics

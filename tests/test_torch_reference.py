@@ -184,3 +184,21 @@ def test_xla_cpu_repro_gelu_part_prints_all_forms():
   rows = [line for line in proc.stdout.splitlines() if line.startswith("| (")]
   assert [row.split(" | ")[0] for row in rows] == ["| (768, 1536)", "| (2048, 256)", "| (8192, 1536)"], proc.stdout
   assert all(len(row.split(" | ")) == 4 for row in rows), rows  # shape, erfc, erf, torch
+
+
+def test_timed_rounds_rotate_the_phase_order(monkeypatch):
+  """Every round times each variant's phases in the same order, starting one phase later than the last round."""
+  monkeypatch.setattr(train_step_benchmark, "_PAUSE_S", 0.0)
+  calls = []
+  phases = ("step", "forward", "forward+backward")
+  variants = {name: {phase: (lambda name=name, phase=phase: calls.append((name, phase))) for phase in phases}
+              for name in ("jax", "torch eager")}
+  timed = train_step_benchmark._timed_rounds(variants, phases, 1, 4)  # pylint: disable=protected-access
+  rounds = [calls[i:i + 6] for i in range(0, len(calls), 6)]
+  firsts = [[phase for name, phase in r if name == "jax"] for r in rounds]
+  assert firsts == [list(phases), ["forward", "forward+backward", "step"], ["forward+backward", "step", "forward"],
+                    list(phases)]
+  assert all([p for n, p in r if n == "jax"] == [p for n, p in r if n == "torch eager"] for r in rounds)
+  assert sorted(timed) == ["jax", "jax/forward", "jax/forward+backward", "torch eager", "torch eager/forward",
+                           "torch eager/forward+backward"]
+  assert all(len(v) == 4 for v in timed.values())

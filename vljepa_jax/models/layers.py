@@ -161,10 +161,11 @@ def gelu_exact(x: jax.Array) -> jax.Array:
   """Exact GELU, `x/2 * (1 + erf(x/sqrt(2)))`: PyTorch's (and so Hugging Face's "gelu") formula.
 
   Not `jax.nn.gelu(approximate=False)`, which writes it with `erfc(-x/sqrt(2))`: XLA:CPU expands
-  erfc into two branches (a polynomial and an exp-based tail) and two loop fusions, and on the
-  2-core AMD EPYC the erfc form took 2.3-2.6x as long forward and 1.3-1.4x with its gradient
-  (`[768, 1536]`, MiniLM's MLP: 1,310 -> 505 us on one core, 914 -> 354 on two; issue 13, ninth
-  pass). Both are within 1.1e-6 of the float64 GELU over [-10, 10].
+  erfc into two branches (a polynomial and an exp-based tail) and two loop fusions. On the 2-core
+  AMD EPYC the erfc form took 1.5-3x as long forward and 1.3-1.6x with its gradient, on jax 0.10
+  and 0.12 (`python benchmarks/xla_cpu_repro.py --parts=gelu`; MiniLM's `[768, 1536]`: 1,343 ->
+  449 us forward on two cores; issue 13, ninth pass). Both are within 1.1e-6 of the float64 GELU
+  over [-10, 10].
   """
   return x * (0.5 * (1.0 + jax.lax.erf(x * jnp.asarray(0.5 ** 0.5, x.dtype))))
 
