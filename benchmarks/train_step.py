@@ -280,9 +280,9 @@ def _timed_rounds(variants: dict[str, dict], phases: tuple[str, ...], steps: int
 
   Each round starts the phases at the next one (step, forward, forward + backward; then forward,
   forward + backward, step; ...), the same order for every variant. With the step always first,
-  the JAX step, the first JAX call after the torch variants, ran 33-69 ms above its own forward +
-  backward in three runs of the demo, and 20 ms above it when timed after its phases (issue 13,
-  ninth pass); rotating spreads that position's cost over every phase and variant.
+  the JAX step, the first JAX call after the torch variants, ran 13-69 ms above its own forward +
+  backward in six runs of the demo, against 9-22 ms timed after its phases or in a process of its
+  own (issue 13, ninth pass); rotating spreads that position's cost over every phase and variant.
   """
   import jax  # pylint: disable=g-import-not-at-top
   timed = {f"{name}/{phase}" if phase != "step" else name: [] for name in variants for phase in phases}
