@@ -70,3 +70,23 @@ def test_cpu_backward_transposes_explicitly_and_accelerators_keep_jax_rule():
   # (fenced by optimization barriers); compiled for a GPU the projection is a plain dot_general.
   assert "optimization_barrier" in _grad_jaxpr(None)
   assert "optimization_barrier" not in _grad_jaxpr("gpu")
+
+
+@pytest.mark.parametrize("fan_in,fan_out", [(48, 16), (16, 48)])
+def test_cpu_weight_gradient_contracts_rows_of_no_left_operand(fan_in, fan_out):
+  # XLA:CPU's GEMMs (YNNPACK) want the left operand contracted over its last dim; a product
+  # contracted over the left operand's rows goes to Eigen's slower kernel. The weight gradient
+  # xᵀ·dy contracts the tokens, the rows of both operands: the custom backward transposes one of
+  # them itself and, for a narrowing projection, fences the product so that XLA does not fold the
+  # weight-sized transpose after it back into a rows-contracted product.
+  if jax.default_backend() != "cpu":
+    pytest.skip("inspects XLA:CPU's compiled program")
+
+  def loss(x, kernel):
+    return jnp.sum(projection.project(x, kernel) ** 2)
+
+  args = (jnp.ones((4, 64, fan_in), jnp.float32), jnp.ones((fan_in, fan_out), jnp.float32))
+  hlo = jax.jit(jax.grad(loss, argnums=(0, 1))).lower(*args).compile().as_text()
+  products = [line for line in hlo.splitlines() if " dot(" in line]
+  assert len(products) >= 3, products  # forward, input gradient, weight gradient
+  assert not [line for line in products if "lhs_contracting_dims={0}" in line], products
