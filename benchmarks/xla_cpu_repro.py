@@ -1,11 +1,11 @@
 r"""Minimal, standalone reproductions of the XLA:CPU gaps behind the train-step comparison with PyTorch.
 
-  python benchmarks/xla_cpu_repro.py                 # matmuls, batched matmuls, attention blocks, GELU
+  python benchmarks/xla_cpu_repro.py                 # matmuls, batched matmuls, attention, GELU, wgrad
   taskset -c 0 python benchmarks/xla_cpu_repro.py    # the same on one core
   python benchmarks/xla_cpu_repro.py --parts=step --step_config=configs/small.py --dtype=float32
   python benchmarks/xla_cpu_repro.py --parts=bmm --devices=2   # + the batched products over 2 CPU devices
 
-Five parts, each JAX against torch on the same float32 random inputs, median of `--rounds` rounds:
+Six parts, each JAX against torch on the same float32 random inputs, median of `--rounds` rounds:
   1. plain 2-D GEMMs at the towers' shapes (the machine's matmul speed: equal in both);
   2. batched matmuls at attention shapes (`einsum("bmk,bkn->bmn")` vs `torch.bmm`): with several
      threads XLA:CPU's batched dot runs at about its one-core speed, torch's scales; with
@@ -21,8 +21,15 @@ Five parts, each JAX against torch on the same float32 random inputs, median of 
   5. `gelu`: exact GELU, forward and with its gradient, at the towers' MLP shapes: `jax.nn.gelu(
      approximate=False)`, which XLA:CPU lowers from erfc into two branches and two loop fusions,
      against the same function written with erf (`models.layers.gelu_exact`, the workaround the
-     models use) and `F.gelu`.
-Nothing from the library is timed except the attention function in part 3 and the GELU in part 5.
+     models use) and `F.gelu`;
+  6. `wgrad`: the weight gradient `xᵀ·dy` of a narrowing projection (an MLP's output) at the
+     towers' shapes. It contracts the tokens, the rows of both operands. Written as that one
+     product, XLA:CPU runs it in Eigen (YNNPACK refuses a left operand contracted over its rows);
+     the library transposes `dy` itself and fences the `(out, in)` product, so the product runs in
+     YNNPACK and only the weight-sized result is transposed (`models/projection.py`); torch's
+     `x.t() @ dy` takes the transpose by stride.
+Nothing from the library is timed except the attention function in part 3, the GELU in part 5
+and the projection's backward in part 6.
 Like the train step, both sides run with XLA's temporaries kept mapped
 (`host_memory.retain_freed_memory`, set before JAX starts; process-wide, so torch's allocations are
 kept as well).
@@ -35,7 +42,8 @@ import time
 from absl import app
 from absl import flags
 
-_PARTS = flags.DEFINE_list("parts", ["gemm", "bmm", "attention", "gelu"], "Which parts to run (also: step).")
+_PARTS = flags.DEFINE_list("parts", ["gemm", "bmm", "attention", "gelu", "wgrad"],
+                           "Which parts to run (also: step).")
 _STEP_CONFIG = flags.DEFINE_string("step_config", "configs/small.py", "Config (last stage) whose step's products "
                                    "--parts=step times; --dtype and --batch_size apply.")
 
@@ -47,6 +55,8 @@ GEMMS = ((2048, 2048, 2048), (8192, 384, 384), (8192, 384, 1536), (8192, 1536, 3
 BMMS = ((192, 256, 64, 256), (192, 256, 256, 64), (256, 44, 32, 44), (256, 44, 44, 32))
 # MLP activations (tokens, hidden): the demo's MiniLM Y-encoder and ViT, small's ViT.
 GELU_SHAPES = ((768, 1536), (2048, 256), (8192, 1536))
+# Narrowing projections (tokens, fan_in, fan_out): the demo's ViT and predictor MLP outputs, small's.
+WGRAD_SHAPES = ((2048, 512, 128), (2816, 256, 128), (8192, 1536, 384), (8704, 1536, 512))
 # (batch, length, width, heads, kv heads): small's ViT and predictor, the demo's predictor.
 BLOCKS = ((32, 256, 384, 6, 6), (32, 272, 512, 8, 2), (64, 44, 128, 4, 2))
 
@@ -264,6 +274,37 @@ def gelu_forms():
     print(f"| {shape} | " + " | ".join(cells) + " |", flush=True)
 
 
+def weight_gradient_forms():
+  import jax  # pylint: disable=g-import-not-at-top
+  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
+  import numpy as np  # pylint: disable=g-import-not-at-top
+  import torch  # pylint: disable=g-import-not-at-top
+  from vljepa_jax.models import projection  # pylint: disable=g-import-not-at-top
+
+  def rows_contracted(x, dy):  # what XLA makes of the gradient when nothing fences the transpose
+    return jax.lax.dot_general(x, dy, (((0,), (0,)), ((), ())))
+
+  def library(x, dy):  # the projection's own backward; its input gradient is left out of the timing
+    _, vjp = jax.vjp(lambda k: projection.project(x, k), jnp.zeros((x.shape[1], dy.shape[1]), x.dtype))
+    return vjp(dy)[0]
+
+  forms = {"one product (Eigen)": rows_contracted, "fenced transpose (library)": library}
+  print("\n| weight gradient xᵀ·dy, tokens×in×out | " + " | ".join(f"{n} GFLOP/s" for n in forms)
+        + " | torch GFLOP/s |\n|---|---|---|---|")
+  rng = np.random.default_rng(0)
+  for tokens, fan_in, fan_out in WGRAD_SHAPES:
+    x = rng.standard_normal((tokens, fan_in), np.float32)
+    dy = rng.standard_normal((tokens, fan_out), np.float32)
+    jx, jdy, tx, tdy = jnp.asarray(x), jnp.asarray(dy), torch.from_numpy(x), torch.from_numpy(dy)
+    flop = 2 * tokens * fan_in * fan_out
+    cells = []
+    for fn in forms.values():
+      compiled = jax.jit(fn).lower(jx, jdy).compile()
+      cells.append(f"{flop / _seconds(lambda c=compiled: c(jx, jdy), 10) / 1e9:.1f}")
+    cells.append(f"{flop / _seconds(lambda: tx.t() @ tdy, 10) / 1e9:.1f}")
+    print(f"| {tokens}×{fan_in}×{fan_out} | " + " | ".join(cells) + " |", flush=True)
+
+
 def main(argv):
   del argv
   sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -279,6 +320,8 @@ def main(argv):
     attention_blocks()
   if "gelu" in _PARTS.value:
     gelu_forms()
+  if "wgrad" in _PARTS.value:
+    weight_gradient_forms()
   if "step" in _PARTS.value:
     step_products()
 

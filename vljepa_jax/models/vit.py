@@ -26,6 +26,7 @@ import jax
 import jax.numpy as jnp
 
 from vljepa_jax.models import layers
+from vljepa_jax.models import projection
 from vljepa_jax.models import rope
 from vljepa_jax.models.config import ArchConfig
 
@@ -222,7 +223,8 @@ class PatchEmbed(nn.Module):
     patches = video.reshape(batch, grid[0], kt, grid[1], kp, grid[2], kp, channels)
     patches = patches.transpose(0, 1, 3, 5, 2, 4, 6, 7).reshape(batch, math.prod(grid), kt * kp * kp * channels)
     kernel, bias = nn.dtypes.promote_dtype(kernel, bias, dtype=cfg.compute_dtype)
-    return patches @ kernel.reshape(-1, cfg.hidden_size) + bias, grid
+    # `projection.project`, as every other projection: its CPU backward keeps the weight gradient in YNNPACK.
+    return projection.project(patches, kernel.reshape(-1, cfg.hidden_size)) + bias, grid
 
 
 class ViTBlock(nn.Module):
