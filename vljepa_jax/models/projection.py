@@ -18,9 +18,10 @@ or the incoming gradient) itself, from a materialised buffer (the optimisation b
 from fusing the transpose back into the producer, or folding it into the dot), then multiplies
 in the layout the GEMM wants; where that leaves the weight gradient transposed, `(out, in)`, the
 product is fenced too, so the weight-sized transpose after it stays a copy instead of being
-folded back into a product YNNPACK refuses. A standalone transpose runs at memory speed. The input gradient is
-the usual `dy · Wᵀ`. Four SwiGLU blocks at the demo predictor's shapes, forward + backward: 77–79 ms
-with JAX's rule, 53–55 ms with this one, PyTorch 56–60 ms (2-core AMD EPYC, two runs).
+folded back into a product YNNPACK refuses. A standalone transpose runs at memory speed. The
+input gradient is the usual `dy · Wᵀ`. Four SwiGLU blocks at the demo predictor's shapes, forward +
+backward: 77–79 ms with JAX's rule, 53–55 ms with this one, PyTorch 56–60 ms (2-core AMD EPYC, two
+runs).
 
 GPUs and TPUs keep JAX's own rule: there XLA picks operand layouts for the MXU / tensor cores
 itself, and a forced transpose would only add a pass over HBM. The platform is the one being
@@ -70,7 +71,8 @@ def _cpu_project_bwd(num_contracted, residuals, dy):
     dy_t = jax.lax.optimization_barrier(jax.lax.optimization_barrier(dy2).T)
     # (out, in) -> (in, out): a weight-sized transpose. The barrier keeps it a copy: left free, XLA's
     # simplifier folds it into the product as `x2ᵀ · dy_tᵀ`, whose left operand is contracted over
-    # its rows, which YNNPACK refuses, and Eigen runs it 10-35% slower.
+    # its rows, which YNNPACK refuses; Eigen ran it at 10-40% fewer GFLOP/s (`xla_cpu_repro.py
+    # --parts=wgrad`).
     dkernel = jax.lax.optimization_barrier(dy_t @ x2).T
   return dx.astype(x.dtype), dkernel.reshape(kernel.shape).astype(kernel.dtype)
 
