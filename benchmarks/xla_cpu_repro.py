@@ -1,11 +1,11 @@
 r"""Minimal, standalone reproductions of the XLA:CPU gaps behind the train-step comparison with PyTorch.
 
-  python benchmarks/xla_cpu_repro.py                 # matmuls, batched matmuls, attention, GELU, wgrad
+  python benchmarks/xla_cpu_repro.py                 # matmuls, batched matmuls, attention, GELU, wgrad, transpose
   taskset -c 0 python benchmarks/xla_cpu_repro.py    # the same on one core
   python benchmarks/xla_cpu_repro.py --parts=step --step_config=configs/small.py --dtype=float32
   python benchmarks/xla_cpu_repro.py --parts=bmm --devices=2   # + the batched products over 2 CPU devices
 
-Six parts, each JAX against torch on the same float32 random inputs, median of `--rounds` rounds:
+Seven parts, each JAX against torch on the same float32 random inputs, median of `--rounds` rounds:
   1. plain 2-D GEMMs at the towers' shapes (the machine's matmul speed: equal in both);
   2. batched matmuls at attention shapes (`einsum("bmk,bkn->bmn")` vs `torch.bmm`): with several
      threads XLA:CPU's batched dot runs at about its one-core speed, torch's scales; with
@@ -28,6 +28,12 @@ Six parts, each JAX against torch on the same float32 random inputs, median of `
      the library transposes `dy` itself and fences the `(out, in)` product, so the product runs in
      YNNPACK and only the weight-sized result is transposed (`models/projection.py`); torch's
      `x.t() @ dy` takes the transpose by stride.
+  7. `transpose`: the operand part 6 transposes, at the step's shapes. A transpose of a buffer in
+     memory (`x.T`) runs at memory speed. The same transpose of an elementwise result (`(x*a+b).T`,
+     as a norm's recomputed output or an activation's gradient reaches the weight gradient in the
+     step) is emitted as one loop fusion that computes the elementwise op in the transposed order,
+     2-4x slower than the transpose alone in our runs; an optimisation barrier does not keep the two apart
+     (XLA:CPU removes barriers before fusion). torch's `.t().contiguous()` of either, for scale.
 Nothing from the library is timed except the attention function in part 3, the GELU in part 5
 and the projection's backward in part 6.
 Like the train step, both sides run with XLA's temporaries kept mapped
@@ -42,7 +48,7 @@ import time
 from absl import app
 from absl import flags
 
-_PARTS = flags.DEFINE_list("parts", ["gemm", "bmm", "attention", "gelu", "wgrad"],
+_PARTS = flags.DEFINE_list("parts", ["gemm", "bmm", "attention", "gelu", "wgrad", "transpose"],
                            "Which parts to run (also: step).")
 _STEP_CONFIG = flags.DEFINE_string("step_config", "configs/small.py", "Config (last stage) whose step's products "
                                    "--parts=step times; --dtype and --batch_size apply.")
@@ -57,6 +63,8 @@ BMMS = ((192, 256, 64, 256), (192, 256, 256, 64), (256, 44, 32, 44), (256, 44, 4
 GELU_SHAPES = ((768, 1536), (2048, 256), (8192, 1536))
 # Narrowing projections (tokens, fan_in, fan_out): the demo's ViT and predictor MLP outputs, small's.
 WGRAD_SHAPES = ((2048, 512, 128), (2816, 256, 128), (8192, 1536, 384), (8704, 1536, 512))
+# Operands the weight gradients transpose (tokens, width): the demo's predictor and ViT, small's ViT.
+TRANSPOSE_SHAPES = ((2816, 128), (2048, 128), (8192, 384))
 # (batch, length, width, heads, kv heads): small's ViT and predictor, the demo's predictor.
 BLOCKS = ((32, 256, 384, 6, 6), (32, 272, 512, 8, 2), (64, 44, 128, 4, 2))
 
@@ -305,6 +313,31 @@ def weight_gradient_forms():
     print(f"| {tokens}×{fan_in}×{fan_out} | " + " | ".join(cells) + " |", flush=True)
 
 
+def transpose_forms():
+  import jax  # pylint: disable=g-import-not-at-top
+  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
+  import numpy as np  # pylint: disable=g-import-not-at-top
+  import torch  # pylint: disable=g-import-not-at-top
+  forms = {
+      "x.T": lambda x: x.T,
+      "(x*a+b).T": lambda x: (x * 1.5 + 0.5).T,
+      "barrier(x*a+b).T": lambda x: jax.lax.optimization_barrier(x * 1.5 + 0.5).T,
+  }
+  print("\n| transpose, (tokens, width) | " + " | ".join(f"{n} µs" for n in forms)
+        + " | torch x.t() µs | torch (x*a+b).t() µs |\n|---|---|---|---|---|---|")
+  rng = np.random.default_rng(0)
+  for shape in TRANSPOSE_SHAPES:
+    x = rng.standard_normal(shape, np.float32)
+    jx, tx = jnp.asarray(x), torch.from_numpy(x)
+    cells = []
+    for fn in forms.values():
+      compiled = jax.jit(fn).lower(jx).compile()
+      cells.append(f"{_seconds(lambda c=compiled: c(jx), 20) * 1e6:.0f}")
+    cells.append(f"{_seconds(lambda: tx.t().contiguous(), 20) * 1e6:.0f}")
+    cells.append(f"{_seconds(lambda: (tx * 1.5 + 0.5).t().contiguous(), 20) * 1e6:.0f}")
+    print(f"| {shape} | " + " | ".join(cells) + " |", flush=True)
+
+
 def main(argv):
   del argv
   sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -322,6 +355,8 @@ def main(argv):
     gelu_forms()
   if "wgrad" in _PARTS.value:
     weight_gradient_forms()
+  if "transpose" in _PARTS.value:
+    transpose_forms()
   if "step" in _PARTS.value:
     step_products()
 

@@ -195,6 +195,16 @@ def test_xla_cpu_repro_weight_gradient_part_prints_all_forms():
   assert all(len(row.split(" | ")) == 4 for row in rows), rows  # shape, Eigen, library, torch
 
 
+def test_xla_cpu_repro_transpose_part_prints_all_forms():
+  proc = _run([sys.executable, "benchmarks/xla_cpu_repro.py", "--parts=transpose", "--rounds=1"])
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  rows = [line for line in proc.stdout.splitlines() if line.startswith("| (")]
+  assert [row.split(" | ")[0] for row in rows] == ["| (2816, 128)", "| (2048, 128)", "| (8192, 384)"], proc.stdout
+  # shape, three JAX forms, two torch forms: each a positive time in µs
+  assert all(len(row.split(" | ")) == 6 for row in rows), rows
+  assert all(float(cell.strip(" |")) > 0 for row in rows for cell in row.split(" | ")[1:]), rows
+
+
 def test_timed_rounds_rotate_the_phase_order(monkeypatch):
   """Every round times each variant's phases in the same order, starting one phase later than the last round."""
   monkeypatch.setattr(train_step_benchmark, "_PAUSE_S", 0.0)

@@ -14,12 +14,16 @@ predictor; `benchmarks/README.md`, "Against PyTorch"). PyTorch's GEMM takes a tr
 stride instead.
 
 What. On the CPU, the backward pass transposes the smaller of the two operands (the saved input
-or the incoming gradient) itself, from a materialised buffer (the optimisation barrier keeps XLA
-from fusing the transpose back into the producer, or folding it into the dot), then multiplies
-in the layout the GEMM wants; where that leaves the weight gradient transposed, `(out, in)`, the
-product is fenced too, so the weight-sized transpose after it stays a copy instead of being
-folded back into a product YNNPACK refuses. A standalone transpose runs at memory speed. The
-input gradient is the usual `dy · Wᵀ`. Four SwiGLU blocks at the demo predictor's shapes, forward +
+or the incoming gradient) itself, then multiplies in the layout the GEMM wants; where that leaves
+the weight gradient transposed, `(out, in)`, the product is fenced too, so the weight-sized
+transpose after it stays a copy instead of being folded back into a product YNNPACK refuses. The
+optimisation barriers stop XLA's simplifier from folding a transpose into the dot. They do not
+keep it apart from an elementwise producer: XLA:CPU removes barriers before fusion, so a norm's
+recomputed output and its transpose are one loop fusion, 2-4x slower than the transpose of a
+buffer in memory (`benchmarks/xla_cpu_repro.py --parts=transpose`). That is still one pass over
+the smaller operand; making the producer's result a buffer first (behind a `lax.cond`) left the
+demo step no faster (`benchmarks/README.md`, issue 13, eleventh pass). The input gradient is
+the usual `dy · Wᵀ`. Four SwiGLU blocks at the demo predictor's shapes, forward +
 backward: 77–79 ms with JAX's rule, 53–55 ms with this one, PyTorch 56–60 ms (2-core AMD EPYC, two
 runs).
 
