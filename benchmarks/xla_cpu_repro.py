@@ -32,8 +32,9 @@ Seven parts, each JAX against torch on the same float32 random inputs, median of
      memory (`x.T`) runs at memory speed. The same transpose of an elementwise result (`(x*a+b).T`,
      as a norm's recomputed output or an activation's gradient reaches the weight gradient in the
      step) is emitted as one loop fusion that computes the elementwise op in the transposed order,
-     2-4x slower than the transpose alone in our runs; an optimisation barrier does not keep the two apart
-     (XLA:CPU removes barriers before fusion). torch's `.t().contiguous()` of either, for scale.
+     1.6-4x slower than the transpose alone in our runs; an optimisation barrier does not keep the
+     two apart (XLA:CPU removes barriers before fusion). torch's `.t().contiguous()` of either, for
+     scale.
 Nothing from the library is timed except the attention function in part 3, the GELU in part 5
 and the projection's backward in part 6.
 Like the train step, both sides run with XLA's temporaries kept mapped

@@ -19,7 +19,7 @@ the weight gradient transposed, `(out, in)`, the product is fenced too, so the w
 transpose after it stays a copy instead of being folded back into a product YNNPACK refuses. The
 optimisation barriers stop XLA's simplifier from folding a transpose into the dot. They do not
 keep it apart from an elementwise producer: XLA:CPU removes barriers before fusion, so a norm's
-recomputed output and its transpose are one loop fusion, 2-4x slower than the transpose of a
+recomputed output and its transpose are one loop fusion, 1.6-4x slower than the transpose of a
 buffer in memory (`benchmarks/xla_cpu_repro.py --parts=transpose`). That is still one pass over
 the smaller operand; making the producer's result a buffer first (behind a `lax.cond`) left the
 demo step no faster (`benchmarks/README.md`, issue 13, eleventh pass). The input gradient is
