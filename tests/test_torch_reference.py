@@ -178,31 +178,23 @@ def test_optimizer_update_benchmark_runs_every_variant():
   assert "library: 0 parameter-sized copies" in out, out
 
 
-def test_xla_cpu_repro_gelu_part_prints_all_forms():
-  proc = _run([sys.executable, "benchmarks/xla_cpu_repro.py", "--parts=gelu", "--rounds=1"])
+def test_xla_cpu_repro_gelu_weight_gradient_and_transpose_parts_print_all_forms():
+  """The three parts that time single ops, in one process (one jax/torch start-up instead of three)."""
+  proc = _run([sys.executable, "benchmarks/xla_cpu_repro.py", "--parts=gelu,wgrad,transpose", "--rounds=1"])
   assert proc.returncode == 0, proc.stderr[-3000:]
-  rows = [line for line in proc.stdout.splitlines() if line.startswith("| (")]
-  assert [row.split(" | ")[0] for row in rows] == ["| (768, 1536)", "| (2048, 256)", "| (8192, 1536)"], proc.stdout
-  assert all(len(row.split(" | ")) == 4 for row in rows), rows  # shape, erfc, erf, torch
-
-
-def test_xla_cpu_repro_weight_gradient_part_prints_all_forms():
-  proc = _run([sys.executable, "benchmarks/xla_cpu_repro.py", "--parts=wgrad", "--rounds=1"])
-  assert proc.returncode == 0, proc.stderr[-3000:]
-  rows = [line for line in proc.stdout.splitlines() if line[:3].startswith("| ") and line[2:3].isdigit()]
-  assert [row.split(" | ")[0] for row in rows] == ["| 2048×512×128", "| 2816×256×128", "| 8192×1536×384",
-                                                  "| 8704×1536×512"], proc.stdout
-  assert all(len(row.split(" | ")) == 4 for row in rows), rows  # shape, Eigen, library, torch
-
-
-def test_xla_cpu_repro_transpose_part_prints_all_forms():
-  proc = _run([sys.executable, "benchmarks/xla_cpu_repro.py", "--parts=transpose", "--rounds=1"])
-  assert proc.returncode == 0, proc.stderr[-3000:]
-  rows = [line for line in proc.stdout.splitlines() if line.startswith("| (")]
-  assert [row.split(" | ")[0] for row in rows] == ["| (2816, 128)", "| (2048, 128)", "| (8192, 384)"], proc.stdout
-  # shape, three JAX forms, two torch forms: each a positive time in µs
-  assert all(len(row.split(" | ")) == 6 for row in rows), rows
-  assert all(float(cell.strip(" |")) > 0 for row in rows for cell in row.split(" | ")[1:]), rows
+  out = proc.stdout
+  # gelu: (tokens, hidden) rows with shape, erfc, erf, torch
+  gelu = [line for line in out.splitlines() if line.startswith("| (") and len(line.split(" | ")) == 4]
+  assert [row.split(" | ")[0] for row in gelu] == ["| (768, 1536)", "| (2048, 256)", "| (8192, 1536)"], out
+  # wgrad: tokens×in×out rows with shape, Eigen, library, torch
+  wgrad = [line for line in out.splitlines() if line[:3].startswith("| ") and line[2:3].isdigit()]
+  assert [row.split(" | ")[0] for row in wgrad] == ["| 2048×512×128", "| 2816×256×128", "| 8192×1536×384",
+                                                   "| 8704×1536×512"], out
+  assert all(len(row.split(" | ")) == 4 for row in wgrad), wgrad
+  # transpose: shape, three JAX forms, two torch forms, each a positive time in µs
+  transpose = [line for line in out.splitlines() if line.startswith("| (") and len(line.split(" | ")) == 6]
+  assert [row.split(" | ")[0] for row in transpose] == ["| (2816, 128)", "| (2048, 128)", "| (8192, 384)"], out
+  assert all(float(cell.strip(" |")) > 0 for row in transpose for cell in row.split(" | ")[1:]), transpose
 
 
 def test_timed_rounds_rotate_the_phase_order(monkeypatch):
