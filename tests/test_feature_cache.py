@@ -145,9 +145,11 @@ def test_a_stale_or_foreign_cache_is_refused(float32_cache, tmp_path):
 def test_training_reads_the_cache_and_the_command_line_writes_it(float32_cache, tmp_path):
   path, _ = float32_cache
   out = tmp_path / "cli"
+  # config.cpu_devices takes effect here as in training (XLA_FLAGS cleared: a forced device count would win).
   proc = run_cli("vljepa_jax.data.cache_features", "--config=tests/tiny_train_config.py",
-                 "--config.model.freeze_x_encoder=True", f"--output={out}", "--batch_size=32", "--dtype=float32")
-  assert f"cached 256 records (0 skipped), tokens (4, 80) float32 -> {out}" in proc.stdout
+                 "--config.model.freeze_x_encoder=True", "--config.cpu_devices=2", f"--output={out}", "--batch_size=32",
+                 "--dtype=float32", env={**os.environ, "XLA_FLAGS": ""})
+  assert f"cached 256 records (0 skipped), tokens (4, 80) float32 -> {out} (2 devices)" in proc.stdout, proc.stdout
   with open(out / feature_cache.METADATA_FILE) as f, open(path / feature_cache.METADATA_FILE) as g:
     cli, direct = json.load(f), json.load(g)
   assert feature_cache.probe_distance(cli["probe"], direct["probe"]) < 1e-5 and not os.path.exists(f"{out}.tmp")

@@ -176,6 +176,21 @@ def split_cpu(config) -> None:
     _fail(str(e))
 
 
+def start_process(config) -> None:
+  """What every command that runs the config's model does first, in this order, before the backend starts.
+
+  The process flags (`--host_memory`, `--library_info`, the `jax.distributed` ones) and
+  `config.cpu_devices` apply to every such command (this one, `vljepa_jax.data.cache_features`), so
+  none of them is accepted by one and silently ignored by another.
+  """
+  if not _LIBRARY_INFO.value:
+    logging.get_absl_handler().addFilter(_QuietLibraries())
+  # Before anything starts a JAX backend: its threads choose their malloc arena on first use.
+  host_memory.retain_freed_memory(_HOST_MEMORY.value)
+  split_cpu(config)
+  initialize_distributed()
+
+
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
@@ -183,12 +198,7 @@ def main(argv):
     raise app.UsageError("--config is required, e.g. --config=configs/demo.py")
   if not _WORKDIR.value:
     raise app.UsageError("--workdir is required: where checkpoints and results go")
-  if not _LIBRARY_INFO.value:
-    logging.get_absl_handler().addFilter(_QuietLibraries())
-  # Before anything starts a JAX backend: its threads choose their malloc arena on first use.
-  host_memory.retain_freed_memory(_HOST_MEMORY.value)
-  split_cpu(_CONFIG.value)
-  initialize_distributed()
+  start_process(_CONFIG.value)
   # Imported after jax.distributed is up: nothing may touch the backend before it.
   from vljepa_jax.convert import hub  # pylint: disable=g-import-not-at-top
   from vljepa_jax.train import trainer  # pylint: disable=g-import-not-at-top

@@ -18,9 +18,10 @@ the source. Unusable records are skipped and counted per reason against `data.er
 
 Sharded like training: each global batch is split over the mesh's batch axes, and with several
 JAX processes (`--coordinator_address`, ...) each process encodes and writes its own records
-(`[process_index::process_count]`) to its own shard. Everything is written under `OUTPUT.tmp`, and
-process 0 writes `features.json` last and renames the directory to OUTPUT, so an interrupted run
-leaves no cache behind that looks complete.
+(`[process_index::process_count]`) to its own shard. `config.cpu_devices`, `--host_memory` and the
+`jax.distributed` flags apply as in `vljepa_jax.main` (`main.start_process`). Everything is
+written under `OUTPUT.tmp`, and process 0 writes `features.json` last and renames the directory
+to OUTPUT, so an interrupted run leaves no cache behind that looks complete.
 """
 from __future__ import annotations
 
@@ -29,6 +30,7 @@ import sys
 
 from absl import app
 from absl import flags
+import jax
 
 from vljepa_jax import main as main_lib
 from vljepa_jax.data import feature_cache
@@ -55,7 +57,7 @@ def main(argv):
     raise app.UsageError("--output is required: the cache directory to write")
   if flags.FLAGS.workdir or flags.FLAGS["mode"].present or flags.FLAGS["eval_steps"].present:
     raise app.UsageError("--workdir, --mode and --eval_steps are vljepa_jax.main's; this tool writes to --output")
-  main_lib.initialize_distributed()
+  main_lib.start_process(config)  # config.cpu_devices, --host_memory and jax.distributed, as training
   try:
     metadata = feature_cache_writer.write_cache(config, _OUTPUT.value, stage=_STAGE.value, source=_SOURCE.value,
                                                 eval_name=_EVAL.value,
@@ -65,7 +67,7 @@ def main(argv):
     sys.exit(1)
   skipped = sum(metadata["skipped"].values())
   print(f"cached {metadata['num_records']} records ({skipped} skipped), tokens {tuple(metadata['token_shape'])} "
-        f"{metadata['dtype']} -> {os.path.abspath(_OUTPUT.value)}")
+        f"{metadata['dtype']} -> {os.path.abspath(_OUTPUT.value)} ({jax.device_count()} devices)")
 
 
 if __name__ == "__main__":
