@@ -6,11 +6,14 @@ rounded to float32, TensorBoard's scalar type.
 """
 from __future__ import annotations
 
+import importlib.util
 import io
 import json
 import math
 import os
 import re
+import subprocess
+import sys
 
 import numpy as np
 
@@ -162,3 +165,19 @@ def test_progress_bar_on_a_terminal(tmp_path):
   assert any(re.search(r"\[train\].*\b4/8\b.*loss=0\.5", s) for s in screens)
   assert "step 4/8" not in out  # no plain log line on a terminal
   assert out.endswith("\n")
+
+
+def test_the_training_entry_points_do_not_import_torch():
+  """tensorboardX imports torch whenever it is installed (the test extra installs it); the logger
+  keeps it out of a training process, which would pay torch's start-up time and memory for nothing."""
+  assert importlib.util.find_spec("torch") is not None  # else this would pass for the wrong reason
+  code = ("import sys\n"
+          "import vljepa_jax.main\n"
+          "from vljepa_jax.train import evaluation, metrics_log, trainer\n"
+          "print('torch' in sys.modules)\n"
+          "import torch\n"  # and torch itself still imports afterwards
+          "print(torch.ones(2).sum().item())\n")
+  proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                        env={**os.environ, "JAX_PLATFORMS": "cpu"})
+  assert proc.returncode == 0, proc.stderr[-2000:]
+  assert proc.stdout.split() == ["False", "2.0"], proc.stdout
