@@ -178,6 +178,17 @@ def test_optimizer_update_benchmark_runs_every_variant():
   assert "library: 0 parameter-sized copies" in out, out
 
 
+def test_init_compile_benchmark_compares_the_library_options_with_the_default():
+  proc = _run([sys.executable, "benchmarks/init_compile.py", f"--configs={TINY}"])
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  rows = [line.split(" | ") for line in proc.stdout.splitlines() if line.startswith(f"| {TINY} |")]
+  assert len(rows) == 1 and len(rows[0]) == 7, proc.stdout
+  assert all(float(cell) > 0 for cell in rows[0][2:4]), rows  # both compile times
+  verdict = rows[0][6].rstrip(" |")
+  # The same parameters either way: bit-equal here, at most rounding on another CPU.
+  assert verdict.startswith("bit-equal") or float(verdict.split()[-1]) < 1e-6, verdict
+
+
 def test_xla_cpu_repro_gelu_weight_gradient_and_transpose_parts_print_all_forms():
   """The three parts that time single ops, in one process (one jax/torch start-up instead of three)."""
   proc = _run([sys.executable, "benchmarks/xla_cpu_repro.py", "--parts=gelu,wgrad,transpose", "--rounds=1"])

@@ -297,20 +297,24 @@ class Stage:
     return jax.device_put({k: init_params[k] if k in init_params else random[k] for k in self.param_shardings},
                           self.param_shardings)
 
-  def random_params(self) -> Any:
-    """The model's random init (seed `config.seed`) and the objective's parameters, with the stage's shardings."""
+  def model_init(self) -> Any:
+    """The model's random init as a function of a key: its unboxed parameters (the objective's not included)."""
     model = self.setup.model
     inputs = param_layout_lib.example_inputs(self.data)
 
     def init(rng):
       return params_lib.unbox(model.init(rng, *[jnp.zeros(x.shape, x.dtype) for x in inputs])["params"])
 
+    return init
+
+  def random_params(self) -> Any:
+    """The model's random init (seed `config.seed`) and the objective's parameters, with the stage's shardings."""
     # The model's init is the same program whatever the objective (one compilation-cache entry); the
     # objective's few parameters are put beside its output.
     model_shardings = {k: v for k, v in self.param_shardings.items() if k != objectives_base.OBJECTIVE_PARAMS}
     with jax.set_mesh(self.mesh):
-      params = jax.jit(init, out_shardings=model_shardings, compiler_options=init_compiler_options(self.mesh))(
-          jax.random.key(self.config.seed))
+      params = jax.jit(self.model_init(), out_shardings=model_shardings,
+                       compiler_options=init_compiler_options(self.mesh))(jax.random.key(self.config.seed))
     return jax.device_put(objectives_base.with_objective_params(params, self.objective.init_params()),
                           self.param_shardings)
 
