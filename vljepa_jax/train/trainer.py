@@ -152,9 +152,10 @@ def init_compiler_options(mesh: jax.sharding.Mesh) -> dict[str, int] | None:
 
   Threefry, JAX's default random bits, is unrolled into long straight-line code that XLA:CPU's LLVM
   spends most of the program's compile time optimising, for a program that runs once. At level 1
-  the demo's init compiled in 8.8 s against 13.9 s, the tests' tiny model's in 4.6 s against 8.4 s,
-  and ran as fast (0.38 against 0.47 s on the demo), with bit-identical parameters (2-core AMD EPYC,
-  jax 0.10.2; `tests/test_trainer.py` checks the equality). Accelerators keep their defaults.
+  the demo's init compiled in 8.1 s against 12.1 s and `small`'s in 14.2 s against 20.5 s, ran
+  within 0.15 s of the default program, and gave bit-identical parameters (`benchmarks/
+  init_compile.py`, 2-core AMD EPYC, jax 0.10.2; `tests/test_model_setup.py` checks the parameters
+  against the default program's). Accelerators keep their defaults.
   """
   return {"xla_backend_optimization_level": 1} if on_cpu(mesh) else None
 
