@@ -5,12 +5,16 @@ op per device, which for a state of many small arrays is hundreds of compiles at
 library keeps it for large arrays only (`MIN_REPLICA_SLICE_BYTES`); the reference for what each
 save compiled is JAX's own compile events, and for what it wrote, the arrays themselves.
 """
+import os
+import subprocess
+import sys
+
 import jax
 import numpy as np
 import optax
 from jax.sharding import NamedSharding, PartitionSpec as P
 
-from conftest import NUM_CPU_DEVICES
+from conftest import NUM_CPU_DEVICES, REPO
 from vljepa_jax.train import checkpointing
 from vljepa_jax.train import train_step
 
@@ -72,3 +76,19 @@ def test_orbax_global_handlers_are_left_as_they_were(tmp_path):
   with checkpointing.Checkpointer(str(tmp_path)):
     pass
   assert checkpointing.ocp.type_handlers.get_type_handler(jax.Array) is before
+
+
+def test_checkpoint_save_benchmark_compares_both_handlers():
+  """benchmarks/checkpoint_save.py end to end at toy size (plumbing and the compile counts, no timing asserted)."""
+  tiny = os.path.join(REPO, "tests", "tiny_train_config.py")
+  proc = subprocess.run([sys.executable, "benchmarks/checkpoint_save.py", f"--configs={tiny}", "--cpu_devices=2",
+                         "--saves=1"], cwd=REPO, capture_output=True, text=True, timeout=600,
+                        env={**os.environ, "JAX_PLATFORMS": "cpu"})
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  assert ", cpu x 2," in proc.stdout.splitlines()[0], proc.stdout
+  rows = {cells[1]: cells for cells in (line.split(" | ") for line in proc.stdout.splitlines()
+                                        if line.startswith(f"| {tiny} |"))}
+  assert sorted(rows) == ["library", "orbax"], proc.stdout
+  assert rows["library"][2] == rows["orbax"][2]  # the same state: as many arrays
+  # Two replicas of every array: Orbax's default slices the small ones per device, the library's handler does not.
+  assert int(rows["library"][4]) == 0 < int(rows["orbax"][4]), proc.stdout
