@@ -27,7 +27,8 @@ from absl import logging
 import grain
 import jax
 import orbax.checkpoint as ocp
-from orbax.checkpoint._src.metadata import array_metadata_store  # the Store Orbax's default ArrayHandler keeps
+# What Orbax's default ArrayHandler is given. A private module: requirements.txt pins orbax-checkpoint < 0.13.
+from orbax.checkpoint._src.metadata import array_metadata_store
 
 from vljepa_jax.train import train_step as train_step_lib
 
