@@ -93,12 +93,12 @@ def measure(spec: str, handler: str) -> dict:
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+  import jax  # pylint: disable=g-import-not-at-top
+  jax.config.update("jax_num_cpu_devices", _CPU_DEVICES.value)
   if _CHILD.value:
-    import jax  # pylint: disable=g-import-not-at-top
-    jax.config.update("jax_num_cpu_devices", _CPU_DEVICES.value)
     print(json.dumps({spec: measure(spec, _CHILD.value) for spec in _CONFIGS.value}), flush=True)
     return
-  print(harness.machine_line().replace("cpu x 1", f"cpu x {_CPU_DEVICES.value}"), flush=True)
+  print(harness.machine_line(), flush=True)
   results = {}
   for handler in HANDLERS:
     command = [sys.executable, os.path.abspath(__file__), *sys.argv[1:], f"--child_handler={handler}"]
@@ -107,13 +107,13 @@ def main(argv):
     results[handler] = json.loads(out.strip().splitlines()[-1])
   header = ["config", "handler", "arrays", "MiB", "first save: compiles", "blocked s", "total s",
             "later saves: blocked s", "total s"]
-  print("| " + " | ".join(header) + " |")
-  print("|" + "---|" * len(header))
+  rows = []
   for spec in _CONFIGS.value:
     for handler in HANDLERS:
       r = results[handler][spec]
-      print(f"| {spec} | {handler} | {r['arrays']} | {r['mib']:.1f} | {r['first_compiles']} | "
-            f"{r['first_blocked']:.2f} | {r['first_total']:.2f} | {r['later_blocked']:.2f} | {r['later_total']:.2f} |")
+      rows.append([spec, handler, r["arrays"], f"{r['mib']:.1f}", r["first_compiles"], f"{r['first_blocked']:.2f}",
+                   f"{r['first_total']:.2f}", f"{r['later_blocked']:.2f}", f"{r['later_total']:.2f}"])
+  harness.print_table(header, rows)
 
 
 if __name__ == "__main__":

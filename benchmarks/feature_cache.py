@@ -317,13 +317,6 @@ def _rate(samples_per_s: float) -> str:
   return f"{samples_per_s:.1f}" if samples_per_s >= 10 else f"{samples_per_s:.2f}"
 
 
-def _print_table(header, rows) -> None:
-  print("| " + " | ".join(header) + " |")
-  print("|" + "---|" * len(header))
-  for row in rows:
-    print("| " + " | ".join(str(c) for c in row) + " |", flush=True)
-
-
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
@@ -335,7 +328,7 @@ def main(argv):
     for name in _CONFIGS.value:
       results.append(measure(name, CONFIGS.get(name, name), root))
   print()
-  _print_table(["config", "step batch", "video step samples/s", "cache step samples/s", "step x",
+  harness.print_table(["config", "step batch", "video step samples/s", "cache step samples/s", "step x",
                 "compile s video / cache", "pipeline batch, threads", "video pipeline samples/s",
                 "cache pipeline samples/s", "pipeline x", "cache B/sample on disk (uncompressed)", "tokens",
                 "float32 / uint8 clip B", "cache write s (records)"],

@@ -1,8 +1,8 @@
 """What every benchmark script measures with, and nothing else (no flags, no JAX at import).
 
 Scripts put `benchmarks/` on `sys.path` and `import harness`: loading a config the way
-`--config=path[:arg]` does, the machine line every printed figure carries, and the mean time of
-repeated calls.
+`--config=path[:arg]` does, the machine line every printed figure carries, the mean time of
+repeated calls, and the markdown table results are printed as.
 """
 import os
 import platform
@@ -32,3 +32,11 @@ def median_time(fn, calls: int, sync=lambda out: out) -> float:
     out = fn()
   sync(out)
   return (time.perf_counter() - start) / calls
+
+
+def print_table(header, rows) -> None:
+  """A markdown table: `header` cells, then one line per row (cells printed with `str`)."""
+  print("| " + " | ".join(header) + " |")
+  print("|" + "---|" * len(header))
+  for row in rows:
+    print("| " + " | ".join(str(c) for c in row) + " |", flush=True)

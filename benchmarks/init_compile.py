@@ -67,10 +67,7 @@ def main(argv):
   rows = [compare(spec) for spec in _CONFIGS.value]
   header = ["config", "prng", "library compile s", "default compile s", "library run ms", "default run ms",
             "parameters"]
-  print("| " + " | ".join(header) + " |")
-  print("|" + "---|" * len(header))
-  for row in rows:
-    print("| " + " | ".join(row) + " |")
+  harness.print_table(header, rows)
 
 
 if __name__ == "__main__":

@@ -289,7 +289,7 @@ def report(results: dict, lengths) -> None:
       row.append("-" if a is None or b is None else f"{a / b:.2f}")
     rows.append(row)
   print()
-  train_step_benchmark._print_table(header, rows)  # pylint: disable=protected-access
+  harness.print_table(header, rows)
   for n in others:
     faster = [length for length in lengths if results["llama"][length]["fwd_bwd_s"] is not None
               and results[n][length]["fwd_bwd_s"] is not None
@@ -298,7 +298,7 @@ def report(results: dict, lengths) -> None:
                                 if faster else "none in these lengths"))
   print()
   print("scaling (fwd+bwd µs per token, and the log-log slope of time against length: 1 = linear, 2 = quadratic)")
-  train_step_benchmark._print_table(  # pylint: disable=protected-access
+  harness.print_table(
       ["length"] + [f"{n} µs/token" for n in names],
       [[f"{length:,}"] + ["-" if results[n][length]["fwd_bwd_s"] is None
                           else f"{results[n][length]['fwd_bwd_s'] * 1e6 / length:.2f}" for n in names]

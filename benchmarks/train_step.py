@@ -471,19 +471,12 @@ def main(argv):
                                           for p in ("forward", "forward+backward")] + [f"{sec[name] * 1e3:.0f}",
                                                                                          f"{batch / sec[name]:.1f}"])
     print(f"  {spec}: {r['samples_per_s']:.1f} samples/s", flush=True)
-  _print_table(header, rows)
+  harness.print_table(header, rows)
   if phase_rows:
     print()
-    _print_table(["config", "side", "forward ms", "forward+backward ms", "step ms", "samples/s"], phase_rows)
+    harness.print_table(["config", "side", "forward ms", "forward+backward ms", "step ms", "samples/s"], phase_rows)
   for line in ratios:
     print(line)
-
-
-def _print_table(header, rows) -> None:
-  print("| " + " | ".join(header) + " |")
-  print("|" + "---|" * len(header))
-  for row in rows:
-    print("| " + " | ".join(str(c) for c in row) + " |", flush=True)
 
 
 if __name__ == "__main__":
