@@ -334,6 +334,45 @@ def test_bad_records_are_counted_and_skipped(tmp_path):
   assert stats["skipped"] == 4
 
 
+def _bad_records_last(tmp_path):
+  """The media folder's manifest with its 9 good records first and 4 bad ones after the last good one."""
+  entries = _write_media_folder(tmp_path, bad=True)
+  entries = entries[:9] + [e for e in entries[9:] if e["media"] != "clips/short.mp4"]
+  with open(tmp_path / "manifest.jsonl", "w") as f:
+    for entry in entries:
+      f.write(json.dumps(entry) + "\n")
+
+
+@pytest.mark.parametrize("batch", [2, 3])
+def test_bad_records_after_the_last_good_one_are_counted(tmp_path, batch):
+  # 9 good records: batch 2 ends on a partial batch (the counts ride on a padding row), batch 3
+  # on a full one (the counts arrive alone, and no extra batch is returned).
+  _bad_records_last(tmp_path)
+  it = pipeline.make_iterator(_manifest_config(tmp_path, error_budget=0.5), global_batch_size=batch,
+                              process_index=0, process_count=1, drop_remainder=False)
+  batches = list(it)
+  assert len(batches) == -(-9 // batch)
+  for b in batches:
+    assert len(b["valid"]) == batch and b["valid"].any()
+    assert not np.any(np.diff(b["valid"].astype(int)) > 0)  # the valid rows come first
+  assert list(np.concatenate([b["source_index"][b["valid"]] for b in batches])) == list(range(9))
+  stats = it.stats()
+  assert stats["samples"] == 9
+  assert stats["skipped"] == 4
+  assert stats["skipped/missing_file"] == 1 and stats["skipped/empty_text"] == 1
+  assert stats["skipped/truncated_media"] + stats["skipped/unreadable_media"] == 2
+
+
+def test_training_batches_never_carry_trailing_counts(tmp_path):
+  # 9 good records and batches of 5: a carrier row after them would complete the second batch.
+  _bad_records_last(tmp_path)
+  it = pipeline.make_iterator(_manifest_config(tmp_path, error_budget=0.5), global_batch_size=5,
+                              process_index=0, process_count=1, drop_remainder=True)
+  batches = list(it)
+  assert len(batches) == 1 and batches[0]["valid"].all()
+  assert list(batches[0]["source_index"]) == list(range(5))
+
+
 def test_error_budget_stops_the_run_naming_bad_records(tmp_path):
   _write_media_folder(tmp_path, bad=True)
   cfg = _manifest_config(tmp_path, error_budget=0.05, error_budget_min_seen=5, num_epochs=None)

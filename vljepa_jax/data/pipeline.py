@@ -257,12 +257,13 @@ class Preprocess:
 class SkipBadRecords(grain.IterDataset):
   """Drops bad-record markers, counting them per reason and enforcing the error budget."""
 
-  def __init__(self, parent: grain.IterDataset, *, error_budget: float, min_seen: int):
+  def __init__(self, parent: grain.IterDataset, *, error_budget: float, min_seen: int, trailing_counts: bool = False):
     super().__init__(parent)
-    self._error_budget, self._min_seen = error_budget, min_seen
+    self._error_budget, self._min_seen, self._trailing_counts = error_budget, min_seen, trailing_counts
 
   def __iter__(self) -> "_SkipBadRecordsIterator":
-    return _SkipBadRecordsIterator(self._parent.__iter__(), self._error_budget, self._min_seen)
+    return _SkipBadRecordsIterator(self._parent.__iter__(), self._error_budget, self._min_seen,
+                                   self._trailing_counts)
 
 
 class _SkipBadRecordsIterator(grain.DatasetIterator):
@@ -270,22 +271,38 @@ class _SkipBadRecordsIterator(grain.DatasetIterator):
 
   Attaching the counts to elements (instead of keeping them on this object) makes them survive
   batching and worker processes: summing `_skipped` over batches gives exact totals.
+
+  Records skipped after the last good element of a finite pass have no element to ride on. With
+  `trailing_counts`, they travel on one last *carrier* element: the last good element's structure,
+  all zeros (so `valid=False`, like a padding row), which `DataIterator` counts and never returns
+  as a sample. Only where the batches are padded (evaluation, `drop_remainder=False`): a carrier
+  completing a full training batch would be trained on.
   """
 
-  def __init__(self, parent: grain.DatasetIterator, error_budget: float, min_seen: int):
+  def __init__(self, parent: grain.DatasetIterator, error_budget: float, min_seen: int, trailing_counts: bool):
     super().__init__(parent)
-    self._error_budget, self._min_seen = error_budget, min_seen
+    self._error_budget, self._min_seen, self._trailing_counts = error_budget, min_seen, trailing_counts
     self._seen = 0
     self._bad = [0] * len(SKIP_REASONS)
     self._examples: list[str] = []
+    self._last_good: dict[str, Any] | None = None
 
   def __next__(self) -> dict[str, Any]:
     skipped = np.zeros(len(SKIP_REASONS), np.int32)
     while True:
-      element = next(self._parent)
+      try:
+        element = next(self._parent)
+      except StopIteration:
+        if self._trailing_counts and skipped.any() and self._last_good is not None:
+          carrier = {key: np.zeros_like(value) for key, value in self._last_good.items()}
+          carrier[_SKIPPED] = skipped
+          return carrier  # the parent is exhausted: the next call ends the pass
+        raise
       self._seen += 1
       if _BAD not in element:
         element[_SKIPPED] = skipped
+        if self._trailing_counts:
+          self._last_good = element
         return element
       reason = SKIP_REASONS.index(element[_BAD])
       skipped[reason] += 1
@@ -337,10 +354,16 @@ class DataIterator(grain.DatasetIterator):
     self._notes = np.zeros(len(NOTES), np.int64)
 
   def __next__(self) -> dict[str, np.ndarray]:
-    batch = dict(next(self._parent))
-    self._skipped += batch.pop(_SKIPPED).sum(axis=0)
-    self._notes += batch.pop(_NOTES).sum(axis=0)
-    self._samples += len(batch["valid"])
+    while True:
+      batch = dict(next(self._parent))
+      self._skipped += batch.pop(_SKIPPED).sum(axis=0)
+      self._notes += batch.pop(_NOTES).sum(axis=0)
+      # Every row is a sample but a trailing-counts carrier (`_SkipBadRecordsIterator`), always the
+      # last row of its pass; a batch of nothing else only brings its counts.
+      samples = int(np.count_nonzero(batch["valid"]))
+      self._samples += samples
+      if samples:
+        break
     if self._pad_remainder and len(batch["valid"]) < self._batch_size:
       batch = pad_batch(batch, self._batch_size)
     return batch
@@ -443,7 +466,8 @@ def make_dataset(config: DataConfig | Mapping[str, Any], *, global_batch_size: i
     ds = grain.MapDataset.mix(datasets, weights=weights)
   ds = ds.to_iter_dataset(grain.ReadOptions(num_threads=config.num_threads,
                                             prefetch_buffer_size=config.read_buffer_size))
-  ds = SkipBadRecords(ds, error_budget=config.error_budget, min_seen=config.error_budget_min_seen)
+  ds = SkipBadRecords(ds, error_budget=config.error_budget, min_seen=config.error_budget_min_seen,
+                      trailing_counts=not drop_remainder)
   ds = ds.batch(batch_size, drop_remainder=drop_remainder)
   if config.num_workers > 0:
     # Grain's worker pool reads its absl flags; outside an absl app (notebooks, pytest) they are
