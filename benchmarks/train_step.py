@@ -37,6 +37,7 @@ host memory together (`small` at batch 32 in 24 GiB), at the cost of compiling e
 EmbeddingGemma-300M) at the image stage's global batch of 24,000 lowers and compiles for a mesh of
 `--aot_devices` virtual CPU devices (FSDP), without executing or allocating it.
 """
+import hashlib
 import json
 import os
 import resource
@@ -109,14 +110,16 @@ def child_command(script: str, *flags_: str, dropped: tuple[str, ...] = ()) -> l
   return [sys.executable, os.path.abspath(script), *passed, *flags_]
 
 
-def warm_step(config, workdir):
+def warm_step(config, workdir, compiler_options: dict | None = None, info: dict | None = None):
   """The config's last-stage train step, compiled and run three times: (step(), compile seconds, stage config).
 
   `step()` runs one step on the pipeline's first batch, carrying the (donated) state along.
+  `compiler_options`: XLA options the step is compiled with (see `_jax_variant`). `info`, if given,
+  receives what `_jax_variant` measured of the compiled step (memory, FLOPs, `program`).
   """
   stage, stage_config, _, batch = _stage_and_batch(config, workdir)
-  result = {}
-  step = _jax_variant(stage, stage_config, batch, result)["step"]
+  result = {} if info is None else info
+  step = _jax_variant(stage, stage_config, batch, result, compiler_options)["step"]
   return step, result["compile_s"], stage_config
 
 
@@ -213,23 +216,29 @@ def time_config(spec: str, steps: int, runtimes: tuple[str, ...] = ("jax",)) -> 
   return result
 
 
-def _jax_variant(stage, stage_config, batch, result: dict) -> dict:
-  """The JAX step (compiled, warmed up) and its phases; its compile time, memory and FLOPs go in `result`."""
+def _jax_variant(stage, stage_config, batch, result: dict, compiler_options: dict | None = None) -> dict:
+  """The JAX step (compiled, warmed up) and its phases; its compile time, memory and FLOPs go in `result`.
+
+  With `compiler_options` (a dict, possibly empty), the step is compiled with those XLA options and
+  that executable is what runs; without, the stage's jitted step runs, as in the trainer (it reuses
+  the compilation timed here).
+  """
   import jax  # pylint: disable=g-import-not-at-top
   from vljepa_jax.models import flops  # pylint: disable=g-import-not-at-top
   from vljepa_jax.train import trainer  # pylint: disable=g-import-not-at-top
   holder = {"state": stage.init_state(None)}
   start = time.perf_counter()
   with jax.set_mesh(stage.mesh):
-    compiled = stage.step_fn.jitted.lower(holder["state"], batch).compile()
+    compiled = stage.step_fn.jitted.lower(holder["state"], batch).compile(compiler_options=compiler_options)
   compile_s = time.perf_counter() - start
+  step_fn = stage.step_fn if compiler_options is None else compiled
   temp_bytes = trainer.temp_bytes_of(compiled)
   cost = compiled.cost_analysis()
   cost = cost[0] if isinstance(cost, (list, tuple)) else cost
   wait_temp_bytes = trainer.wait_temp_bytes(stage.mesh, temp_bytes)
 
   def jax_step():  # as the trainer's loop runs it (a big step on a CPU finishes, and frees, before the next)
-    holder["state"], metrics = trainer.run_step(stage.step_fn, holder["state"], batch, wait_temp_bytes)
+    holder["state"], metrics = trainer.run_step(step_fn, holder["state"], batch, wait_temp_bytes)
     return metrics
 
   for _ in range(3):
@@ -239,7 +248,9 @@ def _jax_variant(stage, stage_config, batch, result: dict) -> dict:
                                             num_frames=data.num_frames, crop_size=data.crop_size,
                                             query_length=data.query_length, target_length=data.target_length)
   batch_size = stage_config.batch_size
-  result.update(compile_s=compile_s, gflop_per_sample=per_sample / 1e9,
+  # A fingerprint of the compiled program: two variants with the same one compiled to the same code.
+  program = hashlib.sha256(compiled.as_text().encode()).hexdigest()[:10]
+  result.update(compile_s=compile_s, program=program, gflop_per_sample=per_sample / 1e9,
                 xla_gflop_per_sample=(cost or {}).get("flops", float("nan")) / batch_size / 1e9,
                 temp_mib=temp_bytes / 2**20,
                 peak_host_mib=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)

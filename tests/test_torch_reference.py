@@ -224,3 +224,34 @@ def test_timed_rounds_rotate_the_phase_order(monkeypatch):
   assert sorted(timed) == ["jax", "jax/forward", "jax/forward+backward", "torch eager", "torch eager/forward",
                            "torch eager/forward+backward"]
   assert all(len(v) == 4 for v in timed.values())
+
+
+def test_step_compiler_options_parses_variants_and_rejects_bad_ones():
+  sys.path.insert(0, os.path.join(REPO, "benchmarks"))
+  import step_compiler_options  # pylint: disable=g-import-not-at-top
+  variants = step_compiler_options.parse_variants(
+      ["eigen:xla_cpu_experimental_ynn_fusion_type=", "two:xla_cpu_enable_fast_math=true",
+       "two:xla_cpu_parallel_codegen_split_count=4"])
+  assert variants == {"default": {}, "eigen": {"xla_cpu_experimental_ynn_fusion_type": ""},
+                      "two": {"xla_cpu_enable_fast_math": True, "xla_cpu_parallel_codegen_split_count": 4}}
+  for bad in (["no_colon"], ["name:no_equals"], ["default:xla_cpu_enable_fast_math=true"], []):
+    with pytest.raises(ValueError):
+      step_compiler_options.parse_variants(bad)
+  with pytest.raises(ValueError, match="variant 'typo'.*xla_cpu_no_such_option"):
+    step_compiler_options.check_options({"default": {}, "typo": {"xla_cpu_no_such_option": 1}})
+
+
+def test_step_compiler_options_times_each_variant_and_the_option_takes_effect():
+  # Dots out of YNNPACK (an empty fusion list) compile to a different program computing the same loss.
+  # The other benchmark tests' batch and dtype: the default variant is then their program (a compile-cache hit).
+  proc = _run([sys.executable, "benchmarks/step_compiler_options.py", f"--configs={TINY}", "--steps=1", "--rounds=2",
+               "--batch_size=4", "--dtype=float32", "--variant=eigen_dots:xla_cpu_experimental_ynn_fusion_type="])
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  rows = {cells[0]: cells[1:] for cells in ([c.strip() for c in line.strip("|").split("|")]
+                                            for line in proc.stdout.splitlines() if line.startswith("| "))}
+  assert set(rows) == {"variant", "default", "eigen_dots"}, proc.stdout
+  default, eigen = rows["default"], rows["eigen_dots"]
+  # (options, compile s, ms per step, / default, faster rounds, loss, program)
+  assert float(default[2]) > 0 and float(eigen[2]) > 0 and eigen[4] in ("0/2", "1/2", "2/2"), proc.stdout
+  assert abs(float(default[5]) - float(eigen[5])) < 1e-4 * abs(float(default[5])), proc.stdout
+  assert default[6] != eigen[6], proc.stdout  # the option changed the compiled program
