@@ -24,7 +24,6 @@ import os
 import statistics
 import sys
 import tempfile
-import time
 
 from absl import app
 from absl import flags
@@ -76,19 +75,6 @@ def check_options(variants: dict[str, dict]) -> None:
       raise ValueError(f"variant {name!r}: XLA rejects its options {options}: {e}") from e
 
 
-def rotating_rounds(steps: dict, rounds: int, calls: int) -> dict[str, list[float]]:
-  """Seconds per call of each warmed-up `steps` function, per round; round r starts at variant r (mod N)."""
-  import jax  # pylint: disable=g-import-not-at-top
-  names = list(steps)
-  timed = {name: [] for name in names}
-  for round_index in range(rounds):
-    shift = round_index % len(names)
-    for name in names[shift:] + names[:shift]:
-      time.sleep(train_step_benchmark._PAUSE_S)  # pylint: disable=protected-access  # let the pools' threads sleep
-      timed[name].append(harness.median_time(steps[name], calls, jax.block_until_ready))
-  return timed
-
-
 def main(argv):
   del argv
   try:
@@ -113,7 +99,7 @@ def main(argv):
             config, os.path.join(workdir, name), compiler_options=options, info=info)
         programs[name] = info["program"]
         losses[name] = float(jax.device_get(steps[name]()["loss"]))
-      timed = rotating_rounds(steps, flags.FLAGS.rounds, flags.FLAGS.steps)
+      timed = train_step_benchmark.rotating_rounds(steps, flags.FLAGS.rounds, flags.FLAGS.steps)
     print(f"\n{spec} ({stage_config.dtype}, batch {stage_config.batch_size}), {flags.FLAGS.rounds} rounds of "
           f"{flags.FLAGS.steps} steps\n")
     base = statistics.median(timed[DEFAULT])

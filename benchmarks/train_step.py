@@ -123,10 +123,26 @@ def warm_step(config, workdir, compiler_options: dict | None = None, info: dict 
   return step, result["compile_s"], stage_config
 
 
+def rotating_rounds(steps: dict, rounds: int, calls: int) -> dict[str, list[float]]:
+  """Seconds per call of each (warmed-up) `steps` function in each round of `calls` calls.
+
+  Round r times the functions starting at the r-th (mod their number), so that no variant of an
+  A/B always runs first or last in a round (see `_timed_rounds` for what a position can cost).
+  """
+  import jax  # pylint: disable=g-import-not-at-top
+  names = list(steps)
+  timed = {name: [] for name in names}
+  for round_index in range(rounds):
+    shift = round_index % len(names)
+    for name in names[shift:] + names[:shift]:
+      time.sleep(_PAUSE_S)  # the previous variant's pool threads go to sleep first
+      timed[name].append(harness.median_time(steps[name], calls, jax.block_until_ready))
+  return timed
+
+
 def alternating_rounds(steps: dict, rounds: int, calls: int) -> dict[str, float]:
-  """Median seconds per call of each (warmed-up) `steps` function, timed in alternating rounds of `calls` calls."""
-  timed = _timed_rounds({name: {"step": step} for name, step in steps.items()}, ("step",), calls, rounds)
-  return {name: statistics.median(times) for name, times in timed.items()}
+  """Median seconds per call of each (warmed-up) `steps` function over `rotating_rounds`."""
+  return {name: statistics.median(times) for name, times in rotating_rounds(steps, rounds, calls).items()}
 
 
 def _retain_host_memory() -> str:

@@ -226,6 +226,16 @@ def test_timed_rounds_rotate_the_phase_order(monkeypatch):
   assert all(len(v) == 4 for v in timed.values())
 
 
+def test_rotating_rounds_start_each_round_at_the_next_variant(monkeypatch):
+  monkeypatch.setattr(train_step_benchmark, "_PAUSE_S", 0.0)
+  calls = []
+  steps = {name: (lambda name=name: calls.append(name)) for name in ("a", "b", "c")}
+  timed = train_step_benchmark.rotating_rounds(steps, 4, 2)
+  assert calls == ["a"] * 2 + ["b"] * 2 + ["c"] * 2 + ["b"] * 2 + ["c"] * 2 + ["a"] * 2 + ["c"] * 2 + ["a"] * 2 \
+      + ["b"] * 2 + ["a"] * 2 + ["b"] * 2 + ["c"] * 2
+  assert sorted(timed) == ["a", "b", "c"] and all(len(t) == 4 and min(t) >= 0 for t in timed.values())
+
+
 def test_step_compiler_options_parses_variants_and_rejects_bad_ones():
   sys.path.insert(0, os.path.join(REPO, "benchmarks"))
   import step_compiler_options  # pylint: disable=g-import-not-at-top
