@@ -264,7 +264,7 @@ def _jax_variant(stage, stage_config, batch, result: dict, compiler_options: dic
                                             num_frames=data.num_frames, crop_size=data.crop_size,
                                             query_length=data.query_length, target_length=data.target_length)
   batch_size = stage_config.batch_size
-  # A fingerprint of the compiled program: two variants with the same one compiled to the same code.
+  # A fingerprint of the compiled program's optimised HLO: options that leave it unchanged left this step alone.
   program = hashlib.sha256(compiled.as_text().encode()).hexdigest()[:10]
   result.update(compile_s=compile_s, program=program, gflop_per_sample=per_sample / 1e9,
                 xla_gflop_per_sample=(cost or {}).get("flops", float("nan")) / batch_size / 1e9,
