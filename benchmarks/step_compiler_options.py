@@ -76,6 +76,23 @@ def check_options(variants: dict[str, dict]) -> None:
       raise ValueError(f"variant {name!r}: XLA rejects its options {options}: {e}") from e
 
 
+HEADER = ("variant", "options", "compile s", "ms per step", "/ default", "faster rounds", "loss", "program")
+
+
+def report_rows(variants: dict[str, dict], timed: dict[str, list[float]], compile_s: dict[str, float],
+                losses: dict[str, float], programs: dict[str, str]) -> list[tuple]:
+  """One `HEADER` row per variant: `timed` holds its seconds per step in each round, round for round."""
+  base = statistics.median(timed[DEFAULT])
+  rows = []
+  for name, options in variants.items():
+    median = statistics.median(timed[name])
+    wins = sum(t < b for t, b in zip(timed[name], timed[DEFAULT]))
+    rows.append((name, ", ".join(f"{k}={v!r}" for k, v in options.items()) or "-", f"{compile_s[name]:.1f}",
+                 f"{median * 1e3:.1f}", f"{median / base:.3f}", "-" if name == DEFAULT else f"{wins}/{len(timed[name])}",
+                 f"{losses[name]:.6f}", programs[name]))
+  return rows
+
+
 def main(argv):
   del argv
   try:
@@ -103,16 +120,7 @@ def main(argv):
       timed = train_step_benchmark.rotating_rounds(steps, flags.FLAGS.rounds, flags.FLAGS.steps)
     print(f"\n{spec} ({stage_config.dtype}, batch {stage_config.batch_size}), {flags.FLAGS.rounds} rounds of "
           f"{flags.FLAGS.steps} steps\n")
-    base = statistics.median(timed[DEFAULT])
-    rows = []
-    for name, options in variants.items():
-      median = statistics.median(timed[name])
-      wins = sum(t < b for t, b in zip(timed[name], timed[DEFAULT]))
-      rows.append((name, ", ".join(f"{k}={v!r}" for k, v in options.items()) or "-", f"{compile_s[name]:.1f}",
-                   f"{median * 1e3:.1f}", f"{median / base:.3f}", "-" if name == DEFAULT else f"{wins}/{len(timed[name])}",
-                   f"{losses[name]:.6f}", programs[name]))
-    harness.print_table(("variant", "options", "compile s", "ms per step", "/ default", "faster rounds", "loss",
-                         "program"), rows)
+    harness.print_table(HEADER, report_rows(variants, timed, compile_s, losses, programs))
 
 
 if __name__ == "__main__":

@@ -251,17 +251,28 @@ def test_step_compiler_options_parses_variants_and_rejects_bad_ones():
     step_compiler_options.check_options({"default": {}, "typo": {"xla_cpu_no_such_option": 1}})
 
 
-def test_step_compiler_options_times_each_variant_and_the_option_takes_effect():
-  # Dots out of YNNPACK (an empty fusion list) compile to a different program computing the same loss.
-  # The other benchmark tests' batch and dtype: the default variant is then their program (a compile-cache hit).
-  proc = _run([sys.executable, "benchmarks/step_compiler_options.py", f"--configs={TINY}", "--steps=1", "--rounds=2",
-               "--batch_size=4", "--dtype=float32", "--variant=eigen_dots:xla_cpu_experimental_ynn_fusion_type="])
-  assert proc.returncode == 0, proc.stderr[-3000:]
-  rows = {cells[0]: cells[1:] for cells in ([c.strip() for c in line.strip("|").split("|")]
-                                            for line in proc.stdout.splitlines() if line.startswith("| "))}
-  assert set(rows) == {"variant", "default", "eigen_dots"}, proc.stdout
-  default, eigen = rows["default"], rows["eigen_dots"]
-  # (options, compile s, ms per step, / default, faster rounds, loss, program)
-  assert float(default[2]) > 0 and float(eigen[2]) > 0 and eigen[4] in ("0/2", "1/2", "2/2"), proc.stdout
-  assert abs(float(default[5]) - float(eigen[5])) < 1e-4 * abs(float(default[5])), proc.stdout
-  assert default[6] != eigen[6], proc.stdout  # the option changed the compiled program
+def test_step_compiler_options_report_rows():
+  sys.path.insert(0, os.path.join(REPO, "benchmarks"))
+  import step_compiler_options  # pylint: disable=g-import-not-at-top
+  variants = {"default": {}, "eigen": {"xla_cpu_experimental_ynn_fusion_type": ""}}
+  timed = {"default": [0.30, 0.20, 0.25], "eigen": [0.28, 0.30, 0.50]}  # medians 0.25 and 0.30
+  rows = step_compiler_options.report_rows(variants, timed, {"default": 9.04, "eigen": 12.0},
+                                           {"default": 1.5, "eigen": 1.5000001}, {"default": "aa", "eigen": "bb"})
+  assert rows == [("default", "-", "9.0", "250.0", "1.000", "-", "1.500000", "aa"),
+                  ("eigen", "xla_cpu_experimental_ynn_fusion_type=''", "12.0", "300.0", "1.200", "1/3", "1.500000",
+                   "bb")]
+  assert len(step_compiler_options.HEADER) == len(rows[0])
+
+
+def test_a_step_compiled_with_options_runs_that_program(stage_and_twin):
+  """`warm_step`'s `compiler_options` (what step_compiler_options.py times): the step runs the program
+  compiled with them, which differs from the default's and computes the same loss."""
+  stage, stage_config, host, _ = stage_and_twin
+  batch = global_batch.to_global_batch(host, stage.mesh)
+  default, eigen = {}, {}
+  default_step = train_step_benchmark._jax_variant(stage, stage_config, batch, default)["step"]  # pylint: disable=protected-access
+  eigen_step = train_step_benchmark._jax_variant(  # pylint: disable=protected-access
+      stage, stage_config, batch, eigen, compiler_options={"xla_cpu_experimental_ynn_fusion_type": ""})["step"]
+  assert default["program"] != eigen["program"]
+  # Both have taken their three warm-up steps from the same initial state.
+  np.testing.assert_allclose(float(eigen_step()["loss"]), float(default_step()["loss"]), rtol=1e-4)
