@@ -115,7 +115,7 @@ def warm_step(config, workdir, compiler_options: dict | None = None, info: dict 
 
   `step()` runs one step on the pipeline's first batch, carrying the (donated) state along.
   `compiler_options`: XLA options the step is compiled with (see `_jax_variant`). `info`, if given,
-  receives what `_jax_variant` measured of the compiled step (memory, FLOPs, `program`).
+  receives what `_jax_variant` measured of the compiled step (memory, FLOPs; with options, `program`).
   """
   stage, stage_config, _, batch = _stage_and_batch(config, workdir)
   result = {} if info is None else info
@@ -236,8 +236,8 @@ def _jax_variant(stage, stage_config, batch, result: dict, compiler_options: dic
   """The JAX step (compiled, warmed up) and its phases; its compile time, memory and FLOPs go in `result`.
 
   With `compiler_options` (a dict, possibly empty), the step is compiled with those XLA options and
-  that executable is what runs; without, the stage's jitted step runs, as in the trainer (it reuses
-  the compilation timed here).
+  that executable is what runs, and `result["program"]` fingerprints its optimised HLO; without, the
+  stage's jitted step runs, as in the trainer (it reuses the compilation timed here).
   """
   import jax  # pylint: disable=g-import-not-at-top
   from vljepa_jax.models import flops  # pylint: disable=g-import-not-at-top
@@ -264,9 +264,11 @@ def _jax_variant(stage, stage_config, batch, result: dict, compiler_options: dic
                                             num_frames=data.num_frames, crop_size=data.crop_size,
                                             query_length=data.query_length, target_length=data.target_length)
   batch_size = stage_config.batch_size
-  # A fingerprint of the compiled program's optimised HLO: options that leave it unchanged left this step alone.
-  program = hashlib.sha256(compiled.as_text().encode()).hexdigest()[:10]
-  result.update(compile_s=compile_s, program=program, gflop_per_sample=per_sample / 1e9,
+  if compiler_options is not None:
+    # A fingerprint of the optimised HLO, to compare variants by (options that leave it unchanged left
+    # this step alone); only here, as printing a big program's text costs time the plain benchmark need not spend.
+    result["program"] = hashlib.sha256(compiled.as_text().encode()).hexdigest()[:10]
+  result.update(compile_s=compile_s, gflop_per_sample=per_sample / 1e9,
                 xla_gflop_per_sample=(cost or {}).get("flops", float("nan")) / batch_size / 1e9,
                 temp_mib=temp_bytes / 2**20,
                 peak_host_mib=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)

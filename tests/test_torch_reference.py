@@ -270,7 +270,8 @@ def test_a_step_compiled_with_options_runs_that_program(stage_and_twin):
   stage, stage_config, host, _ = stage_and_twin
   batch = global_batch.to_global_batch(host, stage.mesh)
   default, eigen = {}, {}
-  default_step = train_step_benchmark._jax_variant(stage, stage_config, batch, default)["step"]  # pylint: disable=protected-access
+  default_step = train_step_benchmark._jax_variant(  # pylint: disable=protected-access
+      stage, stage_config, batch, default, compiler_options={})["step"]
   eigen_step = train_step_benchmark._jax_variant(  # pylint: disable=protected-access
       stage, stage_config, batch, eigen, compiler_options={"xla_cpu_experimental_ynn_fusion_type": ""})["step"]
   assert default["program"] != eigen["program"]
