@@ -8,7 +8,8 @@ Compiled programs go to a persistent XLA cache private to this run, shared by th
 the `python -m vljepa_jax.main` subprocesses (through the environment), for every program however
 quick to compile: the end-to-end tests compile the same tiny train step many times, and a cache hit
 returns the identical executable, so the bit-for-bit resume checks are unaffected. In-process jit caches, which the compile-once tests
-count, are not involved.
+count, are not involved. The library's own persistent caches (`VLJEPA_JAX_CACHE_DIR`: WebDataset shard
+indexes) live in the same run-private directory, so no test reads or writes the user's `~/.cache`.
 
 Random keys are "rbg" (XLA's RngBitGenerator) rather than JAX's default threefry, here and in the
 subprocesses: XLA:CPU compiles threefry's unrolled rounds slowly (a tiny Llama's init: 11 s against
@@ -26,6 +27,8 @@ import jax
 import numpy as np
 import pytest
 
+from vljepa_jax.data import shard_index_cache
+
 jax.config.update("jax_default_matmul_precision", "highest")
 os.environ["JAX_DEFAULT_PRNG_IMPL"] = "rbg"
 jax.config.update("jax_default_prng_impl", "rbg")
@@ -34,16 +37,20 @@ jax.config.update("jax_num_cpu_devices", 8)
 # the same tiny train steps. The first process (pytest itself, or xdist's controller, which loads this
 # file before it starts the workers) makes the directory, hands it down through the environment and
 # removes it when it exits, last.
-_XLA_CACHE = os.environ.get("VLJEPA_TESTS_XLA_CACHE")
-if not _XLA_CACHE:
-  _XLA_CACHE = tempfile.mkdtemp(prefix="vljepa-jax-tests-xla-cache-")
-  os.environ["VLJEPA_TESTS_XLA_CACHE"] = _XLA_CACHE
-  atexit.register(shutil.rmtree, _XLA_CACHE, ignore_errors=True)
+_RUN_CACHE = os.environ.get("VLJEPA_TESTS_CACHE")
+if not _RUN_CACHE:
+  _RUN_CACHE = tempfile.mkdtemp(prefix="vljepa-jax-tests-cache-")
+  os.environ["VLJEPA_TESTS_CACHE"] = _RUN_CACHE
+  atexit.register(shutil.rmtree, _RUN_CACHE, ignore_errors=True)
+_XLA_CACHE = os.path.join(_RUN_CACHE, "xla")
 os.environ["JAX_COMPILATION_CACHE_DIR"] = _XLA_CACHE
 jax.config.update("jax_compilation_cache_dir", _XLA_CACHE)
 # Every program, however quick to compile: the tests' programs are small, and many compile in 0.2-1 s.
 os.environ["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"] = "0"
 jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
+# The library's own persistent caches (WebDataset shard indexes) go to the same run-private directory,
+# never to the user's ~/.cache.
+os.environ[shard_index_cache.CACHE_DIR_ENV] = os.path.join(_RUN_CACHE, "library")
 NUM_CPU_DEVICES = 8
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

@@ -8,7 +8,10 @@ split disjointly across processes, resume exactly, and count damaged data as ski
 import gzip
 import io
 import json
+import os
 import pickle
+import subprocess
+import sys
 import tarfile
 
 import numpy as np
@@ -18,9 +21,12 @@ import pytest
 
 import media_files
 from conftest import assert_batches_equal
+from conftest import REPO
+from conftest import run_cli
 from vljepa_jax.data import media as media_lib
 from vljepa_jax.data import parquet_source
 from vljepa_jax.data import pipeline
+from vljepa_jax.data import shard_index_cache
 from vljepa_jax.data import sources
 from vljepa_jax.data import tokenizer as tokenizer_lib
 from vljepa_jax.data import webdataset_source
@@ -367,3 +373,147 @@ def test_grain_worker_processes_read_both_sources(data, tok):
   got = take(iterator(config(wds, sources=[wds, parquet], num_workers=1), tok, batch=4), 4)
   assert_batches_equal(got, reference)
   assert set(np.concatenate([b["source"] for b in got])) == {0, 1}
+
+
+# ---------------------------------------------------------------- the WebDataset index cache
+
+
+def all_records(source):
+  """Every record of a source, or the BadSample message where reading it fails."""
+  out = []
+  for i in range(len(source)):
+    try:
+      out.append(source[i])
+    except media_lib.BadSample as e:
+      out.append(f"BadSample({e.reason}): {e}")
+  return out
+
+
+def cached_source(paths, cache_dir, **kwargs):
+  return webdataset_source.WebDatasetSource(paths, index_cache_dir=str(cache_dir), **kwargs)
+
+
+def test_a_later_source_reads_its_index_from_the_cache_not_the_tars(data, tmp_path, monkeypatch):
+  """Shards indexed once are not opened as tars again, in any order or combination, and give the same records."""
+  shards = [str(data["shards"] / f"shard-00000{i}.tar") for i in range(3)]
+  cache = tmp_path / "cache"
+  reference = all_records(webdataset_source.WebDatasetSource(shards, cache_index=False))
+  reversed_reference = all_records(webdataset_source.WebDatasetSource(shards[::-1], cache_index=False))
+  assert all_records(cached_source(shards, cache)) == reference
+  assert len(list(cache.glob("*.npz"))) == 3 and not list(cache.glob(".tmp-*"))  # one entry per shard, no leftovers
+
+  def no_headers(*args, **kwargs):
+    raise AssertionError("a tar's headers were read although its index is cached")
+  monkeypatch.setattr(webdataset_source.tarfile, "open", no_headers)
+  assert all_records(cached_source(shards, cache)) == reference
+  # Each entry belongs to its shard, not to the place the shard had in the first source.
+  assert all_records(cached_source(shards[::-1], cache)) == reversed_reference
+
+
+def test_a_changed_shard_is_indexed_again(data, tmp_path):
+  """An entry serves only the size and modification time it was made from, even at the same size."""
+  shard = tmp_path / "x.tar"
+  original = (data["shards"] / "shard-000000.tar").read_bytes()
+  shard.write_bytes(original)
+  cache = tmp_path / "cache"
+  before = all_records(cached_source(str(shard), cache))
+  assert [r["id"] for r in before] == ["x.tar/000000000", "x.tar/000000001", "x.tar/000000002"]
+  # Sample 1's members renamed (the same length, so the same size): only the index knows the keys.
+  changed = io.BytesIO()
+  with tarfile.open(fileobj=io.BytesIO(original)) as src, \
+       tarfile.open(fileobj=changed, mode="w", format=tarfile.GNU_FORMAT) as dst:
+    for member in src.getmembers():
+      payload = src.extractfile(member).read()
+      member.name = member.name.replace("000000001.", "000000007.")
+      dst.addfile(member, io.BytesIO(payload))
+  assert len(changed.getvalue()) == len(original) and changed.getvalue() != original
+  shard.write_bytes(changed.getvalue())
+  stat = shard.stat()
+  os.utime(shard, ns=(stat.st_atime_ns, stat.st_mtime_ns + 10**9))  # whatever the filesystem's time resolution
+  after = all_records(cached_source(str(shard), cache))
+  assert after == all_records(webdataset_source.WebDatasetSource(str(shard), cache_index=False))
+  assert [r["id"] for r in after] == ["x.tar/000000000", "x.tar/000000007", "x.tar/000000002"]
+  # Different extensions picked from the same shard are another entry, not the first one's.
+  no_txt = all_records(cached_source(str(shard), cache, caption_key=None))
+  assert no_txt == all_records(webdataset_source.WebDatasetSource(str(shard), caption_key=None, cache_index=False))
+  assert no_txt[0]["caption"] == "alt text that must lose to the txt member"  # the json's, not the txt member's
+
+
+def test_damaged_entries_damaged_shards_and_an_unwritable_cache_do_not_stop_a_run(data, tmp_path, caplog,
+                                                                                    monkeypatch):
+  whole = (data["shards"] / "shard-000000.tar").read_bytes()
+  with tarfile.open(fileobj=io.BytesIO(whole)) as tar:
+    cut = tar.getmember("000000001.jpg").offset_data + 100
+  (tmp_path / "cut.tar").write_bytes(whole[:cut])
+  shards = [str(data["shards"] / "shard-000001.tar"), str(tmp_path / "cut.tar")]
+  reference = all_records(webdataset_source.WebDatasetSource(shards, cache_index=False))
+  assert reference[4].startswith("BadSample(unreadable_media):") and "cut.tar: corrupt tar" in reference[4]
+  cache = tmp_path / "cache"
+  for attempt in range(2):  # indexed, then from the cache: the damage is remembered and reported again
+    caplog.clear()
+    with caplog.at_level("INFO"):
+      assert all_records(cached_source(shards, cache)) == reference
+    assert "WebDataset shard " + shards[1] + " is damaged" in caplog.text, attempt
+    assert f"{attempt * 2} from the index cache" in caplog.text, (attempt, caplog.text)
+  for entry in cache.glob("*.npz"):
+    entry.write_bytes(b"not an npz file")
+  with caplog.at_level("INFO"):
+    assert all_records(cached_source(shards, cache)) == reference
+  assert "0 from the index cache" in caplog.text  # damaged entries are misses ...
+  assert all(entry.read_bytes()[:2] == b"PK" for entry in cache.glob("*.npz"))  # ... and are rewritten
+  # An I/O error while reading headers may pass (a network filesystem's hiccup): reported, never cached.
+  flaky = tmp_path / "flaky-cache"
+  with monkeypatch.context() as patch:
+    def io_error(*args, **kwargs):
+      raise OSError(5, "Input/output error")
+    patch.setattr(webdataset_source.tarfile, "open", io_error)
+    with pytest.raises(ValueError, match="hold no usable sample"):
+      cached_source(shards[0], flaky)
+  assert all_records(cached_source(shards[0], flaky)) == reference[:3]
+  blocked = tmp_path / "a-file"
+  blocked.write_text("a file where the cache directory should be")
+  caplog.clear()
+  assert all_records(cached_source(shards, blocked / "cache")) == reference
+  assert f"could not write the WebDataset index cache at {blocked / 'cache'}" in caplog.text
+
+
+def test_the_index_cache_location_and_switch(data, tmp_path, monkeypatch):
+  monkeypatch.setenv(shard_index_cache.CACHE_DIR_ENV, str(tmp_path / "root"))
+  assert shard_index_cache.default_directory("webdataset-index") == str(tmp_path / "root" / "webdataset-index")
+  webdataset_source.WebDatasetSource(str(data["shards"] / "shard-000000.tar"))
+  assert len(list((tmp_path / "root" / "webdataset-index").glob("*.npz"))) == 1  # on by default, there
+  monkeypatch.delenv(shard_index_cache.CACHE_DIR_ENV)
+  monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+  assert shard_index_cache.default_directory("k") == str(tmp_path / "xdg" / "vljepa_jax" / "k")
+  monkeypatch.delenv("XDG_CACHE_HOME")
+  monkeypatch.setenv("HOME", str(tmp_path / "home"))
+  assert shard_index_cache.default_directory("k") == str(tmp_path / "home" / ".cache" / "vljepa_jax" / "k")
+  webdataset_source.WebDatasetSource(str(data["shards"] / "shard-000000.tar"), cache_index=False)
+  assert not (tmp_path / "home").exists()  # off: nothing written
+  with pytest.raises(ValueError, match=r"index_cache_dir='/x' is set but cache_index=False"):
+    webdataset_source.WebDatasetSource(str(data["shards"] / "shard-000000.tar"), cache_index=False,
+                                       index_cache_dir="/x")
+
+
+def test_index_shards_fills_the_cache_a_source_then_reads(data, tmp_path, monkeypatch):
+  """The command line indexes in worker processes into the entries a source with the same arguments uses."""
+  pattern, cache = str(data["shards"] / SHARD_PATTERN), tmp_path / "cache"
+  reference = all_records(webdataset_source.WebDatasetSource(pattern, caption_key=None, cache_index=False))
+  proc = run_cli("vljepa_jax.data.index_shards", f"--path={pattern}", "--caption_key=", "--processes=2",
+                 f"--index_cache_dir={cache}")
+  assert "3 WebDataset shard(s), 9 sample(s): 3 indexed now, 0 already cached, 0 damaged" in proc.stderr, proc.stderr
+  monkeypatch.setattr(webdataset_source.tarfile, "open", lambda *a, **k: pytest.fail("headers read"))
+  assert all_records(cached_source(pattern, cache, caption_key=None)) == reference
+  proc = run_cli("vljepa_jax.data.index_shards", f"--path={tmp_path / 'nothing-*.tar'}", check=False)
+  assert proc.returncode == 1 and "no WebDataset shards at" in proc.stderr, proc.stderr
+
+
+def test_webdataset_index_benchmark_times_every_variant():
+  proc = subprocess.run([sys.executable, "benchmarks/webdataset_index.py", "--shards=2", "--samples=5",
+                         "--threads=1,2", "--processes=1"], cwd=REPO, capture_output=True, text=True,
+                        env={**os.environ, "JAX_PLATFORMS": "cpu"})
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  rows = [line.split(" | ")[0].lstrip("| ") for line in proc.stdout.splitlines() if line.startswith("| ")]
+  assert rows[1:] == ["source, cache off, num_threads=1", "source, cache off, num_threads=2",
+                      "index_shards, 1 process(es), empty cache", "source, every shard in the cache"], proc.stdout
+  assert "2 shards x 5 samples" in proc.stdout
