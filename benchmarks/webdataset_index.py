@@ -11,6 +11,8 @@ then times, each in a fresh cache directory unless said otherwise:
   parsed in this process;
 - `webdataset_source.fill_index_cache` (what `python -m vljepa_jax.data.index_shards` runs) for each
   `--processes`, spawned worker processes included;
+- a `WebDatasetSource` with its defaults and an empty cache (the first start of a run: from
+  `MIN_SHARDS_FOR_PROCESSES` missing shards, `index_shards` in a child process, one worker per core);
 - a `WebDatasetSource` whose every shard is in the cache (the second start of a run).
 
 The files sit in the page cache after they are written: the figures are the CPU's work, what a
@@ -31,12 +33,13 @@ from absl import flags
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import harness  # pylint: disable=g-import-not-at-top,wrong-import-position
+from vljepa_jax import cpu_devices  # pylint: disable=g-import-not-at-top,wrong-import-position
 from vljepa_jax.data import webdataset_source  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 _SHARDS = flags.DEFINE_integer("shards", 40, "Shards to write.", lower_bound=1)
 _SAMPLES = flags.DEFINE_integer("samples", 1000, "Samples per shard (3 members each).", lower_bound=1)
 _THREADS = flags.DEFINE_list("threads", ["1", "16"], "num_threads of the source, cache off.")
-_PROCESSES = flags.DEFINE_list("processes", ["1", str(len(os.sched_getaffinity(0)))],
+_PROCESSES = flags.DEFINE_list("processes", ["1", str(cpu_devices.available_cores())],
                                "Worker processes of fill_index_cache.")
 
 
@@ -80,6 +83,10 @@ def main(argv):
       start = time.perf_counter()
       summary = webdataset_source.fill_index_cache(shards, index_cache_dir=cache, processes=processes)
       row(f"index_shards, {processes} process(es), empty cache", time.perf_counter() - start, summary["samples"])
+    start = time.perf_counter()
+    source = webdataset_source.WebDatasetSource(shards, index_cache_dir=os.path.join(root, "cache-source"))
+    row(f"source, empty cache (its defaults: {cpu_devices.available_cores()} processes from "
+        f"{webdataset_source.MIN_SHARDS_FOR_PROCESSES} missing shards)", time.perf_counter() - start, len(source))
     start = time.perf_counter()
     source = webdataset_source.WebDatasetSource(shards, index_cache_dir=cache)
     row("source, every shard in the cache", time.perf_counter() - start, len(source))

@@ -23,6 +23,7 @@ import media_files
 from conftest import assert_batches_equal
 from conftest import REPO
 from conftest import run_cli
+from vljepa_jax import cpu_devices
 from vljepa_jax.data import media as media_lib
 from vljepa_jax.data import parquet_source
 from vljepa_jax.data import pipeline
@@ -490,9 +491,9 @@ def test_the_index_cache_location_and_switch(data, tmp_path, monkeypatch):
   assert shard_index_cache.default_directory("k") == str(tmp_path / "home" / ".cache" / "vljepa_jax" / "k")
   webdataset_source.WebDatasetSource(str(data["shards"] / "shard-000000.tar"), cache_index=False)
   assert not (tmp_path / "home").exists()  # off: nothing written
-  with pytest.raises(ValueError, match=r"index_cache_dir='/x' is set but cache_index=False"):
-    webdataset_source.WebDatasetSource(str(data["shards"] / "shard-000000.tar"), cache_index=False,
-                                       index_cache_dir="/x")
+  for unused in ({"index_cache_dir": "/x"}, {"index_processes": 4}):
+    with pytest.raises(ValueError, match=r"cache_index=False, but index_cache_dir=.* only act through the cache"):
+      webdataset_source.WebDatasetSource(str(data["shards"] / "shard-000000.tar"), cache_index=False, **unused)
 
 
 def test_index_shards_fills_the_cache_a_source_then_reads(data, tmp_path, monkeypatch):
@@ -515,5 +516,31 @@ def test_webdataset_index_benchmark_times_every_variant():
   assert proc.returncode == 0, proc.stderr[-3000:]
   rows = [line.split(" | ")[0].lstrip("| ") for line in proc.stdout.splitlines() if line.startswith("| ")]
   assert rows[1:] == ["source, cache off, num_threads=1", "source, cache off, num_threads=2",
-                      "index_shards, 1 process(es), empty cache", "source, every shard in the cache"], proc.stdout
+                      "index_shards, 1 process(es), empty cache",
+                      f"source, empty cache (its defaults: {cpu_devices.available_cores()} processes from 16 "
+                      "missing shards)", "source, every shard in the cache"], proc.stdout
   assert "2 shards x 5 samples" in proc.stdout
+
+
+def test_many_missing_shards_are_indexed_in_worker_processes(data, tmp_path, monkeypatch, caplog):
+  """Past the threshold, the shards the cache lacks are indexed by `index_shards` in a child process, not here."""
+  shards = [str(data["shards"] / f"shard-00000{i}.tar") for i in range(3)]
+  reference = all_records(webdataset_source.WebDatasetSource(shards, cache_index=False))
+  monkeypatch.setattr(webdataset_source, "MIN_SHARDS_FOR_PROCESSES", 2)
+  # Too few missing: the threads index them (the second shard is already cached).
+  cached_source(shards[1], tmp_path / "few")
+  with caplog.at_level("INFO"):
+    assert all_records(cached_source(shards[:2], tmp_path / "few", index_processes=2)) == reference[:6]
+  assert "missing from the index cache in" not in caplog.text
+  caplog.clear()
+  with monkeypatch.context() as patch, caplog.at_level("INFO"):
+    patch.setattr(webdataset_source.tarfile, "open", lambda *a, **k: pytest.fail("headers read in this process"))
+    assert all_records(cached_source(shards, tmp_path / "many", index_processes=2)) == reference
+  assert "indexing 3 WebDataset shard(s) missing from the index cache in 2 processes" in caplog.text
+  assert "3 from the index cache" in caplog.text
+  # The command failing is not fatal: this process indexes what it left.
+  caplog.clear()
+  monkeypatch.setattr(webdataset_source.sys, "executable", "/bin/false")
+  with caplog.at_level("INFO"):
+    assert all_records(cached_source(shards, tmp_path / "failed", index_processes=2)) == reference
+  assert "`python -m vljepa_jax.data.index_shards` exited 1" in caplog.text and "0 from the index cache" in caplog.text

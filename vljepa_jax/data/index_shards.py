@@ -14,16 +14,15 @@ arrive. Exits non-zero if no entry could be written.
 """
 from __future__ import annotations
 
-import os
-
 from absl import app
 from absl import flags
 from absl import logging
 
+from vljepa_jax import cpu_devices
 from vljepa_jax.data import webdataset_source
 
-_PATH = flags.DEFINE_string("path", None, "The shards, as the source's `path`: a directory, glob, brace pattern or "
-                            "path.", required=True)
+_PATH = flags.DEFINE_multi_string("path", None, "The shards, as the source's `path`: a directory, glob, brace "
+                                  "pattern or path; repeat it for several.", required=True)
 _MEDIA_KEYS = flags.DEFINE_list("media_keys", None, "The source's media_keys (default: any image or video "
                                 "extension).")
 _CAPTION_KEY = flags.DEFINE_string("caption_key", "txt", "The source's caption_key ('' for none).")
@@ -37,7 +36,7 @@ _PROCESSES = flags.DEFINE_integer("processes", None, "Worker processes (default:
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-  processes = _PROCESSES.value or len(os.sched_getaffinity(0))
+  processes = _PROCESSES.value or cpu_devices.available_cores()
   try:
     summary = webdataset_source.fill_index_cache(
         _PATH.value, media_keys=_MEDIA_KEYS.value, caption_key=_CAPTION_KEY.value or None,

@@ -1,10 +1,10 @@
 """A persistent cache of per-shard indexes, so a restarted run does not read every shard's headers again.
 
-Indexing a WebDataset shard reads the header of every member (`webdataset_source.py`): 3.7 s for 40
-shards of 1,000 samples on one core of a 2-core AMD EPYC (11.2 s with the source's 16 threads),
-hours for the hundreds of millions of samples of the paper's image stage, and again in every
-process of every run; read from this cache, 0.1 s (`benchmarks/webdataset_index.py`). A shard's index depends only on its bytes and on how samples are picked from it, so it is
-kept, one small `.npz` per shard, under a cache directory:
+Indexing a WebDataset shard reads the header of every member (`webdataset_source.py`): 3.5 s for 40
+shards of 1,000 samples on one core of a 2-core AMD EPYC, hours for the hundreds of millions of
+samples of the paper's image stage, and again in every process of every run; read from this
+cache, 0.08 s (`benchmarks/webdataset_index.py`). A shard's index depends only on its bytes and on
+how samples are picked from it, so it is kept, one small `.npz` per shard, under a cache directory:
 
 - **Key.** The shard's absolute path, size and modification time (nanoseconds), the indexing
   parameters (which extensions hold the media, caption and metadata) and this format's version.
@@ -66,6 +66,10 @@ class ShardIndexCache:
 
   def _file(self, key: str) -> str:
     return os.path.join(self.directory, hashlib.sha256(key.encode()).hexdigest()[:40] + ".npz")
+
+  def has(self, path: str, stat: os.stat_result) -> bool:
+    """Whether an entry for this shard state exists (not whether it reads: `load` says that)."""
+    return os.path.exists(self._file(self._key(path, stat)))
 
   def load(self, path: str, stat: os.stat_result) -> dict[str, np.ndarray] | None:
     """The arrays stored for this shard state, or None (no entry, another state, or an unreadable file)."""

@@ -22,15 +22,17 @@ is then open + seek + read of one member. It is maintained with Python, handles 
 long-name extensions writers use, and adds no dependency. Compressed tars (.tar.gz, ...) cannot be
 read at an offset, so they are refused with an error saying to decompress them.
 
-Indexing reads every shard's headers when the source is built (a thread pool of `num_threads`,
-with progress logged for many shards), about one header read per member: 30 µs of Python each on
-one core of a 2-core AMD EPYC, hours for a dataset of hundreds of millions of samples, in every
-process of every run. So each shard's index is also kept in a
-persistent cache (`shard_index_cache.py`: keyed by the shard's path, size and modification time and
-by the extensions picked; `cache_index`, `index_cache_dir`), and a later start, or another run on
-the same shards, reads no header of a shard that has not changed. Only the index (paths and NumPy
-arrays of offsets) is kept in memory, so the source pickles small for Grain's worker processes and
-opens files lazily per read.
+Indexing reads every shard's headers when the source is built, about one header read per member:
+30 µs of Python each on one core of a 2-core AMD EPYC, hours for a dataset of hundreds of millions
+of samples. So each shard's index is kept in a persistent cache (`shard_index_cache.py`: keyed by
+the shard's path, size and modification time and by the extensions picked; `cache_index`,
+`index_cache_dir`), and a later start, or another run on the same shards, reads no header of a
+shard that has not changed. The shards the cache lacks are indexed in worker processes, one per
+core, when there are at least `MIN_SHARDS_FOR_PROCESSES` of them (`index_processes`;
+`python -m vljepa_jax.data.index_shards` in a child process, which also fills the cache ahead of a
+run), and in a thread pool of `num_threads` otherwise, with progress logged for many shards. Only
+the index (paths and NumPy arrays of offsets) is kept in memory, so the source pickles small for
+Grain's worker processes and opens files lazily per read.
 
 Damage does not stop a run: a shard that exists but cannot be read as a tar, or that is cut short
 (a member running past the end of the file, or no end-of-archive block), keeps the samples fully
@@ -48,13 +50,17 @@ import concurrent.futures
 import json
 import multiprocessing
 import os
+import subprocess
+import sys
 import tarfile
+import tempfile
 import time
 from typing import Any, Sequence
 
 from absl import logging
 import numpy as np
 
+from vljepa_jax import cpu_devices
 from vljepa_jax.data import manifest as manifest_lib
 from vljepa_jax.data import media as media_lib
 from vljepa_jax.data import shard_index_cache
@@ -80,6 +86,11 @@ _INDEX_DTYPE = np.dtype([("shard", np.int32), ("status", np.int8),
                          ("txt_offset", np.int64), ("txt_size", np.int64),
                          ("json_offset", np.int64), ("json_size", np.int64)])
 _LOG_EVERY_SHARDS = 100
+# A source indexes the shards its cache lacks in worker processes, rather than its threads, once this
+# many are missing and it may use several cores: the processes' start-up (~1 s) is then small.
+MIN_SHARDS_FOR_PROCESSES = 16
+# Characters a shard path must not hold to be handed to `index_shards`, which expands patterns.
+_PATTERN_CHARACTERS = frozenset("*?[]{}")
 INDEX_CACHE_KIND = "webdataset-index"  # the default cache's folder (`shard_index_cache.default_directory`)
 _MAX_LISTED = 5
 
@@ -290,21 +301,25 @@ class WebDatasetSource:
       takes the first member with any image or video extension.
     caption_key: the extension of the caption member; None ignores captions in members.
     json_key: the extension of the metadata member whose manifest fields are used; None ignores it.
-    num_threads: threads that index the shards the cache lacks. On a network filesystem a header
-      read waits for the network, which threads overlap. On a local disk the parsing is the work and
-      threads take turns at it under Python's lock: 16 threads indexed 40 shards of 1,000 samples in
-      11.2 s against 3.7 s for one (`benchmarks/webdataset_index.py`). For many shards,
-      `python -m vljepa_jax.data.index_shards` fills the cache with one process per core instead.
+    num_threads: threads that index the shards the cache lacks (those the worker processes did not).
+      On a network filesystem a header read waits for the network, which threads overlap. On a local
+      disk the parsing is the work and threads take turns at it under Python's lock: 16 threads
+      indexed 40 shards of 1,000 samples in 11.3 s against 3.5 s for one and 2.1 s for two processes
+      (`benchmarks/webdataset_index.py`).
     cache_index: keep each shard's index in a persistent cache (`shard_index_cache.py`), so that a
       later start reads no headers of a shard that has not changed.
     index_cache_dir: where; None is the default cache directory
       (`shard_index_cache.default_directory`: under `$VLJEPA_JAX_CACHE_DIR`, else `~/.cache`).
+    index_processes: when at least `MIN_SHARDS_FOR_PROCESSES` shards are missing from the cache,
+      they are indexed first in this many worker processes (`python -m vljepa_jax.data.index_shards`
+      in a child process), which do not share Python's lock; None is one per core this process may
+      use, 1 leaves it all to the threads.
   """
 
   def __init__(self, path: str | os.PathLike | Sequence[str | os.PathLike], *,
                media_keys: Sequence[str] | None = None, caption_key: str | None = "txt",
                json_key: str | None = "json", num_threads: int = 16, cache_index: bool = True,
-               index_cache_dir: str | os.PathLike | None = None):
+               index_cache_dir: str | os.PathLike | None = None, index_processes: int | None = None):
     # `path`, as every file-based source names it: a config switches type with the same key.
     self._pattern = path if isinstance(path, (str, os.PathLike)) else list(path)
     self._paths = [os.path.abspath(p)
@@ -315,9 +330,10 @@ class WebDatasetSource:
     cache = None
     if cache_index:
       cache = index_cache(index_cache_dir, self._media_keys, self._caption_key, self._json_key)
-    elif index_cache_dir is not None:
-      raise ValueError(f"WebDataset source: index_cache_dir={os.fspath(index_cache_dir)!r} is set but "
-                       "cache_index=False; set one or the other")
+      self._index_missing_in_processes(cache, cpu_devices.available_cores() if index_processes is None else index_processes)
+    elif index_cache_dir is not None or index_processes is not None:
+      raise ValueError(f"WebDataset source: cache_index=False, but index_cache_dir={index_cache_dir!r} and "
+                       f"index_processes={index_processes!r} only act through the cache; unset them or cache")
     self._index, self._keys, self._damage = self._build_index(max(1, num_threads), cache)
     if not (self._index["status"] == _OK).any():
       problems = [f"{os.path.basename(self._paths[s])}: {d}" for s, d in list(self._damage.items())[:_MAX_LISTED]]
@@ -325,6 +341,40 @@ class WebDatasetSource:
                        f"({len(self._paths)} shard(s), {len(self._index)} entries; media extensions "
                        f"{list(self._media_keys or MEDIA_EXTENSIONS)}). Problems: "
                        f"{problems or 'none in the tars, but no sample has a media member'}")
+
+  def _index_missing_in_processes(self, cache: shard_index_cache.ShardIndexCache, processes: int) -> None:
+    """Fills the cache for the shards it lacks with `python -m vljepa_jax.data.index_shards`, if that pays.
+
+    A child process, not a pool of this one's: this process may be a training job whose main module
+    (JAX and all) every worker would import again, while the command's workers import this module
+    only. Whatever it leaves out (it failed, a shard changed meanwhile) the threads index after it.
+    """
+    if processes < 2:
+      return
+    missing = []
+    for path in self._paths:
+      try:
+        if not cache.has(path, os.stat(path)) and not _PATTERN_CHARACTERS & set(path):
+          missing.append(path)
+      except OSError:
+        pass  # the threads report it
+    if len(missing) < MIN_SHARDS_FOR_PROCESSES:
+      return
+    logging.info("indexing %d WebDataset shard(s) missing from the index cache in %d processes", len(missing),
+                 processes)
+    with tempfile.TemporaryDirectory(prefix="vljepa-index-shards-") as folder:
+      flagfile = os.path.join(folder, "shards.flags")  # one --path per shard: too many for a command line
+      with open(flagfile, "w") as f:
+        f.writelines(f"--path={path}\n" for path in missing)
+      command = [sys.executable, "-m", "vljepa_jax.data.index_shards", f"--flagfile={flagfile}",
+                 f"--processes={processes}", f"--index_cache_dir={cache.directory}",
+                 f"--caption_key={self._caption_key or ''}", f"--json_key={self._json_key or ''}"]
+      if self._media_keys is not None:
+        command.append(f"--media_keys={','.join(self._media_keys)}")
+      returncode = subprocess.run(command, stdout=subprocess.DEVNULL, check=False).returncode  # its log: stderr
+    if returncode != 0:
+      logging.warning("`python -m vljepa_jax.data.index_shards` exited %d; the shards it did not index are "
+                      "indexed in this process", returncode)
 
   def _build_index(self, num_threads: int, cache: shard_index_cache.ShardIndexCache | None):
     started = time.monotonic()
