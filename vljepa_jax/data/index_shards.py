@@ -3,14 +3,15 @@
     python -m vljepa_jax.data.index_shards --path='/data/laion/{00000..09999}.tar' [--processes=N] \\
         [--media_keys=jpg,png] [--caption_key=txt] [--json_key=json] [--index_cache_dir=DIR]
 
-A `webdataset` source indexes the shards its cache lacks when a run builds it (`webdataset_source.py`),
-in threads that take turns at the tar parsing; the first start on a large dataset then spends hours
-there, and on a pod every host spends them. This indexes the shards once, one process per core, into
-the cache the run reads: give it the source's own `path`, `media_keys`, `caption_key`, `json_key` and
+A `webdataset` source indexes the shards its cache lacks when a run builds it (`webdataset_source.py`):
+with this command in a child process when 16 or more are missing, in its threads otherwise. On a
+large dataset that first start takes the cores for a long time, and on a pod every host spends it.
+Run ahead of the run, this indexes the shards once, one process per core, into the cache the run
+then reads: give it the source's own `path`, `media_keys`, `caption_key`, `json_key` and
 `index_cache_dir` (the defaults are the source's), on a machine that sees the shards at the paths
 the run will (the cache is keyed by absolute path), with `--index_cache_dir` on a filesystem every
 host reads, or on each host. Shards already cached are skipped, so it can be rerun after new shards
-arrive. Exits non-zero if no entry could be written.
+arrive. Exits 1 if an entry could not be written.
 """
 from __future__ import annotations
 

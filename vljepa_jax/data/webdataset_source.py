@@ -327,6 +327,7 @@ class WebDatasetSource:
     self._media_keys, self._caption_key, self._json_key = _extensions(media_keys, caption_key, json_key)
     for path in self._paths:
       _check_uncompressed(path)
+    started = time.monotonic()
     cache = None
     if cache_index:
       cache = index_cache(index_cache_dir, self._media_keys, self._caption_key, self._json_key)
@@ -334,7 +335,7 @@ class WebDatasetSource:
     elif index_cache_dir is not None or index_processes is not None:
       raise ValueError(f"WebDataset source: cache_index=False, but index_cache_dir={index_cache_dir!r} and "
                        f"index_processes={index_processes!r} only act through the cache; unset them or cache")
-    self._index, self._keys, self._damage = self._build_index(max(1, num_threads), cache)
+    self._index, self._keys, self._damage = self._build_index(max(1, num_threads), cache, started)
     if not (self._index["status"] == _OK).any():
       problems = [f"{os.path.basename(self._paths[s])}: {d}" for s, d in list(self._damage.items())[:_MAX_LISTED]]
       raise ValueError(f"WebDataset shards {sources_lib.describe_paths(self._pattern)} hold no usable sample "
@@ -371,13 +372,15 @@ class WebDatasetSource:
                  f"--caption_key={self._caption_key or ''}", f"--json_key={self._json_key or ''}"]
       if self._media_keys is not None:
         command.append(f"--media_keys={','.join(self._media_keys)}")
-      returncode = subprocess.run(command, stdout=subprocess.DEVNULL, check=False).returncode  # its log: stderr
+      # The child imports this package from where this process did, whatever its working directory.
+      package_root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+      env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [package_root, os.environ.get("PYTHONPATH")]))}
+      returncode = subprocess.run(command, stdout=subprocess.DEVNULL, env=env, check=False).returncode  # log: stderr
     if returncode != 0:
       logging.warning("`python -m vljepa_jax.data.index_shards` exited %d; the shards it did not index are "
                       "indexed in this process", returncode)
 
-  def _build_index(self, num_threads: int, cache: shard_index_cache.ShardIndexCache | None):
-    started = time.monotonic()
+  def _build_index(self, num_threads: int, cache: shard_index_cache.ShardIndexCache | None, started: float):
     results: list[Any] = [None] * len(self._paths)
     with concurrent.futures.ThreadPoolExecutor(min(num_threads, len(self._paths))) as pool:
       futures = {pool.submit(_index_shard, i, path, self._media_keys, self._caption_key, self._json_key, cache): i
