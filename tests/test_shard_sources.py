@@ -517,8 +517,9 @@ def test_webdataset_index_benchmark_times_every_variant():
   rows = [line.split(" | ")[0].lstrip("| ") for line in proc.stdout.splitlines() if line.startswith("| ")]
   assert rows[1:] == ["source, cache off, num_threads=1", "source, cache off, num_threads=2",
                       "index_shards, 1 process(es), empty cache",
-                      f"source, empty cache (its defaults: {cpu_devices.available_cores()} processes from 16 "
-                      "missing shards)", "source, every shard in the cache"], proc.stdout
+                      f"source, empty cache (its defaults: {cpu_devices.available_cores()} processes from "
+                      f"{webdataset_source.MIN_SHARDS_FOR_PROCESSES} missing shards)",
+                      "source, every shard in the cache"], proc.stdout
   assert "2 shards x 5 samples" in proc.stdout
 
 
