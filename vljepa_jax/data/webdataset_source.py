@@ -230,6 +230,20 @@ def _read_headers(f, file_size: int, shard: int, media_keys: Sequence[str] | Non
   return rows, keys, damage, lasting
 
 
+def _shard_paths(path: str | os.PathLike | Sequence[str | os.PathLike]) -> list[str]:
+  """The absolute paths of the shards `path` selects, each checked to be an uncompressed tar."""
+  paths = [os.path.abspath(p) for p in sources_lib.expand_paths(path, suffix=TAR_SUFFIX, kind="WebDataset shards")]
+  for shard_path in paths:
+    _check_uncompressed(shard_path)
+  return paths
+
+
+def _log_progress(done: int, total: int, started: float) -> None:
+  """Every `_LOG_EVERY_SHARDS` shards indexed, and at the end, when there are that many."""
+  if total >= _LOG_EVERY_SHARDS and (done % _LOG_EVERY_SHARDS == 0 or done == total):
+    logging.info("indexed %d of %d WebDataset shards (%.0f s)", done, total, time.monotonic() - started)
+
+
 def _extensions(media_keys: str | Sequence[str] | None, caption_key: str | None,
                 json_key: str | None) -> tuple[tuple[str, ...] | None, str | None, str | None]:
   """The source's extension arguments as the index uses them: lowercase, without a leading dot."""
@@ -261,9 +275,7 @@ def fill_index_cache(path: str | os.PathLike | Sequence[str | os.PathLike], *,
   `write_error` (the first failed write, or None).
   """
   media_keys, caption_key, json_key = _extensions(media_keys, caption_key, json_key)
-  paths = [os.path.abspath(p) for p in sources_lib.expand_paths(path, suffix=TAR_SUFFIX, kind="WebDataset shards")]
-  for shard_path in paths:
-    _check_uncompressed(shard_path)
+  paths = _shard_paths(path)
   cache = index_cache(index_cache_dir, media_keys, caption_key, json_key)
   summary: dict[str, Any] = {"shards": len(paths), "samples": 0, "cached": 0, "damaged": 0,
                              "directory": cache.directory, "write_error": None}
@@ -279,8 +291,7 @@ def fill_index_cache(path: str | os.PathLike | Sequence[str | os.PathLike], *,
       summary["cached"] += from_cache
       summary["damaged"] += damage is not None
       summary["write_error"] = summary["write_error"] or write_error
-      if done % _LOG_EVERY_SHARDS == 0 or done == len(paths):
-        logging.info("indexed %d of %d WebDataset shards (%.0f s)", done, len(paths), time.monotonic() - started)
+      _log_progress(done, len(paths), started)
   return summary
 
 
@@ -322,11 +333,8 @@ class WebDatasetSource:
                index_cache_dir: str | os.PathLike | None = None, index_processes: int | None = None):
     # `path`, as every file-based source names it: a config switches type with the same key.
     self._pattern = path if isinstance(path, (str, os.PathLike)) else list(path)
-    self._paths = [os.path.abspath(p)
-                   for p in sources_lib.expand_paths(path, suffix=TAR_SUFFIX, kind="WebDataset shards")]
+    self._paths = _shard_paths(path)
     self._media_keys, self._caption_key, self._json_key = _extensions(media_keys, caption_key, json_key)
-    for path in self._paths:
-      _check_uncompressed(path)
     started = time.monotonic()
     cache = None
     if cache_index:
@@ -387,9 +395,7 @@ class WebDatasetSource:
                  for i, path in enumerate(self._paths)}
       for done, future in enumerate(concurrent.futures.as_completed(futures), start=1):
         results[futures[future]] = future.result()
-        if len(self._paths) >= _LOG_EVERY_SHARDS and (done % _LOG_EVERY_SHARDS == 0 or done == len(self._paths)):
-          logging.info("indexed %d of %d WebDataset shards (%.0f s)", done, len(self._paths),
-                       time.monotonic() - started)
+        _log_progress(done, len(self._paths), started)
     rows: list[np.ndarray] = []
     keys: list[np.ndarray] = []
     damage: dict[int, str] = {}
