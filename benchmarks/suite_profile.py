@@ -11,7 +11,9 @@ records JAX's compile events (`suite_profile_site/sitecustomize.py`). Then print
   - the run's wall time, and the seconds all its processes spent in XLA's backend compile, in
     tracing and in lowering to MLIR, with the number of compiles and of persistent-cache hits;
   - the programs (JAX's function names) that took the most backend compile time, with counts;
-  - the tests that did, and the subprocess command lines (by script) with their wall time.
+  - the tests that did, and the subprocesses that imported JAX (by script) with their wall time
+    (helpers that never do, such as multiprocessing's resource tracker, live as long as the
+    process that started them and would only blur the column).
 
 Compile seconds overlap: the two xdist workers and the subprocesses compile at the same time, so
 they add up to more than the wall time. Backend compile seconds include persistent-cache lookups,
@@ -76,7 +78,7 @@ def summarise(out_dir: str, wall_s: float, top: int) -> None:
   for record in records:
     script = _script(record)
     counts[CACHE_HITS] += record["counts"].get(CACHE_HITS, 0)
-    if not record["pytest"]:
+    if not record["pytest"] and record["jax"]:
       by_script[script] += record["wall_s"]
       script_counts[script] += 1
     for event, program, duration, test in record["compiles"]:

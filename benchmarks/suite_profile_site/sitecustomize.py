@@ -53,7 +53,7 @@ if _DIR:
   builtins.__import__ = _import
 
   def _write():
-    record = {"argv": sys.argv, "pytest": "_pytest" in sys.modules, "wall_s": time.time() - _START, "compiles": _COMPILES, "counts": _COUNTS}
+    record = {"argv": sys.argv, "pytest": "_pytest" in sys.modules, "jax": bool(_attached), "wall_s": time.time() - _START, "compiles": _COMPILES, "counts": _COUNTS}
     path = os.path.join(_DIR, f"{os.getpid()}.json")
     with open(path + ".tmp", "w") as f:
       json.dump(record, f)
