@@ -3,8 +3,8 @@ r"""Where the test suite's time goes: JAX compilation per program, per test and 
   python benchmarks/suite_profile.py                        # the README's test command
   python benchmarks/suite_profile.py -- -q tests/test_trainer.py
 
-Runs pytest (by default with the README's arguments, `-q -p no:cacheprovider -n 2 --dist loadfile
-tests`; anything after `--` replaces them) with `benchmarks/suite_profile_site` on PYTHONPATH, so
+Runs pytest (by default with the arguments of the README's test command, read from README.md;
+anything after `--` replaces them) with `benchmarks/suite_profile_site` on PYTHONPATH, so
 that every process of the run, xdist workers and the `python` subprocesses tests start included,
 records JAX's compile events (`suite_profile_site/sitecustomize.py`). Then prints:
 
@@ -38,11 +38,19 @@ import harness  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SITE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "suite_profile_site")
-README_ARGS = ["-q", "-p", "no:cacheprovider", "-n", "2", "--dist", "loadfile", "tests"]
 BACKEND = "/jax/core/compile/backend_compile_duration"
 TRACE = "/jax/core/compile/jaxpr_trace_duration"
 LOWER = "/jax/core/compile/jaxpr_to_mlir_module_duration"
 CACHE_HITS = "/jax/compilation_cache/cache_hits"
+
+
+def readme_pytest_args() -> list[str]:
+  """The arguments of the README's test command (`... && python -m pytest ARGS`), so the two cannot drift."""
+  with open(os.path.join(REPO, "README.md")) as f:
+    lines = [line for line in f if "python -m pytest " in line]
+  if not lines:
+    raise SystemExit("README.md has no `python -m pytest` command; pass the pytest arguments after `--`")
+  return lines[0].split("python -m pytest ", 1)[1].split()
 
 
 def run_pytest(pytest_args: list[str], out_dir: str) -> tuple[int, float]:
@@ -77,7 +85,7 @@ def summarise(out_dir: str, wall_s: float, top: int) -> None:
   by_script, script_counts, script_compile = collections.Counter(), collections.Counter(), collections.Counter()
   for record in records:
     script = _script(record)
-    counts[CACHE_HITS] += record["counts"].get(CACHE_HITS, 0)
+    counts[CACHE_HITS] += record["cache_hits"]
     if not record["pytest"] and record["jax"]:
       by_script[script] += record["wall_s"]
       script_counts[script] += 1
@@ -108,7 +116,7 @@ def summarise(out_dir: str, wall_s: float, top: int) -> None:
 
 
 def main(argv):
-  pytest_args = argv[1:] or README_ARGS
+  pytest_args = argv[1:] or readme_pytest_args()
   with tempfile.TemporaryDirectory(prefix="vljepa-suite-profile-") as out_dir:
     code, wall_s = run_pytest(pytest_args, out_dir)
     summarise(out_dir, wall_s, _TOP.value)

@@ -21,7 +21,7 @@ _DIR = os.environ.get("VLJEPA_SUITE_PROFILE_DIR")
 if _DIR:
   _START = time.time()
   _COMPILES = []  # (event, program, seconds, test)
-  _COUNTS = {}
+  _CACHE_HITS = [0]
   _original_import = builtins.__import__
 
   def _current_test() -> str:
@@ -34,7 +34,8 @@ if _DIR:
 
   def _on_event(event, **kwargs):
     del kwargs
-    _COUNTS[event] = _COUNTS.get(event, 0) + 1
+    if event == "/jax/compilation_cache/cache_hits":
+      _CACHE_HITS[0] += 1
 
   _attached = []
 
@@ -53,7 +54,8 @@ if _DIR:
   builtins.__import__ = _import
 
   def _write():
-    record = {"argv": sys.argv, "pytest": "_pytest" in sys.modules, "jax": bool(_attached), "wall_s": time.time() - _START, "compiles": _COMPILES, "counts": _COUNTS}
+    record = {"argv": sys.argv, "pytest": "_pytest" in sys.modules, "jax": bool(_attached),
+              "wall_s": time.time() - _START, "compiles": _COMPILES, "cache_hits": _CACHE_HITS[0]}
     path = os.path.join(_DIR, f"{os.getpid()}.json")
     with open(path + ".tmp", "w") as f:
       json.dump(record, f)
