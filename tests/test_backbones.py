@@ -199,7 +199,7 @@ def test_init_predictor_loads_a_converted_llama_into_predictor_llama(tmp_path):
   assert setup.model.config.predictor.backbone_config == converted.replace(attention_impl=config.model.attention_impl)
   inputs = [jax.ShapeDtypeStruct((1, 2, 16, 16, 3), jnp.float32)] + [jax.ShapeDtypeStruct((1, 8), jnp.int32)] * 4
   params = params_lib.abstract_params(setup.model, *inputs)
-  shardings = jax.tree.map(lambda _: jax.sharding.SingleDeviceSharding(jax.devices()[0]), params)
+  shardings = jax.tree.map(lambda _: jax.sharding.make_single_device_sharding(jax.devices()[0]), params)
   loaded = model_setup.load_pretrained(setup.checkpoints, params, shardings)
   jax.tree.map(np.testing.assert_array_equal, jax.device_get(loaded["predictor"]["llama"]), weights)
   assert loaded["predictor"]["head"] is params["predictor"]["head"]  # the rest of the predictor untouched

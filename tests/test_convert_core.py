@@ -78,3 +78,16 @@ def test_nested_config_round_trip_and_checked_overrides():
   assert cfg.with_dtypes("bfloat16", "float32").backbone_config.dtype == "bfloat16"
   with pytest.raises(ValueError, match="hidden_sizee"):
     bert.PRESETS["tiny"].replace(hidden_sizee=3)
+
+
+def test_restore_puts_leaves_without_a_sharding_on_the_default_device(tmp_path):
+  """Plain `ShapeDtypeStruct`s (no sharding) come back equal to what was saved, on `jax.devices()[0]`."""
+  import jax  # pylint: disable=g-import-not-at-top
+  rng = np.random.default_rng(0)
+  saved = {"layer": {"kernel": rng.standard_normal((3, 4)).astype(np.float32)}, "scale": np.arange(5, dtype=np.float32)}
+  checkpoint.save(str(tmp_path), family="bert", config={}, params=saved, source="test")
+  abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), saved)
+  assert all(getattr(leaf, "sharding", None) is None for leaf in jax.tree.leaves(abstract))  # the premise
+  restored = checkpoint.restore_params(str(tmp_path), abstract)
+  jax.tree.map(np.testing.assert_array_equal, restored, saved)
+  assert {d for leaf in jax.tree.leaves(restored) for d in leaf.devices()} == {jax.devices()[0]}

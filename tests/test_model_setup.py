@@ -38,7 +38,7 @@ def test_minilm_tower_brings_its_architecture_tokenizer_and_weights(tmp_path):
   video = jnp.zeros((1, 2, 16, 16, 3))
   ids = jnp.zeros((1, 8), jnp.int32)
   params = params_lib.unbox(setup.model.init(jax.random.key(0), video, ids, ids, ids, ids)["params"])
-  shardings = jax.tree.map(lambda _: jax.sharding.SingleDeviceSharding(jax.devices()[0]), params)
+  shardings = jax.tree.map(lambda _: jax.sharding.make_single_device_sharding(jax.devices()[0]), params)
   loaded = model_setup.load_pretrained(setup.checkpoints, params, shardings)
   _, reference = convert.load(converted)
   jax.tree.map(np.testing.assert_array_equal, jax.device_get(loaded["y_encoder"]), jax.device_get(reference))

@@ -69,8 +69,7 @@ def _reference_s_hat(p, visual, q_ids, q_mask):
   positions = torch.arange(length)[None].expand(batch, -1)
   rope = p.rotary_emb(h, positions)
   for layer in p.layers:
-    out = layer(h, attention_mask=mask, position_ids=positions, past_key_values=None, use_cache=False,
-                position_embeddings=rope)
+    out = layer(h, attention_mask=mask, position_ids=positions, use_cache=False, position_embeddings=rope)
     h = out[0] if isinstance(out, tuple) else out
   return p.out_proj(_masked_mean(p.norm(h), keep))
 
@@ -206,7 +205,7 @@ def test_init_checkpoint_reads_a_converted_model(reference):
   from vljepa_jax.train import checkpointing  # pylint: disable=g-import-not-at-top
   _, _, _, out = reference
   model, params = convert.load(out)
-  device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+  device = jax.sharding.make_single_device_sharding(jax.devices()[0])
   abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=device),
                           params_lib.abstract_params(model, *open_vljepa.example_inputs(model.config)))
   assert "x_encoder" in abstract

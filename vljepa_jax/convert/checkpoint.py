@@ -93,7 +93,7 @@ def restore_params(directory: str, abstract: Any) -> Any:
   on the default device.
   """
   def with_sharding(x):
-    sharding = getattr(x, "sharding", None) or jax.sharding.SingleDeviceSharding(jax.devices()[0])
+    sharding = getattr(x, "sharding", None) or jax.sharding.make_single_device_sharding(jax.devices()[0])
     return jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding)
 
   target = jax.tree.map(with_sharding, abstract)

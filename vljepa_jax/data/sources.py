@@ -155,7 +155,9 @@ class TfdsSource:
       raise ImportError("source type 'tfds' needs tensorflow-datasets: pip install 'vljepa-jax[tfds]'") from None
     self._name, self._split = name, split
     self._source = tfds.data_source(name, split=split, data_dir=data_dir)
-    features = tfds.builder(name, data_dir=data_dir).info.features
+    # The source's own metadata: a second `tfds.builder` would read it again (and, for a dataset that
+    # is not prepared, as under `tfds.testing.mock_data`, leave an empty temporary directory behind).
+    features = self._source.dataset_info.features
     for key in (media_key, label_key, caption_key):
       if key is not None and key not in features:
         raise KeyError(f"TFDS dataset {name!r} has no feature {key!r}; it has {sorted(features.keys())}")
