@@ -51,6 +51,9 @@ from absl import flags
 
 _PARTS = flags.DEFINE_list("parts", ["gemm", "bmm", "attention", "gelu", "wgrad", "transpose"],
                            "Which parts to run (also: step).")
+_TOKENS_DIVISOR = flags.DEFINE_integer(
+    "tokens_divisor", 1, "Divide the token counts of the gelu, wgrad and transpose parts' shapes by this: a "
+    "quick run of the script (its tests use 16). The recorded figures are at 1.", lower_bound=1)
 _STEP_CONFIG = flags.DEFINE_string("step_config", "configs/small.py", "Config (last stage) whose step's products "
                                    "--parts=step times; --dtype and --batch_size apply.")
 
@@ -68,6 +71,15 @@ WGRAD_SHAPES = ((2048, 512, 128), (2816, 256, 128), (8192, 1536, 384), (8704, 15
 TRANSPOSE_SHAPES = ((2816, 128), (2048, 128), (8192, 384))
 # (batch, length, width, heads, kv heads): small's ViT and predictor, the demo's predictor.
 BLOCKS = ((32, 256, 384, 6, 6), (32, 272, 512, 8, 2), (64, 44, 128, 4, 2))
+
+
+def _fewer_tokens(shapes):
+  """`shapes` (tokens first) with the token counts divided by `--tokens_divisor`."""
+  divisor = _TOKENS_DIVISOR.value
+  uneven = sorted({shape[0] for shape in shapes if shape[0] % divisor})
+  if uneven:
+    raise app.UsageError(f"--tokens_divisor={divisor} does not divide the token counts {uneven}")
+  return [(shape[0] // divisor, *shape[1:]) for shape in shapes]
 
 
 def _seconds(fn, calls: int = 5) -> float:
@@ -264,7 +276,7 @@ def gelu_forms():
   print("\n| exact GELU, (tokens, hidden) | " + " | ".join(f"{n} fwd / grad µs" for n in forms)
         + " | torch fwd / grad µs |\n|---|---|---|---|")
   rng = np.random.default_rng(0)
-  for shape in GELU_SHAPES:
+  for shape in _fewer_tokens(GELU_SHAPES):
     x, g = rng.standard_normal(shape, np.float32), rng.standard_normal(shape, np.float32)
     jx, jg = jnp.asarray(x), jnp.asarray(g)
     cells = []
@@ -301,7 +313,7 @@ def weight_gradient_forms():
   print("\n| weight gradient xᵀ·dy, tokens×in×out | " + " | ".join(f"{n} GFLOP/s" for n in forms)
         + " | torch GFLOP/s |\n|---|---|---|---|")
   rng = np.random.default_rng(0)
-  for tokens, fan_in, fan_out in WGRAD_SHAPES:
+  for tokens, fan_in, fan_out in _fewer_tokens(WGRAD_SHAPES):
     x = rng.standard_normal((tokens, fan_in), np.float32)
     dy = rng.standard_normal((tokens, fan_out), np.float32)
     jx, jdy, tx, tdy = jnp.asarray(x), jnp.asarray(dy), torch.from_numpy(x), torch.from_numpy(dy)
@@ -326,7 +338,7 @@ def transpose_forms():
   print("\n| transpose, (tokens, width) | " + " | ".join(f"{n} µs" for n in forms)
         + " | torch x.t() µs | torch (x*a+b).t() µs |\n|---|---|---|---|---|---|")
   rng = np.random.default_rng(0)
-  for shape in TRANSPOSE_SHAPES:
+  for shape in _fewer_tokens(TRANSPOSE_SHAPES):
     x = rng.standard_normal(shape, np.float32)
     jx, tx = jnp.asarray(x), torch.from_numpy(x)
     cells = []
@@ -339,6 +351,8 @@ def transpose_forms():
 
 def main(argv):
   del argv
+  for shapes in (GELU_SHAPES, WGRAD_SHAPES, TRANSPOSE_SHAPES):
+    _fewer_tokens(shapes)  # a divisor that does not fit fails here, before anything runs
   sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
   host_memory_note = train_step_benchmark._retain_host_memory()  # pylint: disable=protected-access
   import jax  # pylint: disable=g-import-not-at-top

@@ -194,22 +194,31 @@ def test_init_compile_benchmark_compares_the_library_options_with_the_default():
 
 
 def test_xla_cpu_repro_gelu_weight_gradient_and_transpose_parts_print_all_forms():
-  """The three parts that time single ops, in one process (one jax/torch start-up instead of three)."""
-  proc = _run([sys.executable, "benchmarks/xla_cpu_repro.py", "--parts=gelu,wgrad,transpose", "--rounds=1"])
+  """The three parts that time single ops, in one process (one jax/torch start-up instead of three), at a
+  sixteenth of their token counts (`--tokens_divisor`: the script's plumbing, not its figures, is under test)."""
+  proc = _run([sys.executable, "benchmarks/xla_cpu_repro.py", "--parts=gelu,wgrad,transpose", "--rounds=1",
+               "--tokens_divisor=16"])
   assert proc.returncode == 0, proc.stderr[-3000:]
   out = proc.stdout
-  # gelu: (tokens, hidden) rows with shape, erfc, erf, torch
+  # gelu: (tokens, hidden) rows with shape, erfc, erf, torch; 768, 2048 and 8192 tokens divided by 16
   gelu = [line for line in out.splitlines() if line.startswith("| (") and len(line.split(" | ")) == 4]
-  assert [row.split(" | ")[0] for row in gelu] == ["| (768, 1536)", "| (2048, 256)", "| (8192, 1536)"], out
+  assert [row.split(" | ")[0] for row in gelu] == ["| (48, 1536)", "| (128, 256)", "| (512, 1536)"], out
   # wgrad: tokens×in×out rows with shape, Eigen, library, torch
   wgrad = [line for line in out.splitlines() if line[:3].startswith("| ") and line[2:3].isdigit()]
-  assert [row.split(" | ")[0] for row in wgrad] == ["| 2048×512×128", "| 2816×256×128", "| 8192×1536×384",
-                                                   "| 8704×1536×512"], out
+  assert [row.split(" | ")[0] for row in wgrad] == ["| 128×512×128", "| 176×256×128", "| 512×1536×384",
+                                                   "| 544×1536×512"], out
   assert all(len(row.split(" | ")) == 4 for row in wgrad), wgrad
   # transpose: shape, three JAX forms, two torch forms, each a positive time in µs
   transpose = [line for line in out.splitlines() if line.startswith("| (") and len(line.split(" | ")) == 6]
-  assert [row.split(" | ")[0] for row in transpose] == ["| (2816, 128)", "| (2048, 128)", "| (8192, 384)"], out
+  assert [row.split(" | ")[0] for row in transpose] == ["| (176, 128)", "| (128, 128)", "| (512, 384)"], out
   assert all(float(cell.strip(" |")) > 0 for row in transpose for cell in row.split(" | ")[1:]), transpose
+
+
+def test_xla_cpu_repro_refuses_a_tokens_divisor_that_does_not_divide_its_shapes():
+  proc = _run([sys.executable, "benchmarks/xla_cpu_repro.py", "--parts=gelu", "--tokens_divisor=3"])
+  assert proc.returncode != 0
+  assert "--tokens_divisor=3 does not divide the token counts [2048, 8192]" in proc.stderr, proc.stderr[-3000:]
+  assert "exact GELU" not in proc.stdout  # refused before any part ran
 
 
 def test_timed_rounds_rotate_the_phase_order(monkeypatch):
