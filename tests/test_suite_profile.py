@@ -43,7 +43,8 @@ def test_compiles_are_attributed_to_their_program_test_and_process(tmp_path):
   rows = {line.split(" | ")[0].strip("| "): line.split(" | ") for line in proc.stdout.splitlines()
           if line.startswith("| ")}
   # Each program compiled once; the child's compile is charged to the test that started it.
-  for program, test in (("jit(profiled_in_process)", "test_in_process"), ("jit(profiled_in_child)", "test_in_a_subprocess")):
+  for program, test in (("jit(profiled_in_process)", "test_in_process"),
+                        ("jit(profiled_in_child)", "test_in_a_subprocess")):
     assert rows[program][1] == "1" and float(rows[program][2].strip(" |")) > 0, proc.stdout
     assert f"test_profiled.py::{test}" in rows, proc.stdout
   assert rows["python -c"][1] == "1", proc.stdout
