@@ -27,6 +27,9 @@ Backends
 - `interpret=None` runs the kernel in Pallas interpret mode on CPU and compiled elsewhere.
 - GPU compiles through Triton (`jax.experimental.pallas.triton.CompilerParams`; Mosaic GPU, the
   default GPU lowering since JAX 0.9, needs warp-specialised kernels and cannot run this one).
+  jax 0.11 and 0.12 deprecate Pallas' Triton backend: lowering for a GPU warns
+  (`DeprecationWarning`) and still works; requirements.txt stops below jax 0.13. A Mosaic GPU
+  port of this kernel needs a GPU to be tested on.
 - TPU compiles through Mosaic. Its blocks must be (8, 128)-aligned in their last two dims or span
   the array, so on TPU the wrapper transposes to `(batch, heads, length, head_dim)` and every block
   is a (length-tile, head_dim) slab; on GPU the heads dimension is indexed in place, no transpose.
