@@ -26,6 +26,7 @@ from __future__ import annotations
 import json
 import os
 import platform
+import sys
 import tempfile
 import time
 
@@ -35,6 +36,9 @@ import numpy as np
 
 from vljepa_jax.data import pipeline
 from vljepa_jax.data import write_arrayrecord
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import harness  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 _QUICK = flags.DEFINE_bool("quick", False, "Fewer batches per measurement.")
 _BATCH = flags.DEFINE_integer("batch_size", 64, "Per-process batch size.")
@@ -240,7 +244,7 @@ def main(argv):
   del argv
   num_batches = 3 if _QUICK.value else 10
   tokenizer = _tokenizer()
-  print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
+  print(f"machine: {harness.cpu_model()}, {os.cpu_count()} cores, "
         f"python {platform.python_version()}; tokenizer: {'MiniLM' if tokenizer else 'none'}; "
         f"batch {_BATCH.value}")
   rows = []

@@ -18,9 +18,31 @@ def load_config(spec: str):
   return module.get_config(arg) if arg else module.get_config()
 
 
+def cpu_model(cpuinfo: str = "/proc/cpuinfo") -> str:
+  """The CPU's model name with its family and model numbers (`AMD EPYC (family 25, model 17)`), where Linux says.
+
+  Figures from two machines differ by more than their core counts: the same "AMD EPYC" is a Zen 2, 3 or 4
+  part, and a KVM guest may show no more than the vendor's name. Elsewhere: `platform.processor()`.
+  """
+  fields = {}
+  try:
+    with open(cpuinfo) as f:
+      for line in f:
+        if not line.strip():
+          break  # the first processor's block says it for all of them
+        key, _, value = line.partition(":")
+        fields[key.strip()] = value.strip()
+  except OSError:
+    pass
+  name = fields.get("model name") or platform.processor() or platform.machine()
+  if "cpu family" in fields and "model" in fields:
+    name += f" (family {fields['cpu family']}, model {fields['model']})"
+  return name
+
+
 def machine_line() -> str:
   import jax  # pylint: disable=g-import-not-at-top
-  return (f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
+  return (f"machine: {cpu_model()}, {os.cpu_count()} cores, "
           f"{jax.devices()[0].device_kind} x {jax.device_count()}, python {sys.version.split()[0]}, jax {jax.__version__}")
 
 

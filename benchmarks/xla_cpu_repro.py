@@ -8,9 +8,12 @@ r"""Minimal, standalone reproductions of the XLA:CPU gaps behind the train-step 
 Seven parts, each JAX against torch on the same float32 random inputs, median of `--rounds` rounds:
   1. plain 2-D GEMMs at the towers' shapes (the machine's matmul speed: equal in both);
   2. batched matmuls at attention shapes (`einsum("bmk,bkn->bmn")` vs `torch.bmm`): with several
-     threads XLA:CPU's batched dot runs at about its one-core speed, torch's scales; with
-     `--devices=N` also the same product with its batch split over N CPU devices, which does scale
-     (the workaround: `config.cpu_devices`, vljepa_jax/cpu_devices.py);
+     threads XLA:CPU's batched dot runs at about its one-core speed up to jaxlib 0.10, torch's
+     scales. The same product with a row max of its result fused in (`+ 0·max`, the value
+     unchanged) runs in a YNNPACK fusion on every core: what attention's logits product, which the
+     softmax's row max follows, already gets. With `--devices=N` also the same product with its
+     batch split over N CPU devices, which does scale (the workaround: `config.cpu_devices`,
+     vljepa_jax/cpu_devices.py);
   3. one attention block (q/k/v/o projections + masked softmax attention), forward and forward +
      backward: `models.attention.attention` (impl "xla") against `F.scaled_dot_product_attention`;
   4. `step`: every matrix product of one config's train step (forward, backward, frozen towers),
@@ -52,7 +55,8 @@ from absl import flags
 _PARTS = flags.DEFINE_list("parts", ["gemm", "bmm", "attention", "gelu", "wgrad", "transpose"],
                            "Which parts to run (also: step).")
 _TOKENS_DIVISOR = flags.DEFINE_integer(
-    "tokens_divisor", 1, "Divide the token counts of the gelu, wgrad and transpose parts' shapes by this: a "
+    "tokens_divisor", 1, "Divide the token counts of the gelu, wgrad and transpose parts' shapes (the batch of "
+    "the bmm part's) by this: a "
     "quick run of the script (its tests use 16). The recorded figures are at 1.", lower_bound=1)
 _STEP_CONFIG = flags.DEFINE_string("step_config", "configs/small.py", "Config (last stage) whose step's products "
                                    "--parts=step times; --dtype and --batch_size apply.")
@@ -116,15 +120,24 @@ def gemm_and_bmm(parts):
     if split:
       mesh = jax.make_mesh((jax.device_count(),), ("batch",), axis_types=(jax.sharding.AxisType.Auto,))
       batch_split = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec("batch"))
-    print("\n| batched matmul b, m×k×n | JAX GFLOP/s |"
-          + (f" JAX over {jax.device_count()} devices |" if split else "") + " torch GFLOP/s |\n|---|---|---|"
+    print("\n| batched matmul b, m×k×n | JAX GFLOP/s | JAX fused with a row max |"
+          + (f" JAX over {jax.device_count()} devices |" if split else "") + " torch GFLOP/s |\n|---|---|---|---|"
           + ("---|" if split else ""))
     bmm = jax.jit(lambda a, b: jnp.einsum("bmk,bkn->bmn", a, b))
-    for b, m, k, n in BMMS:
+
+    @jax.jit
+    def bmm_with_row_max(a, b):
+      # 0·max leaves the (finite) product as it is, but puts a reduction of it in the product's fusion.
+      out = jnp.einsum("bmk,bkn->bmn", a, b)
+      return out + 0.0 * jnp.max(out, axis=-1, keepdims=True)
+
+    for b, m, k, n in _fewer_tokens(BMMS):
       x, y = rng.random((b, m, k), np.float32), rng.random((b, k, n), np.float32)
       jx, jy, tx, ty = jnp.asarray(x), jnp.asarray(y), torch.from_numpy(x), torch.from_numpy(y)
+      np.testing.assert_allclose(np.asarray(bmm_with_row_max(jx, jy)), np.einsum("bmk,bkn->bmn", x, y), rtol=1e-4)
       flop = 2 * b * m * k * n
-      row = f"| {b}, {m}×{k}×{n} | {flop / _seconds(lambda: bmm(jx, jy), 20) / 1e9:.1f} |"
+      row = (f"| {b}, {m}×{k}×{n} | {flop / _seconds(lambda: bmm(jx, jy), 20) / 1e9:.1f} | "
+             f"{flop / _seconds(lambda: bmm_with_row_max(jx, jy), 20) / 1e9:.1f} |")
       if split:
         sx, sy = jax.device_put(x, batch_split), jax.device_put(y, batch_split)
         row += f" {flop / _seconds(lambda: bmm(sx, sy), 20) / 1e9:.1f} |"
@@ -351,7 +364,7 @@ def transpose_forms():
 
 def main(argv):
   del argv
-  for shapes in (GELU_SHAPES, WGRAD_SHAPES, TRANSPOSE_SHAPES):
+  for shapes in (GELU_SHAPES, WGRAD_SHAPES, TRANSPOSE_SHAPES, BMMS):
     _fewer_tokens(shapes)  # a divisor that does not fit fails here, before anything runs
   sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
   host_memory_note = train_step_benchmark._retain_host_memory()  # pylint: disable=protected-access

@@ -8,6 +8,7 @@ forward + backward phases) against a reference. The benchmark scripts themselves
 toy sizes (flags, table, ratio line, the accelerator suite's report), never timing anything here.
 """
 import os
+import platform
 import subprocess
 import sys
 
@@ -193,18 +194,24 @@ def test_init_compile_benchmark_compares_the_library_options_with_the_default():
   assert verdict.startswith("bit-equal") or float(verdict.split()[-1]) < 1e-6, verdict
 
 
-def test_xla_cpu_repro_gelu_weight_gradient_and_transpose_parts_print_all_forms():
-  """The three parts that time single ops, in one process (one jax/torch start-up instead of three), at a
+def test_xla_cpu_repro_single_op_parts_print_all_forms():
+  """The four parts that time single ops, in one process (one jax/torch start-up instead of four), at a
   sixteenth of their token counts (`--tokens_divisor`: the script's plumbing, not its figures, is under test)."""
-  proc = _run([sys.executable, "benchmarks/xla_cpu_repro.py", "--parts=gelu,wgrad,transpose", "--rounds=1",
+  proc = _run([sys.executable, "benchmarks/xla_cpu_repro.py", "--parts=bmm,gelu,wgrad,transpose", "--rounds=1",
                "--tokens_divisor=16"])
   assert proc.returncode == 0, proc.stderr[-3000:]
   out = proc.stdout
+  # bmm: batch (divided by 16), m×k×n, then JAX, JAX fused with a row max (checked against NumPy's product
+  # in the script) and torch, each a positive GFLOP/s
+  bmm = [line for line in out.splitlines() if line[2:3].isdigit() and ", " in line.split(" | ")[0]]
+  assert [row.split(" | ")[0] for row in bmm] == ["| 12, 256×64×256", "| 12, 256×256×64", "| 16, 44×32×44",
+                                                  "| 16, 44×44×32"], out
+  assert all(float(cell.strip(" |")) > 0 for row in bmm for cell in row.split(" | ")[1:]), bmm
   # gelu: (tokens, hidden) rows with shape, erfc, erf, torch; 768, 2048 and 8192 tokens divided by 16
   gelu = [line for line in out.splitlines() if line.startswith("| (") and len(line.split(" | ")) == 4]
   assert [row.split(" | ")[0] for row in gelu] == ["| (48, 1536)", "| (128, 256)", "| (512, 1536)"], out
   # wgrad: tokens×in×out rows with shape, Eigen, library, torch
-  wgrad = [line for line in out.splitlines() if line[:3].startswith("| ") and line[2:3].isdigit()]
+  wgrad = [line for line in out.splitlines() if line[2:3].isdigit() and line not in bmm]
   assert [row.split(" | ")[0] for row in wgrad] == ["| 128×512×128", "| 176×256×128", "| 512×1536×384",
                                                    "| 544×1536×512"], out
   assert all(len(row.split(" | ")) == 4 for row in wgrad), wgrad
@@ -219,6 +226,19 @@ def test_xla_cpu_repro_refuses_a_tokens_divisor_that_does_not_divide_its_shapes(
   assert proc.returncode != 0
   assert "--tokens_divisor=3 does not divide the token counts [2048, 8192]" in proc.stderr, proc.stderr[-3000:]
   assert "exact GELU" not in proc.stdout  # refused before any part ran
+
+
+def test_machine_line_names_the_cpu_model_with_its_family_and_model_numbers(tmp_path):
+  """The "AMD EPYC" a KVM guest shows is a Zen 2, 3 or 4 part: figures name the family and model too."""
+  cpuinfo = tmp_path / "cpuinfo"
+  block = ("processor\t: {n}\nvendor_id\t: GenuineIntel\ncpu family\t: 6\nmodel\t\t: 143\n"
+           "model name\t: Intel(R) Xeon(R) Platinum 8481C CPU @ 2.70GHz\nstepping\t: 8\n\n")
+  cpuinfo.write_text(block.format(n=0) + block.format(n=1).replace("143", "999"))
+  assert harness.cpu_model(str(cpuinfo)) == "Intel(R) Xeon(R) Platinum 8481C CPU @ 2.70GHz (family 6, model 143)"
+  cpuinfo.write_text("processor\t: 0\nmodel name\t: AMD EPYC\n")  # no family or model: the name alone
+  assert harness.cpu_model(str(cpuinfo)) == "AMD EPYC"
+  assert harness.cpu_model(str(tmp_path / "absent")) == (platform.processor() or platform.machine())
+  assert harness.machine_line().startswith(f"machine: {harness.cpu_model()}, {os.cpu_count()} cores, ")
 
 
 def test_timed_rounds_rotate_the_phase_order(monkeypatch):
