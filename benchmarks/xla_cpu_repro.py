@@ -55,9 +55,9 @@ from absl import flags
 _PARTS = flags.DEFINE_list("parts", ["gemm", "bmm", "attention", "gelu", "wgrad", "transpose"],
                            "Which parts to run (also: step).")
 _TOKENS_DIVISOR = flags.DEFINE_integer(
-    "tokens_divisor", 1, "Divide the token counts of the gelu, wgrad and transpose parts' shapes (the batch of "
-    "the bmm part's) by this: a "
-    "quick run of the script (its tests use 16). The recorded figures are at 1.", lower_bound=1)
+    "tokens_divisor", 1, "Divide the token counts of the gelu, wgrad and transpose parts' shapes, and the bmm "
+    "part's batch, by this: a quick run of the script (its tests use 16). The recorded figures are at 1.",
+    lower_bound=1)
 _STEP_CONFIG = flags.DEFINE_string("step_config", "configs/small.py", "Config (last stage) whose step's products "
                                    "--parts=step times; --dtype and --batch_size apply.")
 
