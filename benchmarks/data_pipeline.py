@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import json
 import os
-import platform
 import sys
 import tempfile
 import time
@@ -244,9 +243,7 @@ def main(argv):
   del argv
   num_batches = 3 if _QUICK.value else 10
   tokenizer = _tokenizer()
-  print(f"machine: {harness.cpu_model()}, {os.cpu_count()} cores, "
-        f"python {platform.python_version()}; tokenizer: {'MiniLM' if tokenizer else 'none'}; "
-        f"batch {_BATCH.value}")
+  print(f"{harness.machine_line(devices=False)}; tokenizer: {'MiniLM' if tokenizer else 'none'}; batch {_BATCH.value}")
   rows = []
   with tempfile.TemporaryDirectory() as root:
     needs_files = any(s != "shapes" for s in _SOURCES.value)

@@ -6,7 +6,6 @@ repeated calls, and the markdown table results are printed as.
 """
 import os
 import platform
-import sys
 import time
 
 
@@ -40,10 +39,15 @@ def cpu_model(cpuinfo: str = "/proc/cpuinfo") -> str:
   return name
 
 
-def machine_line() -> str:
+def machine_line(devices: bool = True) -> str:
+  """`machine: <cpu>, <n> cores, <device> x <count>, python <v>, jax <v>`; without `devices`, only the host
+  and Python (for scripts that must not start JAX's backend)."""
+  host = f"machine: {cpu_model()}, {os.cpu_count()} cores"
+  if not devices:
+    return f"{host}, python {platform.python_version()}"
   import jax  # pylint: disable=g-import-not-at-top
-  return (f"machine: {cpu_model()}, {os.cpu_count()} cores, "
-          f"{jax.devices()[0].device_kind} x {jax.device_count()}, python {sys.version.split()[0]}, jax {jax.__version__}")
+  return (f"{host}, {jax.devices()[0].device_kind} x {jax.device_count()}, python {platform.python_version()}, "
+          f"jax {jax.__version__}")
 
 
 def median_time(fn, calls: int, sync=lambda out: out) -> float:

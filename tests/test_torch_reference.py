@@ -239,6 +239,8 @@ def test_machine_line_names_the_cpu_model_with_its_family_and_model_numbers(tmp_
   assert harness.cpu_model(str(cpuinfo)) == "AMD EPYC"
   assert harness.cpu_model(str(tmp_path / "absent")) == (platform.processor() or platform.machine())
   assert harness.machine_line().startswith(f"machine: {harness.cpu_model()}, {os.cpu_count()} cores, ")
+  assert harness.machine_line(devices=False) == (f"machine: {harness.cpu_model()}, {os.cpu_count()} cores, "
+                                                 f"python {platform.python_version()}")
 
 
 def test_timed_rounds_rotate_the_phase_order(monkeypatch):
